@@ -1,0 +1,44 @@
+# Printworks — `make help` lists the targets.
+#
+# With DATABASE_URL unset, `run`, `test` and `db` use a private PostgreSQL cluster under
+# the data directory (deploy/embedded-postgres.sh); with DATABASE_URL set, that server is
+# used and nothing is started.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export CARGO_TERM_COLOR ?= never
+
+DB := deploy/embedded-postgres.sh
+# Runs the rest of the line with DATABASE_URL set: the caller's, or else the embedded
+# cluster's (started on demand; a failure to start stops make).
+with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
+
+.PHONY: help run test lint fmt db db-stop build
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
+	@$(with_db) cargo run --quiet --locked -p printworks -- serve
+
+test: lint ## fmt check, clippy -D warnings, then every test against a real PostgreSQL
+	@$(with_db) cargo test --locked --workspace --all-targets
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+
+fmt: ## format the code
+	cargo fmt --all
+
+build: ## build the printworks binary
+	cargo build --locked -p printworks
+
+db: ## start the embedded PostgreSQL (unless DATABASE_URL is set) and print its URL
+	@if [ -n "$${DATABASE_URL:-}" ]; then echo "DATABASE_URL is set; using it"; else $(DB) start; fi
+
+db-stop: ## stop the embedded PostgreSQL
+	@$(DB) stop

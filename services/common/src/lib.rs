@@ -1,0 +1,24 @@
+//! The plumbing every Printworks service shares, written once.
+//!
+//! - [`settings`]: configuration from the environment (and flags), validated at start-up.
+//! - [`db`]: the PostgreSQL pool, the embedded migrations and the readiness check.
+//! - [`error`]: [`ApiError`], rendered as RFC 9457 `application/problem+json`.
+//! - [`http`]: request ids, access logs, metrics, body limits, timeouts, the JSON
+//!   extractor and the health routes, assembled by [`http::apply_common_layers`].
+//! - [`clock`]: time as a parameter, so expiry is testable without waiting.
+//! - [`telemetry`]: `tracing` set-up, human or JSON.
+//! - [`server`]: serving a router with graceful shutdown.
+
+pub mod clock;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod settings;
+pub mod telemetry;
+
+pub use context::AppContext;
+pub use error::{ApiError, Problem};
+pub use settings::Settings;

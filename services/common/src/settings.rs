@@ -1,0 +1,353 @@
+//! Settings shared by every service: read from the environment (each also has a
+//! command-line flag), each with a default that works on a laptop, each validated when
+//! the process starts so that a bad value stops it with one line naming the setting.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgConnectOptions;
+use url::Url;
+
+pub const DEFAULT_DATA_DIR: &str = "./.printworks";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_PRINTER_ADDR: &str = "127.0.0.1:8443";
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+pub const DEFAULT_MAX_BODY_BYTES: &str = "262144";
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+pub const DEFAULT_DB_MAX_CONNECTIONS: &str = "10";
+pub const DEFAULT_DB_CONNECT_TIMEOUT: &str = "30s";
+
+/// The file, under the data directory, in which `deploy/embedded-postgres.sh` leaves the
+/// URL of the private PostgreSQL cluster it started. Used when `DATABASE_URL` is unset.
+pub const EMBEDDED_DATABASE_URL_FILE: &str = "database-url";
+
+/// Settings every service reads. Construct with clap (the binary) or
+/// [`Settings::defaults`] (tests), then adjust fields.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Settings {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/printworks. When unset, the
+    /// private cluster that `make db` (deploy/embedded-postgres.sh) starts under the data
+    /// directory is used.
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true, value_parser = DatabaseUrl::parse_setting)]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Directory for generated state: signing keys, the printer CA, local blobs, and the
+    /// embedded PostgreSQL cluster.
+    #[arg(long, global = true, env = "PRINTWORKS_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Address of the public HTTP API (people, apps, pairing printers).
+    #[arg(long, global = true, env = "PRINTWORKS_HTTP_ADDR", value_name = "ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+
+    /// Address of the printer listener (mutual TLS), opened by the relay service.
+    #[arg(long, global = true, env = "PRINTWORKS_PRINTER_ADDR", value_name = "ADDR", default_value = DEFAULT_PRINTER_ADDR)]
+    pub printer_addr: SocketAddr,
+
+    /// The URL people and apps reach the API at: the OAuth issuer and the base of links.
+    /// http or https, no path, query or fragment. With https, cookies are `Secure`.
+    #[arg(long, global = true, env = "PRINTWORKS_PUBLIC_URL", value_name = "URL", default_value = DEFAULT_PUBLIC_URL, value_parser = PublicUrl::parse_setting)]
+    pub public_url: PublicUrl,
+
+    /// Log format on standard error: `human` or `json` (one object per line).
+    #[arg(long, global = true, env = "PRINTWORKS_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Which log lines to keep, as `tracing` filter directives (e.g. `info,printworks=debug`).
+    #[arg(long, global = true, env = "PRINTWORKS_LOG", value_name = "FILTER", default_value = DEFAULT_LOG_FILTER, value_parser = parse_log_filter)]
+    pub log_filter: String,
+
+    /// Largest request body accepted by the API routes, in bytes; larger ones answer 413.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_BODY_BYTES", value_name = "BYTES", default_value = DEFAULT_MAX_BODY_BYTES, value_parser = parse_body_limit)]
+    pub max_body_bytes: usize,
+
+    /// Longest time a request may take before it is answered 503 (e.g. `30s`, `500ms`).
+    #[arg(long, global = true, env = "PRINTWORKS_REQUEST_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_REQUEST_TIMEOUT, value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish.
+    #[arg(long, global = true, env = "PRINTWORKS_SHUTDOWN_GRACE", value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Most database connections this process opens.
+    #[arg(long, global = true, env = "PRINTWORKS_DB_MAX_CONNECTIONS", value_name = "N", default_value = DEFAULT_DB_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub db_max_connections: u32,
+
+    /// How long start-up waits for the database, and a request waits for a connection.
+    #[arg(long, global = true, env = "PRINTWORKS_DB_CONNECT_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_DB_CONNECT_TIMEOUT, value_parser = parse_duration)]
+    pub db_connect_timeout: Duration,
+}
+
+impl Settings {
+    /// Every setting at its documented default, without reading the environment.
+    pub fn defaults() -> Self {
+        // The constants above are the same strings clap parses; a test pins them together.
+        fn p<T: FromStr>(s: &str) -> T
+        where
+            T::Err: fmt::Debug,
+        {
+            s.parse().expect("built-in default parses")
+        }
+        #[allow(clippy::expect_used)]
+        Self {
+            database_url: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            http_addr: p(DEFAULT_HTTP_ADDR),
+            printer_addr: p(DEFAULT_PRINTER_ADDR),
+            public_url: PublicUrl::parse_setting(DEFAULT_PUBLIC_URL).expect("default URL"),
+            log_format: LogFormat::Human,
+            log_filter: DEFAULT_LOG_FILTER.to_owned(),
+            max_body_bytes: p(DEFAULT_MAX_BODY_BYTES),
+            request_timeout: parse_duration(DEFAULT_REQUEST_TIMEOUT).expect("default duration"),
+            shutdown_grace: parse_duration(DEFAULT_SHUTDOWN_GRACE).expect("default duration"),
+            db_max_connections: p(DEFAULT_DB_MAX_CONNECTIONS),
+            db_connect_timeout: parse_duration(DEFAULT_DB_CONNECT_TIMEOUT)
+                .expect("default duration"),
+        }
+    }
+
+    /// The database to use: `DATABASE_URL`, or else the URL the embedded cluster left in
+    /// the data directory.
+    pub fn resolve_database_url(&self) -> Result<DatabaseUrl, String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        let file = self.data_dir.join(EMBEDDED_DATABASE_URL_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => DatabaseUrl::parse_setting(text.trim())
+                .map_err(|e| format!("{}: {e}", file.display())),
+            Err(_) => Err(format!(
+                "DATABASE_URL is not set and no embedded database was started under {} \
+                 (run `make db`, or set DATABASE_URL)",
+                self.data_dir.display()
+            )),
+        }
+    }
+}
+
+/// A PostgreSQL URL. Kept secret (it may carry a password): `Debug` and [`Self::redacted`]
+/// show only user, host, port and database.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    url: SecretString,
+}
+
+impl DatabaseUrl {
+    pub fn parse_setting(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err("must start with postgres:// or postgresql://".into());
+        }
+        // Never echo the value: it may hold a password.
+        PgConnectOptions::from_str(s).map_err(|_| "is not a valid PostgreSQL URL".to_owned())?;
+        Ok(Self {
+            url: SecretString::from(s.to_owned()),
+        })
+    }
+
+    pub fn connect_options(&self) -> PgConnectOptions {
+        PgConnectOptions::from_str(self.url.expose_secret())
+            .unwrap_or_else(|_| PgConnectOptions::new_without_pgpass())
+    }
+
+    /// `user@host:port/database`, or `user@/socket/dir/database`, without the password.
+    pub fn redacted(&self) -> String {
+        let o = self.connect_options();
+        let place = match o.get_socket() {
+            Some(dir) => dir.display().to_string(),
+            None => format!("{}:{}", o.get_host(), o.get_port()),
+        };
+        format!(
+            "{}@{place}/{}",
+            o.get_username(),
+            o.get_database().unwrap_or("")
+        )
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+/// The public base URL: http or https, a host, nothing after the authority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrl(Url);
+
+impl PublicUrl {
+    pub fn parse_setting(s: &str) -> Result<Self, String> {
+        let url = Url::parse(s.trim()).map_err(|e| format!("is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must be an http:// or https:// URL".into());
+        }
+        if url.host().is_none() {
+            return Err("must name a host".into());
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err("must have no path, query or fragment".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry credentials".into());
+        }
+        Ok(Self(url))
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.0.scheme() == "https"
+    }
+
+    /// The URL without the trailing slash, e.g. `https://print.example.com`: the issuer.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+
+    /// An absolute link to `path` (which starts with `/`).
+    pub fn link(&self, path: &str) -> String {
+        format!("{}{path}", self.as_str())
+    }
+}
+
+impl fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("is not a valid filter ({e})"))
+}
+
+fn parse_body_limit(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1024..=1 << 30).contains(&n) => Ok(n),
+        _ => Err("must be a number of bytes from 1024 to 1073741824".into()),
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "must be a duration such as 500ms, 30s, 5m or 2h".to_owned())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err("must be a duration such as 500ms, 30s, 5m or 2h".into()),
+    };
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// Creates `dir` (and parents) if missing, readable only by the owner when created.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "0s", "-1s", "1.5s", "10 parsecs", "3d"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn public_url_accepts_origins_only() {
+        let u = PublicUrl::parse_setting("https://print.example.com/").unwrap();
+        assert_eq!(u.as_str(), "https://print.example.com");
+        assert!(u.is_https());
+        assert_eq!(u.link("/a"), "https://print.example.com/a");
+        assert!(
+            !PublicUrl::parse_setting("http://127.0.0.1:8080")
+                .unwrap()
+                .is_https()
+        );
+        for bad in [
+            "print.example.com",
+            "ftp://print.example.com",
+            "https://print.example.com/app",
+            "https://print.example.com/?x=1",
+            "https://print.example.com/#x",
+            "https://user:pw@print.example.com",
+        ] {
+            assert!(PublicUrl::parse_setting(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn database_url_never_shows_its_password() {
+        let url = DatabaseUrl::parse_setting("postgres://app:hunter2@db.internal:5433/pw").unwrap();
+        assert_eq!(url.redacted(), "app@db.internal:5433/pw");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let sock = DatabaseUrl::parse_setting("postgres:///pw?host=/run/pg&user=postgres").unwrap();
+        assert_eq!(sock.redacted(), "postgres@/run/pg/pw");
+        for bad in ["mysql://x/y", "hunter2", "postgres://app:pw@db:notaport/x"] {
+            let err = DatabaseUrl::parse_setting(bad).unwrap_err();
+            assert!(!err.contains("hunter2") && !err.contains("pw@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn body_limit_bounds() {
+        assert_eq!(parse_body_limit("262144"), Ok(262144));
+        assert!(parse_body_limit("12").is_err());
+        assert!(parse_body_limit("lots").is_err());
+    }
+
+    #[test]
+    fn defaults_match_what_clap_parses() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            s: Settings,
+        }
+        // Parse without consulting the environment of whoever runs the test.
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let mut cmd = cmd.mut_args(|a| a.env(None::<&str>));
+        let m = cmd.try_get_matches_from_mut(["x"]).unwrap();
+        let parsed = <Cli as clap::FromArgMatches>::from_arg_matches(&m)
+            .unwrap()
+            .s;
+        let d = Settings::defaults();
+        assert_eq!(format!("{parsed:?}"), format!("{d:?}"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The `printworks` binary's library half: which services run, how their routers are
+//! assembled, and the [`Application`] that binds and serves them. Tests build the
+//! same [`Application`] the binary runs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use printworks_common::clock::SharedClock;
+use printworks_common::http::{apply_common_layers, health_routes};
+use printworks_common::metrics::Metrics;
+use printworks_common::{AppContext, Settings, server};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A service that `printworks serve --services` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Service {
+    /// Every service below.
+    All,
+    /// People, sessions, TOTP, the OAuth2/OpenID Connect provider (/account/v1).
+    Account,
+    /// Organizations, roles, invitations, teams, projects, audit log (/org/v1).
+    Org,
+    /// Pairing keys, the printer CA, printer credentials (/pairing/v1).
+    Pairing,
+    /// Print jobs, blob storage, the printer endpoint (/relay/v1).
+    Relay,
+}
+
+/// The set of services a process runs; `all` expands to every one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSet(BTreeSet<Service>);
+
+impl ServiceSet {
+    pub fn all() -> Self {
+        Self::from_list(&[Service::All])
+    }
+
+    pub fn from_list(list: &[Service]) -> Self {
+        let every = [
+            Service::Account,
+            Service::Org,
+            Service::Pairing,
+            Service::Relay,
+        ];
+        let set = if list.is_empty() || list.contains(&Service::All) {
+            every.into_iter().collect()
+        } else {
+            list.iter().copied().collect()
+        };
+        Self(set)
+    }
+
+    pub fn contains(&self, s: Service) -> bool {
+        self.0.contains(&s)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .map(|s| match s {
+                Service::All => "all",
+                Service::Account => printworks_account::NAME,
+                Service::Org => printworks_org::NAME,
+                Service::Pairing => printworks_pairing::NAME,
+                Service::Relay => printworks_relay::NAME,
+            })
+            .collect()
+    }
+}
+
+/// The whole HTTP application for `services`: health routes, each service's routes,
+/// and the shared layers around all of them.
+pub fn router(ctx: &AppContext, services: &ServiceSet) -> Router {
+    let mut app = health_routes().with_state(ctx.clone());
+    if services.contains(Service::Account) {
+        app = app.merge(printworks_account::router(ctx.clone()));
+    }
+    if services.contains(Service::Org) {
+        app = app.merge(printworks_org::router(ctx.clone()));
+    }
+    if services.contains(Service::Pairing) {
+        app = app.merge(printworks_pairing::router(ctx.clone()));
+    }
+    if services.contains(Service::Relay) {
+        app = app.merge(printworks_relay::router(ctx.clone()));
+    }
+    apply_common_layers(app, ctx)
+}
+
+/// The services, bound to their listener and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    ctx: AppContext,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds `settings.http_addr` (port 0 picks a free port) and assembles the routers.
+    /// The database is expected to be migrated.
+    pub async fn build(
+        settings: Settings,
+        services: &ServiceSet,
+        db: PgPool,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on PRINTWORKS_HTTP_ADDR {}",
+                    settings.http_addr
+                )
+            })?;
+        let ctx = AppContext {
+            db,
+            settings: Arc::new(settings),
+            clock,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let router = router(&ctx, services);
+        Ok(Self {
+            listener,
+            router,
+            ctx,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.ctx.settings.http_addr)
+    }
+
+    pub fn context(&self) -> &AppContext {
+        &self.ctx
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled and in-flight requests are done
+    /// (or the grace period is over).
+    pub async fn run(self) -> std::io::Result<()> {
+        let grace = self.ctx.settings.shutdown_grace;
+        server::serve(self.listener, self.router, self.shutdown, grace).await
+    }
+}

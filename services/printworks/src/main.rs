@@ -1,0 +1,194 @@
+//! `printworks`: runs the Printworks services. See `printworks --help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
+use printworks::{Application, Service, ServiceSet};
+use printworks_common::clock::SystemClock;
+use printworks_common::settings::ensure_private_dir;
+use printworks_common::{Settings, db, server, telemetry};
+
+/// Printworks: a self-hostable cloud backend for fleets of networked 3D printers.
+///
+/// Every setting is read from the environment variable shown (or the flag), and each has a
+/// default that runs on a laptop. A bad value stops start-up with one line naming it.
+#[derive(Parser)]
+#[command(name = "printworks", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run services in this process (all four by default), applying pending migrations
+    /// first. Stops gracefully on SIGTERM or Ctrl-C.
+    Serve {
+        /// Which services to run: `all`, or a comma-separated list of account, org,
+        /// pairing, relay (one per Deployment when scaled out).
+        #[arg(
+            long,
+            env = "PRINTWORKS_SERVICES",
+            value_enum,
+            value_delimiter = ',',
+            default_value = "all"
+        )]
+        services: Vec<Service>,
+    },
+    /// Apply pending database migrations and exit. Safe to run from several replicas at
+    /// once: an advisory lock serialises them.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return settings_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("printworks: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("printworks: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings;
+    telemetry::init(settings.log_format, &settings.log_filter)?;
+    let database_url = settings
+        .resolve_database_url()
+        .map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Command::Migrate => {
+            let pool = db::connect(&settings, &database_url).await?;
+            db::migrate(&pool).await?;
+            tracing::info!(database = %database_url.redacted(), "database is up to date");
+            pool.close().await;
+            Ok(())
+        }
+        Command::Serve { services } => {
+            let services = ServiceSet::from_list(&services);
+            ensure_private_dir(&settings.data_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create PRINTWORKS_DATA_DIR {}: {e}",
+                    settings.data_dir.display()
+                )
+            })?;
+            let pool = db::connect(&settings, &database_url).await?;
+            db::migrate(&pool).await?;
+            let app = Application::build(
+                settings.clone(),
+                &services,
+                pool.clone(),
+                Arc::new(SystemClock),
+            )
+            .await?;
+            tracing::info!(
+                address = %app.local_addr(),
+                public_url = %settings.public_url,
+                services = ?services.names(),
+                database = %database_url.redacted(),
+                "printworks is serving"
+            );
+            let token = app.shutdown_token();
+            tokio::spawn(async move {
+                server::shutdown_signal().await;
+                token.cancel();
+            });
+            app.run().await?;
+            pool.close().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Help and version go to standard output as usual. A bad setting is reported in one
+/// line that names its environment variable, without echoing secret values.
+fn settings_error(e: &clap::Error) -> ExitCode {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    eprintln!("printworks: {}", one_line(e));
+    ExitCode::from(2)
+}
+
+fn one_line(e: &clap::Error) -> String {
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    // "--http-addr <ADDR>" → the argument, and from it the environment variable.
+    let long = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("--")
+        .to_owned();
+    let command = Cli::command();
+    let found = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .find(|a| a.get_long() == Some(long.as_str()));
+    let reason = std::error::Error::source(e)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    match (found, e.kind()) {
+        (Some(a), ErrorKind::ValueValidation | ErrorKind::InvalidValue) => {
+            let name = a
+                .get_env()
+                .map(|v| v.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("--{long}"));
+            let value = match e.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) if !a.is_hide_env_values_set() => {
+                    format!(" {v:?}")
+                }
+                _ => String::new(),
+            };
+            let reason = if reason.is_empty() {
+                match e.get(ContextKind::ValidValue) {
+                    Some(ContextValue::Strings(v)) => format!("expected one of {}", v.join(", ")),
+                    _ => "is not valid".to_owned(),
+                }
+            } else {
+                reason
+            };
+            format!("invalid {name} (--{long}){value}: {reason}")
+        }
+        _ => e
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid arguments")
+            .trim_start_matches("error: ")
+            .to_owned(),
+    }
+}

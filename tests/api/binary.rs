@@ -1,0 +1,255 @@
+//! The real `printworks` binary: its help, its refusal of bad settings (one line naming
+//! the setting, no secret echoed), serving with JSON logs, and stopping on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use printworks_common::db::MIGRATOR;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+const CANARY: &str = "canary-pw-7Hq2";
+
+/// The binary with an empty environment but for PATH and what the test sets.
+fn printworks(data_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_printworks"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PRINTWORKS_DATA_DIR", data_dir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn help_explains_every_subcommand_and_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = printworks(dir.path()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "serve",
+        "migrate",
+        "DATABASE_URL",
+        "PRINTWORKS_DATA_DIR",
+        "PRINTWORKS_HTTP_ADDR",
+        "PRINTWORKS_PRINTER_ADDR",
+        "PRINTWORKS_PUBLIC_URL",
+        "PRINTWORKS_LOG_FORMAT",
+        "PRINTWORKS_LOG",
+        "PRINTWORKS_MAX_BODY_BYTES",
+        "PRINTWORKS_REQUEST_TIMEOUT",
+        "PRINTWORKS_SHUTDOWN_GRACE",
+        "PRINTWORKS_DB_MAX_CONNECTIONS",
+        "PRINTWORKS_DB_CONNECT_TIMEOUT",
+    ] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    let out = printworks(dir.path())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("PRINTWORKS_SERVICES")
+    );
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("PRINTWORKS_HTTP_ADDR", "localhost"),
+        ("PRINTWORKS_HTTP_ADDR", "127.0.0.1:99999"),
+        ("PRINTWORKS_PRINTER_ADDR", "nonsense"),
+        ("PRINTWORKS_PUBLIC_URL", "print.example.com"),
+        (
+            "PRINTWORKS_PUBLIC_URL",
+            "https://print.example.com/sub/path",
+        ),
+        ("PRINTWORKS_LOG_FORMAT", "xml"),
+        ("PRINTWORKS_LOG", "info,=foo=bar[["),
+        ("PRINTWORKS_MAX_BODY_BYTES", "-5"),
+        ("PRINTWORKS_REQUEST_TIMEOUT", "forever"),
+        ("PRINTWORKS_SHUTDOWN_GRACE", "0s"),
+        ("PRINTWORKS_DB_MAX_CONNECTIONS", "0"),
+        ("PRINTWORKS_DB_CONNECT_TIMEOUT", "3 days"),
+        ("PRINTWORKS_SERVICES", "account,billing"),
+    ];
+    for (name, value) in cases {
+        let out = printworks(dir.path())
+            .env(name, value)
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}={value}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{name}={value}: {err}");
+        assert!(
+            err.starts_with("printworks: invalid "),
+            "{name}={value}: {err}"
+        );
+        assert!(err.contains(name), "{name}={value}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_database_url_is_named_but_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("mysql://root:{CANARY}@db/printworks"),
+        format!("postgres://app:{CANARY}@db:notaport/printworks"),
+    ] {
+        let out = printworks(dir.path())
+            .env("DATABASE_URL", &url)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("DATABASE_URL"), "{err}");
+        assert!(!err.contains(CANARY), "{err}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_fails_start_up_clearly_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 9 (discard) on loopback: nothing listens there.
+    let out = printworks(dir.path())
+        .env(
+            "DATABASE_URL",
+            format!("postgres://app:{CANARY}@127.0.0.1:9/printworks"),
+        )
+        .env("PRINTWORKS_DB_CONNECT_TIMEOUT", "1s")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!err.contains(CANARY), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("printworks: cannot reach the database at app@127.0.0.1:9/printworks"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_any_database_it_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = printworks(dir.path()).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("DATABASE_URL is not set") && err.contains("make db"),
+        "{err}"
+    );
+}
+
+/// `printworks serve` as an operator runs it: migrates, serves, logs JSON with request
+/// ids and never the database password, and exits 0 on SIGTERM.
+#[sqlx::test(migrations = false)]
+async fn serve_migrates_serves_logs_json_and_stops_on_sigterm(
+    _pool: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // The test database trusts local connections, so a password is ignored by the
+    // server: it is there to prove it never reaches a log line.
+    let with_password = if connect.to_url_lossy().password().is_some() {
+        connect.clone()
+    } else {
+        connect.clone().password(CANARY)
+    };
+    let mut child = printworks(dir.path())
+        .env("DATABASE_URL", with_password.to_url_lossy().as_str())
+        .env("PRINTWORKS_HTTP_ADDR", "127.0.0.1:0")
+        .env("PRINTWORKS_LOG_FORMAT", "json")
+        .env("PRINTWORKS_LOG", "info")
+        .args(["serve", "--services", "account,relay"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut logs = Vec::new();
+    let address = loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("serving log line");
+        logs.push(line.clone());
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"] == "printworks is serving" {
+            break v["address"].as_str().unwrap().to_owned();
+        }
+    };
+
+    let res = reqwest::get(format!("http://{address}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "serve applied the migrations");
+    let res = reqwest::get(format!("http://{address}/account/v1/"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let res = reqwest::get(format!("http://{address}/org/v1/"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND, "org was not asked for");
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    logs.extend(lines_rx.try_iter());
+
+    let all = logs.join("\n");
+    assert!(
+        !all.contains(CANARY),
+        "the database password reached the logs"
+    );
+    for line in &logs {
+        let _: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+    assert!(all.contains("SIGTERM received"), "{all}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(&request_id) && l.contains("/account/v1/")),
+        "access log carries the request id:\n{all}"
+    );
+
+    // The migrations are recorded in the database it was given.
+    let pool = PgPoolOptions::new().connect_with(connect).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, MIGRATOR.iter().count());
+}

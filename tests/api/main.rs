@@ -1,0 +1,15 @@
+//! Printworks' API tests: one test binary (one link step), real HTTP over loopback, a
+//! fresh PostgreSQL database per test (`#[sqlx::test]`, against `DATABASE_URL`).
+//! `make test` provides the database; see README.md.
+
+#![allow(clippy::unwrap_used)]
+
+mod db_proxy;
+mod helpers;
+
+mod binary;
+mod errors;
+mod health;
+mod plumbing;
+mod services;
+mod shutdown;
