@@ -1,7 +1,9 @@
 //! The one place tests get a running Printworks from: [`TestApp::spawn`] serves the real
 //! application on a random loopback port, over real HTTP, against the fresh database
-//! `#[sqlx::test]` made for the test. Later features add their request helpers here
-//! (create a user, log in, get a token, ...), not in the test files.
+//! `#[sqlx::test]` made for the test. Request helpers that several tests need (sign up,
+//! log in, get a token through the real OAuth flow, ...) live here too.
+
+#![allow(dead_code)] // not every test binary module uses every helper
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,33 +12,43 @@ use std::sync::Arc;
 use printworks::{Application, ServiceSet};
 use printworks_common::Settings;
 use printworks_common::clock::ManualClock;
+use printworks_common::crypto::{base64url, random_token, sha256};
 use printworks_common::http::REQUEST_ID_HEADER;
+use printworks_common::settings::PublicUrl;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A password that passes the policy.
+pub const PASSWORD: &str = "violet-lantern 93 orbit quince";
+/// The first-party client that exists out of the box.
+pub const CLI: &str = "printworks-cli";
+/// A loopback redirect of a native app (any port matches the registered one).
+pub const CLI_REDIRECT: &str = "http://127.0.0.1:53682/callback";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub base: String,
     pub client: reqwest::Client,
     /// The application's clock: move it instead of sleeping.
-    #[allow(dead_code)] // for the tests of expiring things
     pub clock: Arc<ManualClock>,
-    #[allow(dead_code)] // for tests that look into the database
     pub db: PgPool,
     /// The data directory, removed when the test ends.
-    #[allow(dead_code)] // for tests that look at generated keys and files
     pub data_dir: tempfile::TempDir,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-/// Settings for a test: defaults, an ephemeral port, the given data directory.
+/// Settings for a test: defaults, the given data directory, no practical per-address
+/// rate limit (every test client is 127.0.0.1; the limit has its own test).
 pub fn test_settings(data_dir: &Path) -> Settings {
     let mut s = Settings::defaults();
     s.http_addr = "127.0.0.1:0".parse().expect("loopback address");
     s.data_dir = data_dir.to_path_buf();
+    s.auth_rate_limit_per_minute = 1_000_000;
     s
 }
 
@@ -52,18 +64,31 @@ impl TestApp {
         services: &ServiceSet,
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            // `TEST_LOG=debug cargo test ...` shows the server's logs.
+            let _ = printworks_common::telemetry::init(
+                printworks_common::settings::LogFormat::Human,
+                &filter,
+            );
+        }
         let data_dir = tempfile::tempdir().expect("temporary data directory");
         let mut settings = test_settings(data_dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let base = format!("http://{addr}");
+        settings.public_url = PublicUrl::parse_setting(&base).expect("public URL");
         configure(&mut settings);
         let clock = ManualClock::starting_now();
-        let app = Application::build(settings, services, db.clone(), clock.clone())
+        let app = Application::build_on(listener, settings, services, db.clone(), clock.clone())
             .await
             .expect("build application");
-        let addr = app.local_addr();
         let shutdown = app.shutdown_token();
         let server = tokio::spawn(app.run());
         Self {
             addr,
+            base,
             client: client(),
             clock,
             db,
@@ -74,7 +99,7 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -93,6 +118,141 @@ impl TestApp {
             None => Ok(()),
         }
     }
+
+    // ---- people -----------------------------------------------------------------------
+
+    pub async fn sign_up(&self, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/account/v1/users"))
+            .json(&json!({ "email": email, "password": password, "display_name": "Test Person" }))
+            .send()
+            .await
+            .expect("sign up")
+    }
+
+    /// Logs in with the JSON API; the returned browser holds the session cookie.
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Client {
+        let browser = browser();
+        let res = browser
+            .post(self.url("/account/v1/sessions"))
+            .json(&json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("log in");
+        assert_eq!(
+            res.status(),
+            StatusCode::CREATED,
+            "{}",
+            res.text().await.unwrap_or_default()
+        );
+        browser
+    }
+
+    /// A new person with a unique address, signed up and logged in.
+    pub async fn new_user(&self, label: &str) -> TestUser {
+        let email = format!(
+            "{label}-{}@example.com",
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        let res = self.sign_up(&email, PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.expect("user");
+        let id = Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid");
+        let browser = self.login(&email, PASSWORD).await;
+        TestUser { id, email, browser }
+    }
+
+    // ---- OAuth ------------------------------------------------------------------------
+
+    /// `GET /oauth/authorize` in the user's browser; returns the response (a redirect to
+    /// the client with a code, a consent page, ...).
+    pub async fn authorize(&self, user: &TestUser, params: &[(&str, &str)]) -> reqwest::Response {
+        user.browser
+            .get(self.url("/oauth/authorize"))
+            .query(params)
+            .send()
+            .await
+            .expect("authorize")
+    }
+
+    /// The authorization code flow with PKCE for the first-party CLI client; returns
+    /// the token response.
+    pub async fn cli_tokens(&self, user: &TestUser, scope: &str) -> Value {
+        let pkce = Pkce::new();
+        let res = self
+            .authorize(
+                user,
+                &[
+                    ("response_type", "code"),
+                    ("client_id", CLI),
+                    ("redirect_uri", CLI_REDIRECT),
+                    ("scope", scope),
+                    ("state", "st4te"),
+                    ("code_challenge", &pkce.challenge),
+                    ("code_challenge_method", "S256"),
+                ],
+            )
+            .await;
+        let code = code_from_redirect(&res, CLI_REDIRECT);
+        let res = self
+            .token(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", CLI_REDIRECT),
+                ("client_id", CLI),
+                ("code_verifier", &pkce.verifier),
+            ])
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.expect("token response")
+    }
+
+    /// An access token for `user` with `scope`, through the real flow.
+    pub async fn access_token(&self, user: &TestUser, scope: &str) -> String {
+        self.cli_tokens(user, scope).await["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    pub async fn token(&self, form: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(self.url("/oauth/token"))
+            .form(form)
+            .send()
+            .await
+            .expect("token request")
+    }
+
+    /// Creates an organization as `user`; returns its id.
+    pub async fn new_org(&self, user: &TestUser, name: &str) -> Uuid {
+        let token = self.access_token(user, "organization.write").await;
+        let res = self
+            .client
+            .post(self.url("/org/v1/organizations"))
+            .bearer_auth(&token)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("create organization");
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let body: Value = res.json().await.expect("organization");
+        Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid")
+    }
+
+    /// Adds `user` to `org` with `role` (the invitation flow arrives with the org service).
+    pub async fn add_member(&self, org: Uuid, user: &TestUser, role: &str) {
+        sqlx::query(
+            "INSERT INTO organization_members (organization_id, user_id, role, created_at)
+             VALUES ($1, $2, $3, now())",
+        )
+        .bind(org)
+        .bind(user.id)
+        .bind(role)
+        .execute(&self.db)
+        .await
+        .expect("add member");
+    }
 }
 
 impl Drop for TestApp {
@@ -101,6 +261,14 @@ impl Drop for TestApp {
     }
 }
 
+pub struct TestUser {
+    pub id: Uuid,
+    pub email: String,
+    /// Holds the session cookie.
+    pub browser: reqwest::Client,
+}
+
+/// A client that does not follow redirects (tests look at them).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -108,27 +276,94 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// Like [`client`], keeping cookies.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("http client")
+}
+
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
+}
+
+impl Pkce {
+    pub fn new() -> Self {
+        let verifier = random_token();
+        let challenge = base64url(&sha256(verifier.as_bytes()));
+        Self {
+            verifier,
+            challenge,
+        }
+    }
+}
+
+/// The `Location` of a redirect response.
+pub fn location(res: &reqwest::Response) -> String {
+    assert!(
+        res.status().is_redirection(),
+        "expected a redirect, got {}",
+        res.status()
+    );
+    res.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned()
+}
+
+/// The query parameters of a redirect to `redirect_uri`.
+pub fn redirect_params(res: &reqwest::Response, redirect_uri: &str) -> Vec<(String, String)> {
+    let to = location(res);
+    assert!(to.starts_with(redirect_uri), "redirected to {to}");
+    url::Url::parse(&to)
+        .expect("absolute redirect")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+pub fn param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+pub fn code_from_redirect(res: &reqwest::Response, redirect_uri: &str) -> String {
+    let params = redirect_params(res, redirect_uri);
+    param(&params, "code").unwrap_or_else(|| panic!("no code in {params:?}"))
+}
+
 /// Asserts that `res` is an RFC 9457 problem with `status`, whose `request_id` matches
 /// the `x-request-id` header, and returns its body.
 pub async fn expect_problem(res: reqwest::Response, status: StatusCode) -> Value {
-    assert_eq!(res.status(), status, "status of {}", res.url());
+    let url = res.url().clone();
+    let actual = res.status();
     let content_type = res
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert_eq!(content_type, "application/problem+json");
     let header_id = res
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .expect("x-request-id header")
-        .to_owned();
-    let body: Value = res.json().await.expect("problem body is JSON");
+        .map(str::to_owned);
+    let text = res.text().await.unwrap_or_default();
+    assert_eq!(actual, status, "status of {url}: {text}");
+    assert_eq!(content_type, "application/problem+json", "{url}: {text}");
+    let body: Value = serde_json::from_str(&text).expect("problem body is JSON");
     assert_eq!(body["status"], status.as_u16(), "{body}");
     assert!(body["type"].is_string(), "{body}");
     assert!(body["title"].is_string(), "{body}");
-    assert_eq!(body["request_id"], header_id.as_str(), "{body}");
+    assert_eq!(
+        body["request_id"].as_str(),
+        Some(header_id.expect("x-request-id header").as_str()),
+        "{body}"
+    );
     body
 }

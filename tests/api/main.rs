@@ -7,6 +7,7 @@
 mod db_proxy;
 mod helpers;
 
+mod account;
 mod binary;
 mod errors;
 mod health;

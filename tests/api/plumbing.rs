@@ -2,7 +2,6 @@
 //! here exist only in this test; the layers are the ones `printworks serve` applies
 //! (`apply_common_layers`), served by the same `server::serve`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,7 +9,6 @@ use axum::routing::{get, post};
 use printworks_common::clock::ManualClock;
 use printworks_common::db::MIGRATOR;
 use printworks_common::http::{Json, apply_common_layers};
-use printworks_common::metrics::Metrics;
 use printworks_common::{ApiError, AppContext, server};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -63,12 +61,7 @@ async fn serve_test_routes(pool: PgPool) -> Served {
     let mut settings = test_settings(dir.path());
     settings.max_body_bytes = 2048;
     settings.request_timeout = Duration::from_millis(300);
-    let ctx = AppContext {
-        db: pool,
-        settings: Arc::new(settings),
-        clock: ManualClock::starting_now(),
-        metrics: Arc::new(Metrics::new()),
-    };
+    let ctx = AppContext::new(pool, settings, ManualClock::starting_now()).unwrap();
     let routes = Router::new()
         .route("/echo", post(echo))
         .route("/slow", get(slow))

@@ -4,16 +4,46 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::auth::TokenVerifier;
 use crate::clock::SharedClock;
+use crate::crypto::SecretBox;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
-/// What the binary hands each service: the pool, the settings, the clock and the metrics
-/// registry. Cheap to clone; services wrap it in their own state as they grow.
+/// What the binary hands each service: the pool, the settings, the clock, the metrics
+/// registry, the access-token verifier and the box that seals secrets at rest. Cheap to
+/// clone; services wrap it in their own state as they grow.
 #[derive(Clone)]
 pub struct AppContext {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub clock: SharedClock,
     pub metrics: Arc<Metrics>,
+    pub tokens: Arc<TokenVerifier>,
+    pub secrets: SecretBox,
+}
+
+impl AppContext {
+    /// Loads (or, in the data directory, creates) the master key.
+    pub fn new(db: PgPool, settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        let secrets = SecretBox::from_settings(&settings)?;
+        let tokens = Arc::new(TokenVerifier::new(
+            db.clone(),
+            settings.public_url.as_str().to_owned(),
+            clock.clone(),
+        ));
+        Ok(Self {
+            db,
+            settings: Arc::new(settings),
+            clock,
+            metrics: Arc::new(Metrics::new()),
+            tokens,
+            secrets,
+        })
+    }
+
+    /// The current time from the injected clock.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
 }

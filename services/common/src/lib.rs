@@ -6,11 +6,18 @@
 //! - [`http`]: request ids, access logs, metrics, body limits, timeouts, the JSON
 //!   extractor and the health routes, assembled by [`http::apply_common_layers`].
 //! - [`clock`]: time as a parameter, so expiry is testable without waiting.
+//! - [`auth`]: the scope catalogue, access-token verification and the `Auth<scope>`
+//!   extractor every service uses.
+//! - [`audit`]: the hash-chained audit log writer every service calls.
+//! - [`crypto`]: random tokens, digests, constant-time comparison, sealing at rest.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 //! - [`server`]: serving a router with graceful shutdown.
 
+pub mod audit;
+pub mod auth;
 pub mod clock;
 pub mod context;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;

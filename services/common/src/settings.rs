@@ -82,6 +82,145 @@ pub struct Settings {
     /// How long start-up waits for the database, and a request waits for a connection.
     #[arg(long, global = true, env = "PRINTWORKS_DB_CONNECT_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_DB_CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub db_connect_timeout: Duration,
+
+    /// The key that encrypts secrets at rest (TOTP seeds, signing keys): 32 bytes in
+    /// base64. Every replica needs the same one (e.g. from a Kubernetes Secret). Unset: one
+    /// is generated once into <data dir>/keys/master.key.
+    #[arg(long, global = true, env = "PRINTWORKS_MASTER_KEY", value_name = "BASE64", hide_env_values = true, value_parser = MasterKey::parse_setting)]
+    pub master_key: Option<MasterKey>,
+
+    /// Requests per minute one source address may make to the login, token, TOTP and
+    /// pairing routes (with bursts of a fifth of that); more answer 429.
+    #[arg(long, global = true, env = "PRINTWORKS_AUTH_RATE_LIMIT", value_name = "N", default_value = DEFAULT_AUTH_RATE_LIMIT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub auth_rate_limit_per_minute: u32,
+
+    #[command(flatten, next_help_heading = "Account service")]
+    pub account: AccountSettings,
+}
+
+pub const DEFAULT_AUTH_RATE_LIMIT: &str = "60";
+
+/// Settings of the account service (people, sessions, tokens).
+#[derive(Clone, Debug, clap::Args)]
+pub struct AccountSettings {
+    /// Shortest password accepted, in characters (NIST SP 800-63B asks for at least 8; 15
+    /// without MFA).
+    #[arg(long, global = true, env = "PRINTWORKS_PASSWORD_MIN_LENGTH", value_name = "N", default_value = "12", value_parser = clap::value_parser!(u32).range(8..=128))]
+    pub password_min_length: u32,
+
+    /// Longest password accepted, in characters.
+    #[arg(long, global = true, env = "PRINTWORKS_PASSWORD_MAX_LENGTH", value_name = "N", default_value = "256", value_parser = clap::value_parser!(u32).range(64..=1024))]
+    pub password_max_length: u32,
+
+    /// Argon2id memory cost in KiB (OWASP minimum: 19456).
+    #[arg(long, global = true, env = "PRINTWORKS_ARGON2_MEMORY_KIB", value_name = "KIB", default_value = "19456", value_parser = clap::value_parser!(u32).range(19456..=4_194_304))]
+    pub argon2_memory_kib: u32,
+
+    /// Argon2id passes (OWASP minimum with 19 MiB: 2).
+    #[arg(long, global = true, env = "PRINTWORKS_ARGON2_ITERATIONS", value_name = "N", default_value = "2", value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub argon2_iterations: u32,
+
+    /// Argon2id lanes.
+    #[arg(long, global = true, env = "PRINTWORKS_ARGON2_PARALLELISM", value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub argon2_parallelism: u32,
+
+    /// Most password hashes computed at once (each takes the Argon2 memory); further
+    /// logins wait their turn. 0: the number of CPUs.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_MAX_CONCURRENT_HASHES",
+        value_name = "N",
+        default_value = "0"
+    )]
+    pub max_concurrent_hashes: usize,
+
+    /// A browser session ends this long after login at the latest.
+    #[arg(long, global = true, env = "PRINTWORKS_SESSION_LIFETIME", value_name = "DURATION", default_value = "14d", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
+
+    /// A browser session ends after this long without use.
+    #[arg(long, global = true, env = "PRINTWORKS_SESSION_IDLE_TIMEOUT", value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+
+    /// Lifetime of OAuth access tokens (and ID tokens).
+    #[arg(long, global = true, env = "PRINTWORKS_ACCESS_TOKEN_TTL", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// Lifetime of OAuth refresh tokens (each use issues a new one).
+    #[arg(long, global = true, env = "PRINTWORKS_REFRESH_TOKEN_TTL", value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_token_ttl: Duration,
+
+    /// Failed logins (or TOTP codes) for one account before each further attempt must wait.
+    #[arg(long, global = true, env = "PRINTWORKS_LOGIN_FREE_ATTEMPTS", value_name = "N", default_value = "3", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub login_free_attempts: u32,
+
+    /// The longest an account's growing wait between failed attempts becomes.
+    #[arg(long, global = true, env = "PRINTWORKS_LOGIN_MAX_DELAY", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub login_max_delay: Duration,
+
+    /// A system use notification (IEC 62443 CR 1.12) shown on the login page, e.g. the
+    /// terms under which this system may be used. Unset: none.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_SYSTEM_USE_NOTICE",
+        value_name = "TEXT"
+    )]
+    pub system_use_notice: Option<String>,
+}
+
+impl AccountSettings {
+    pub fn defaults() -> Self {
+        #[allow(clippy::expect_used)]
+        Self {
+            password_min_length: 12,
+            password_max_length: 256,
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+            session_lifetime: parse_duration("14d").expect("default"),
+            session_idle_timeout: parse_duration("24h").expect("default"),
+            access_token_ttl: parse_duration("10m").expect("default"),
+            refresh_token_ttl: parse_duration("30d").expect("default"),
+            login_free_attempts: 3,
+            login_max_delay: parse_duration("5m").expect("default"),
+            system_use_notice: None,
+        }
+    }
+}
+
+/// The 32-byte key that seals secrets at rest. `Debug` never shows it.
+#[derive(Clone)]
+pub struct MasterKey(std::sync::Arc<secrecy::SecretBox<[u8; 32]>>);
+
+impl MasterKey {
+    pub fn parse_setting(s: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim()))
+            .map_err(|_| "must be 32 bytes in base64".to_owned())?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| "must be 32 bytes in base64".to_owned())?;
+        Ok(Self::from_bytes(key))
+    }
+
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(std::sync::Arc::new(secrecy::SecretBox::new(Box::new(key))))
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
 }
 
 impl Settings {
@@ -109,6 +248,9 @@ impl Settings {
             db_max_connections: p(DEFAULT_DB_MAX_CONNECTIONS),
             db_connect_timeout: parse_duration(DEFAULT_DB_CONNECT_TIMEOUT)
                 .expect("default duration"),
+            master_key: None,
+            auth_rate_limit_per_minute: p(DEFAULT_AUTH_RATE_LIMIT),
+            account: AccountSettings::defaults(),
         }
     }
 
@@ -240,20 +382,21 @@ fn parse_body_limit(s: &str) -> Result<usize, String> {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
+/// `250ms`, `30s`, `5m`, `2h`, `14d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| "must be a duration such as 500ms, 30s, 5m or 2h".to_owned())?;
+        .map_err(|_| "must be a duration such as 500ms, 30s, 5m, 2h or 14d".to_owned())?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err("must be a duration such as 500ms, 30s, 5m or 2h".into()),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => return Err("must be a duration such as 500ms, 30s, 5m, 2h or 14d".into()),
     };
     if d.is_zero() {
         return Err("must be longer than zero".into());
@@ -284,7 +427,8 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "s", "0s", "-1s", "1.5s", "10 parsecs", "3d"] {
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86400)));
+        for bad in ["", "s", "0s", "-1s", "1.5s", "10 parsecs", "3w"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
     }

@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use axum::Router;
 use printworks_common::clock::SharedClock;
 use printworks_common::http::{apply_common_layers, health_routes};
-use printworks_common::metrics::Metrics;
 use printworks_common::{AppContext, Settings, server};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -75,10 +74,11 @@ impl ServiceSet {
 
 /// The whole HTTP application for `services`: health routes, each service's routes,
 /// and the shared layers around all of them.
-pub fn router(ctx: &AppContext, services: &ServiceSet) -> Router {
+pub async fn router(ctx: &AppContext, services: &ServiceSet) -> anyhow::Result<Router> {
     let mut app = health_routes().with_state(ctx.clone());
     if services.contains(Service::Account) {
-        app = app.merge(printworks_account::router(ctx.clone()));
+        let orgs = Arc::new(printworks_org::Directory::new(ctx.db.clone()));
+        app = app.merge(printworks_account::router(ctx.clone(), orgs).await?);
     }
     if services.contains(Service::Org) {
         app = app.merge(printworks_org::router(ctx.clone()));
@@ -89,7 +89,7 @@ pub fn router(ctx: &AppContext, services: &ServiceSet) -> Router {
     if services.contains(Service::Relay) {
         app = app.merge(printworks_relay::router(ctx.clone()));
     }
-    apply_common_layers(app, ctx)
+    Ok(apply_common_layers(app, ctx))
 }
 
 /// The services, bound to their listener and ready to run.
@@ -117,13 +117,20 @@ impl Application {
                     settings.http_addr
                 )
             })?;
-        let ctx = AppContext {
-            db,
-            settings: Arc::new(settings),
-            clock,
-            metrics: Arc::new(Metrics::new()),
-        };
-        let router = router(&ctx, services);
+        Self::build_on(listener, settings, services, db, clock).await
+    }
+
+    /// Like [`Application::build`], on a listener bound already (tests bind first to
+    /// learn the address, which becomes the public URL).
+    pub async fn build_on(
+        listener: TcpListener,
+        settings: Settings,
+        services: &ServiceSet,
+        db: PgPool,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let ctx = AppContext::new(db, settings, clock)?;
+        let router = router(&ctx, services).await?;
         Ok(Self {
             listener,
             router,

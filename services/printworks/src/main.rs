@@ -6,7 +6,8 @@ use std::sync::Arc;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 use printworks::{Application, Service, ServiceSet};
-use printworks_common::clock::SystemClock;
+use printworks_common::clock::{Clock as _, SystemClock};
+use printworks_common::crypto::SecretBox;
 use printworks_common::settings::ensure_private_dir;
 use printworks_common::{Settings, db, server, telemetry};
 
@@ -43,6 +44,19 @@ enum Command {
     /// Apply pending database migrations and exit. Safe to run from several replicas at
     /// once: an advisory lock serialises them.
     Migrate,
+    /// Manage the keys that sign access and ID tokens.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Publish a new signing key now. It starts signing 10 minutes later (so that every
+    /// JWKS cache has it first); the keys it replaces stay published until the last token
+    /// they signed has expired.
+    Rotate,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +97,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pool.close().await;
             Ok(())
         }
+        Command::Keys {
+            action: KeysAction::Rotate,
+        } => {
+            let pool = db::connect(&settings, &database_url).await?;
+            db::migrate(&pool).await?;
+            let secrets = SecretBox::from_settings(&settings)?;
+            let rotation = printworks_account::keys::rotate(
+                &pool,
+                &secrets,
+                SystemClock.now(),
+                printworks_account::keys::PUBLISH_LEAD,
+                settings.account.access_token_ttl,
+            )
+            .await?;
+            report_rotation(&rotation);
+            pool.close().await;
+            Ok(())
+        }
         Command::Serve { services } => {
             let services = ServiceSet::from_list(&services);
             ensure_private_dir(&settings.data_dir).map_err(|e| {
@@ -117,6 +149,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+#[allow(clippy::print_stdout)] // the command's answer
+fn report_rotation(r: &printworks_account::keys::Rotation) {
+    let at = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    println!("published key {} (signs from {})", r.kid, at(r.signs_from));
+    for (kid, until) in &r.retiring {
+        println!("key {kid} stays published until {}", at(*until));
     }
 }
 

@@ -9,10 +9,15 @@
 //!    refusal by a layer or an extractor, a panic) rewritten into one, so clients see a
 //!    single error format;
 //! 4. panics caught and answered 500 without their message;
-//! 5. a timeout (503) and a body size limit (413) on every route.
+//! 5. a timeout (503) and a body size limit (413) on every route;
+//! 6. security headers on every response (`nosniff`, no referrer, no framing, a
+//!    restrictive default CSP, HSTS when the public URL is https).
 
+mod client;
+mod extract;
 mod health;
 mod json;
+mod ratelimit;
 
 use std::any::Any;
 use std::time::Instant;
@@ -28,8 +33,11 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+pub use client::ClientInfo;
+pub use extract::{Page, PageQuery, Paginated, Path, Query};
 pub use health::health_routes;
 pub use json::Json;
+pub use ratelimit::{RateLimitLayer, rate_limit};
 
 use crate::context::AppContext;
 use crate::error::{PROBLEM_CONTENT_TYPE, Problem};
@@ -117,6 +125,7 @@ async fn request_context(State(ctx): State<AppContext>, req: Request, next: Next
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    add_security_headers(&mut response, ctx.settings.public_url.is_https());
 
     let status = response.status();
     let elapsed = started.elapsed();
@@ -136,18 +145,55 @@ async fn request_context(State(ctx): State<AppContext>, req: Request, next: Next
     response
 }
 
+fn add_security_headers(res: &mut Response, https: bool) {
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Pages set their own policy; everything else may load nothing and be framed nowhere.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    if https {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        );
+    }
+}
+
 fn is_problem(res: &Response) -> bool {
     res.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_CONTENT_TYPE.as_bytes()))
 }
 
+/// An error body made on purpose: problem+json; the `{"error": ...}` JSON that OAuth's
+/// token, revocation and introspection endpoints must answer (RFC 6749 §5.2); or an
+/// HTML page for a person (the login page answering 401, say).
+fn is_deliberate_error(res: &Response) -> bool {
+    is_problem(res)
+        || res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.starts_with(b"application/json") || v.starts_with(b"text/html")
+        })
+}
+
 /// Error responses that did not come from [`crate::ApiError`] (axum's 405, a layer's
-/// 413 or 503, a caught panic) keep their status and useful headers (`Allow`,
+/// 413, 429 or 503, a caught panic) keep their status and useful headers (`Allow`,
 /// `Retry-After`, `WWW-Authenticate`) and get a problem body instead of theirs.
 fn into_problem_if_error(res: Response) -> Response {
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_problem(&res) {
+    if !(status.is_client_error() || status.is_server_error()) || is_deliberate_error(&res) {
         return res;
     }
     let (parts, _discarded) = res.into_parts();

@@ -1,0 +1,57 @@
+//! The account service's JSON API under `/account/v1`.
+
+pub mod clients;
+pub mod consents;
+pub mod sessions;
+pub mod totp;
+pub mod users;
+
+use axum::http::StatusCode;
+use printworks_common::ApiError;
+use printworks_common::error::Problem;
+
+use crate::login::LoginError;
+
+impl From<LoginError> for ApiError {
+    fn from(e: LoginError) -> Self {
+        match e {
+            LoginError::Throttled(wait) => ApiError::too_many_requests(wait),
+            LoginError::InvalidCredentials => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                "The e-mail address or the password is wrong",
+            )
+            .into(),
+            LoginError::SecondFactorRequired => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "mfa-required",
+                "A code from your authenticator app is required",
+            )
+            .detail(
+                "Send totp_code: the 6-digit code of your authenticator app, or a recovery code.",
+            )
+            .with("mfa_required", true)
+            .into(),
+            LoginError::InvalidSecondFactor => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-second-factor",
+                "The code is wrong or was already used",
+            )
+            .with("mfa_required", true)
+            .into(),
+            LoginError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+/// Trims and checks a display name: 1 to 100 characters, no control characters.
+pub fn display_name(input: &str) -> Result<String, ApiError> {
+    let name = input.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "display_name must be 1 to 100 characters, without control characters.",
+        ));
+    }
+    Ok(name.to_owned())
+}

@@ -1,0 +1,305 @@
+//! Passwords: the policy (NIST SP 800-63B, OWASP ASVS 5.0 V6) and hashing (Argon2id).
+//!
+//! Policy: Unicode-normalised (NFKC), length within the configured bounds counted in
+//! characters, no composition rules, refused when easy to guess (zxcvbn, whose
+//! dictionaries hold the common and breached passwords) or when it contains the e-mail
+//! address's local part; the refusal says why.
+//!
+//! Hashing runs on the blocking pool under a semaphore: at most N hashes at once, each
+//! holding the Argon2 memory, so a flood of logins queues instead of starving the
+//! runtime or the machine's memory.
+
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
+use printworks_common::settings::AccountSettings;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+use unicode_normalization::UnicodeNormalization;
+
+/// zxcvbn's estimate needs at least this score (10^10 guesses) to pass.
+const MIN_STRENGTH: zxcvbn::Score = zxcvbn::Score::Three;
+/// zxcvbn's cost grows with length; the first characters decide the estimate.
+const STRENGTH_PREFIX_CHARS: usize = 100;
+
+/// NFKC, as NIST SP 800-63B §5.1.1.2 asks, so the same password typed on another
+/// keyboard or platform still matches.
+pub fn normalise(password: &str) -> String {
+    password.nfkc().collect()
+}
+
+#[derive(Clone, Debug)]
+pub struct PasswordPolicy {
+    pub min_chars: usize,
+    pub max_chars: usize,
+}
+
+impl PasswordPolicy {
+    pub fn from_settings(s: &AccountSettings) -> Self {
+        Self {
+            min_chars: s.password_min_length as usize,
+            max_chars: s.password_max_length as usize,
+        }
+    }
+
+    /// The normalised password, or why it is refused.
+    pub fn check(&self, password: &str, email: &str, display_name: &str) -> Result<String, String> {
+        let normalised = normalise(password);
+        let chars = normalised.chars().count();
+        if chars < self.min_chars {
+            return Err(format!(
+                "The password must be at least {} characters long.",
+                self.min_chars
+            ));
+        }
+        if chars > self.max_chars {
+            return Err(format!(
+                "The password must be at most {} characters long.",
+                self.max_chars
+            ));
+        }
+        let lower = normalised.to_lowercase();
+        let local_part = email.split('@').next().unwrap_or_default().to_lowercase();
+        if local_part.chars().count() >= 3 && lower.contains(&local_part) {
+            return Err("The password must not contain your e-mail address.".into());
+        }
+        let prefix: String = normalised.chars().take(STRENGTH_PREFIX_CHARS).collect();
+        let entropy = zxcvbn::zxcvbn(&prefix, &[email, &local_part, display_name]);
+        if entropy.score() < MIN_STRENGTH {
+            let reason = entropy
+                .feedback()
+                .and_then(|f| f.warning())
+                .map(|w| w.to_string())
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "It is too easy to guess.".to_owned());
+            return Err(format!(
+                "The password is too easy to guess: {reason} A longer phrase of unrelated words works well."
+            ));
+        }
+        Ok(normalised)
+    }
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verified {
+    No,
+    Yes,
+    /// Correct, and the stored hash uses weaker parameters than configured: store a new one.
+    YesRehash(String),
+}
+
+#[derive(Clone)]
+pub struct PasswordHasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password with the current parameters, verified against when
+    /// the account does not exist, so that both answers take the same time.
+    dummy_hash: Arc<String>,
+}
+
+impl PasswordHasher {
+    pub fn from_settings(s: &AccountSettings) -> anyhow::Result<Self> {
+        let params = Params::new(
+            s.argon2_memory_kib,
+            s.argon2_iterations,
+            s.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid Argon2 parameters: {e}"))?;
+        let permits = match s.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        let dummy = printworks_common::crypto::random_token();
+        let dummy_hash = argon
+            .hash_password(dummy.as_bytes())
+            .map_err(|e| anyhow::anyhow!("hashing: {e}"))?
+            .to_string();
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(permits)),
+            dummy_hash: Arc::new(dummy_hash),
+        })
+    }
+
+    fn argon(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// Runs `f` on the blocking pool once a hashing permit is free.
+    async fn bounded<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let _permit = self.permits.acquire().await?;
+        Ok(tokio::task::spawn_blocking(f).await?)
+    }
+
+    pub async fn hash(&self, password: SecretString) -> anyhow::Result<String> {
+        let argon = self.argon();
+        self.bounded(move || {
+            argon
+                .hash_password(password.expose_secret().as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("hashing: {e}"))
+        })
+        .await?
+    }
+
+    /// Checks `password` against `stored` (a PHC string). With `stored: None` (no such
+    /// account) it spends the same effort on a dummy hash and answers [`Verified::No`].
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<String>,
+    ) -> anyhow::Result<Verified> {
+        let exists = stored.is_some();
+        let stored = stored.unwrap_or_else(|| self.dummy_hash.as_ref().clone());
+        let argon = self.argon();
+        let wanted = self.params.clone();
+        self.bounded(move || {
+            let Ok(parsed) = PasswordHash::new(&stored) else {
+                return Ok(Verified::No);
+            };
+            let ok = argon
+                .verify_password(password.expose_secret().as_bytes(), &parsed)
+                .is_ok();
+            if !(ok && exists) {
+                return Ok(Verified::No);
+            }
+            if weaker_than(&parsed, &wanted) {
+                let fresh = argon
+                    .hash_password(password.expose_secret().as_bytes())
+                    .map_err(|e| anyhow::anyhow!("hashing: {e}"))?
+                    .to_string();
+                return Ok(Verified::YesRehash(fresh));
+            }
+            Ok(Verified::Yes)
+        })
+        .await?
+    }
+}
+
+/// Whether a stored hash is not Argon2id or uses less memory, time or lanes than wanted.
+fn weaker_than(hash: &PasswordHash, wanted: &Params) -> bool {
+    if hash.algorithm.as_str() != "argon2id" {
+        return true;
+    }
+    let param = |name: &str| -> u32 { hash.params.get_decimal(name).unwrap_or(0) };
+    param("m") < wanted.m_cost() || param("t") < wanted.t_cost() || param("p") < wanted.p_cost()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> PasswordPolicy {
+        PasswordPolicy {
+            min_chars: 12,
+            max_chars: 256,
+        }
+    }
+
+    #[test]
+    fn strong_passphrases_pass_and_are_normalised() {
+        let p = policy();
+        assert!(
+            p.check("correct horse battery staple", "ada@example.com", "Ada")
+                .is_ok()
+        );
+        // NFKC: the full-width and the ASCII spelling are one password.
+        let a = p
+            .check(
+                "ｆｊｏｒｄ ｑｕｉｌｌ ｖｅｘ ｗａｌｔｚ",
+                "ada@example.com",
+                "Ada",
+            )
+            .unwrap();
+        let b = p
+            .check("fjord quill vex waltz", "ada@example.com", "Ada")
+            .unwrap();
+        assert_eq!(a, b);
+        // No composition rules: lowercase letters and spaces suffice when long enough.
+        assert!(
+            p.check("umbrella oxygen lantern gravel", "x@example.com", "X")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let p = policy();
+        let short = p
+            .check("Tr0ub4dor&3", "ada@example.com", "Ada")
+            .unwrap_err();
+        assert!(short.contains("at least 12"), "{short}");
+        let long = p
+            .check(&"ab1!".repeat(70), "ada@example.com", "Ada")
+            .unwrap_err();
+        assert!(long.contains("at most 256"), "{long}");
+        let common = p
+            .check("password1234", "ada@example.com", "Ada")
+            .unwrap_err();
+        assert!(common.contains("too easy to guess"), "{common}");
+        let keyboard = p
+            .check("qwertyuiopasdf", "ada@example.com", "Ada")
+            .unwrap_err();
+        assert!(keyboard.contains("too easy to guess"), "{keyboard}");
+        let mine = p
+            .check("lovelace-rules-the-engine", "lovelace@example.com", "Ada")
+            .unwrap_err();
+        assert!(mine.contains("e-mail"), "{mine}");
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_weaker_ones_are_upgraded() {
+        let mut s = AccountSettings::defaults();
+        let weak = PasswordHasher::from_settings(&s).unwrap();
+        let hash = weak
+            .hash(SecretString::from("fjord quill vex waltz"))
+            .await
+            .unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert_eq!(
+            weak.verify(
+                SecretString::from("fjord quill vex waltz"),
+                Some(hash.clone())
+            )
+            .await
+            .unwrap(),
+            Verified::Yes
+        );
+        assert_eq!(
+            weak.verify(
+                SecretString::from("fjord quill vex walts"),
+                Some(hash.clone())
+            )
+            .await
+            .unwrap(),
+            Verified::No
+        );
+        assert_eq!(
+            weak.verify(SecretString::from("anything"), None)
+                .await
+                .unwrap(),
+            Verified::No
+        );
+        s.argon2_iterations = 3;
+        let stronger = PasswordHasher::from_settings(&s).unwrap();
+        match stronger
+            .verify(SecretString::from("fjord quill vex waltz"), Some(hash))
+            .await
+            .unwrap()
+        {
+            Verified::YesRehash(new) => assert!(new.contains("t=3"), "{new}"),
+            other => panic!("expected a rehash, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! Who is calling. People and apps carry OAuth2 access tokens: JWTs (RFC 9068, `typ:
+//! at+jwt`) signed by the account service with EdDSA and a `kid`. Every service verifies
+//! them locally, on every call, with the public keys the account service publishes in
+//! the `signing_keys` table (the same keys as its JWKS): signature, algorithm, type,
+//! issuer, audience, expiry (by the injected clock) and, through [`Auth`], the scope the
+//! route declares. Roles are never taken from a token.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+use crate::clock::SharedClock;
+use crate::context::AppContext;
+use crate::error::{ApiError, Problem};
+
+/// The JOSE `typ` of access tokens (RFC 9068), which ID tokens do not carry.
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// The `aud` of access tokens: the Printworks API. ID tokens carry the client's id.
+pub const API_AUDIENCE: &str = "printworks-api";
+/// Tolerance for clocks of other machines when checking `iat`.
+const CLOCK_SKEW_SECS: i64 = 60;
+/// A token with an unknown `kid` triggers at most one reload of the keys per interval.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The one catalogue of scopes, used by every service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    OpenId,
+    Profile,
+    Email,
+    OfflineAccess,
+    OrganizationRead,
+    OrganizationWrite,
+    PrinterRead,
+    PrinterWrite,
+    PrintJobRead,
+    PrintJobWrite,
+    AuditRead,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 11] = [
+        Scope::OpenId,
+        Scope::Profile,
+        Scope::Email,
+        Scope::OfflineAccess,
+        Scope::OrganizationRead,
+        Scope::OrganizationWrite,
+        Scope::PrinterRead,
+        Scope::PrinterWrite,
+        Scope::PrintJobRead,
+        Scope::PrintJobWrite,
+        Scope::AuditRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::OpenId => "openid",
+            Scope::Profile => "profile",
+            Scope::Email => "email",
+            Scope::OfflineAccess => "offline_access",
+            Scope::OrganizationRead => "organization.read",
+            Scope::OrganizationWrite => "organization.write",
+            Scope::PrinterRead => "printer.read",
+            Scope::PrinterWrite => "printer.write",
+            Scope::PrintJobRead => "print_job.read",
+            Scope::PrintJobWrite => "print_job.write",
+            Scope::AuditRead => "audit.read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+
+    /// What granting this scope lets an app see or do, in plain words (consent page).
+    pub fn description(self) -> &'static str {
+        match self {
+            Scope::OpenId => "Know who you are when you sign in",
+            Scope::Profile => "See your name",
+            Scope::Email => "See your e-mail address",
+            Scope::OfflineAccess => {
+                "Keep access while you are not using it (until you withdraw it)"
+            }
+            Scope::OrganizationRead => "See your organizations, their members and teams",
+            Scope::OrganizationWrite => {
+                "Change your organizations: invite people, manage teams, projects and sharing, as far as your role allows"
+            }
+            Scope::PrinterRead => "See the printers you have access to and their status",
+            Scope::PrinterWrite => {
+                "Add printers, change and share them, as far as your role allows"
+            }
+            Scope::PrintJobRead => "See print jobs on printers you have access to",
+            Scope::PrintJobWrite => "Send print jobs to printers you may use, and stop them",
+            Scope::AuditRead => "Read the audit log of organizations you administer",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of scopes, written space-separated (RFC 6749 §3.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopeSet(BTreeSet<Scope>);
+
+impl ScopeSet {
+    /// Refuses unknown scopes, naming the first one.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut set = BTreeSet::new();
+        for word in s.split(' ').filter(|w| !w.is_empty()) {
+            match Scope::parse(word) {
+                Some(scope) => {
+                    set.insert(scope);
+                }
+                None => {
+                    let shown: String = word.chars().take(40).collect();
+                    return Err(format!("unknown scope {shown:?}"));
+                }
+            }
+        }
+        Ok(Self(set))
+    }
+
+    /// From stored strings; unknown ones (from an older catalogue) are dropped.
+    pub fn from_strings<I: IntoIterator<Item = S>, S: AsRef<str>>(items: I) -> Self {
+        Self(
+            items
+                .into_iter()
+                .filter_map(|s| Scope::parse(s.as_ref()))
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, scope: Scope) -> bool {
+        self.0.contains(&scope)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn is_subset(&self, other: &ScopeSet) -> bool {
+        self.0.is_subset(&other.0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Scope> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn insert(&mut self, scope: Scope) {
+        self.0.insert(scope);
+    }
+
+    pub fn remove(&mut self, scope: Scope) {
+        self.0.remove(&scope);
+    }
+
+    pub fn intersection(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.intersection(&other.0).copied().collect())
+    }
+
+    pub fn union(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.union(&other.0).copied().collect())
+    }
+
+    pub fn to_strings(&self) -> Vec<String> {
+        self.iter().map(|s| s.as_str().to_owned()).collect()
+    }
+}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words: Vec<&str> = self.iter().map(Scope::as_str).collect();
+        f.write_str(&words.join(" "))
+    }
+}
+
+impl FromIterator<Scope> for ScopeSet {
+    fn from_iter<T: IntoIterator<Item = Scope>>(iter: T) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+/// A role in an organization. Read from the database on every call, never from a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Guest,
+    Member,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "guest" => Some(Role::Guest),
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The claims of an access token.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub iss: String,
+    /// A user's id, or for `client_credentials` the client's id.
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    /// The browser session the grant came through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    /// For `client_credentials`: the organization the client acts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<Uuid>,
+}
+
+/// On whose behalf a request is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A person, through an app (`client_id`).
+    User(Uuid),
+    /// An automated system: a confidential client acting inside its organization.
+    Client { organization_id: Uuid },
+}
+
+/// A verified caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub subject: Subject,
+    pub client_id: String,
+    pub scopes: ScopeSet,
+    pub session_id: Option<Uuid>,
+    pub token_id: String,
+    pub expires_at: i64,
+}
+
+impl Caller {
+    pub fn user_id(&self) -> Option<Uuid> {
+        match self.subject {
+            Subject::User(id) => Some(id),
+            Subject::Client { .. } => None,
+        }
+    }
+
+    fn from_claims(c: AccessClaims) -> Option<Self> {
+        let subject = match c.org {
+            Some(organization_id) if c.sub == c.client_id => Subject::Client { organization_id },
+            Some(_) => return None,
+            None => Subject::User(Uuid::parse_str(&c.sub).ok()?),
+        };
+        Some(Self {
+            subject,
+            scopes: ScopeSet::from_strings(c.scope.split(' ')),
+            client_id: c.client_id,
+            session_id: c.sid,
+            token_id: c.jti,
+            expires_at: c.exp,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token is not an access token signed with an accepted algorithm")]
+    WrongType,
+    #[error("the token was signed with an unknown key")]
+    UnknownKey,
+    #[error("the token signature or claims are invalid")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+}
+
+/// Verifies access tokens with the published keys, cached in memory and reloaded from
+/// the database when a token names a key not seen yet.
+pub struct TokenVerifier {
+    db: PgPool,
+    issuer: String,
+    clock: SharedClock,
+    keys: RwLock<KeyCache>,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    loaded_at: Option<Instant>,
+}
+
+impl TokenVerifier {
+    pub fn new(db: PgPool, issuer: String, clock: SharedClock) -> Self {
+        Self {
+            db,
+            issuer,
+            clock,
+            keys: RwLock::new(KeyCache::default()),
+        }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        if token.len() > 8192 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE) {
+            return Err(TokenError::WrongType);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self.key(&kid).await?;
+
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        // Expiry is checked below against the injected clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[API_AUDIENCE]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
+            .map_err(|_| TokenError::Invalid)?;
+        let now = self.clock.now().unix_timestamp();
+        if data.claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if data.claims.iat > now + CLOCK_SKEW_SECS {
+            return Err(TokenError::Invalid);
+        }
+        Ok(data.claims)
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
+        if let Some(k) = self.keys.read().await.keys.get(kid) {
+            return Ok(k.clone());
+        }
+        let mut cache = self.keys.write().await;
+        if let Some(k) = cache.keys.get(kid) {
+            return Ok(k.clone());
+        }
+        let recently = cache
+            .loaded_at
+            .is_some_and(|t| t.elapsed() < KEY_RELOAD_INTERVAL);
+        if !recently {
+            match load_published_keys(&self.db, self.clock.now()).await {
+                Ok(keys) => {
+                    cache.keys = keys;
+                    cache.loaded_at = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load the token signing keys"),
+            }
+        }
+        cache.keys.get(kid).cloned().ok_or(TokenError::UnknownKey)
+    }
+
+    /// Forget cached keys (after a rotation in this process).
+    pub async fn reload(&self) {
+        *self.keys.write().await = KeyCache::default();
+    }
+}
+
+async fn load_published_keys(
+    db: &PgPool,
+    now: time::OffsetDateTime,
+) -> Result<HashMap<String, DecodingKey>, sqlx::Error> {
+    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT kid, public_jwk FROM signing_keys
+         WHERE published_from <= $1 AND (published_until IS NULL OR published_until > $1)",
+    )
+    .bind(now)
+    .fetch_all(db)
+    .await?;
+    let mut keys = HashMap::new();
+    for (kid, jwk) in rows {
+        let parsed = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk)
+            .ok()
+            .and_then(|jwk| DecodingKey::from_jwk(&jwk).ok());
+        match parsed {
+            Some(key) => {
+                keys.insert(kid, key);
+            }
+            None => tracing::error!(%kid, "a published signing key does not parse"),
+        }
+    }
+    Ok(keys)
+}
+
+/// A scope a route requires, as a type, so that the requirement is written in the
+/// handler's signature: `Auth<scope::PrinterWrite>`.
+pub trait RequiredScope: Send + Sync + 'static {
+    const SCOPE: Option<Scope>;
+}
+
+pub mod scope {
+    //! Marker types for [`super::Auth`].
+    use super::{RequiredScope, Scope};
+
+    macro_rules! markers {
+        ($($name:ident => $scope:ident),* $(,)?) => {$(
+            #[derive(Debug)]
+            pub struct $name;
+            impl RequiredScope for $name {
+                const SCOPE: Option<Scope> = Some(Scope::$scope);
+            }
+        )*};
+    }
+
+    markers!(
+        OpenId => OpenId,
+        OrganizationRead => OrganizationRead,
+        OrganizationWrite => OrganizationWrite,
+        PrinterRead => PrinterRead,
+        PrinterWrite => PrinterWrite,
+        PrintJobRead => PrintJobRead,
+        PrintJobWrite => PrintJobWrite,
+        AuditRead => AuditRead,
+    );
+}
+
+/// A caller holding a valid access token with the scope `S`.
+#[derive(Debug)]
+pub struct Auth<S: RequiredScope>(pub Caller, PhantomData<S>);
+
+impl<S: RequiredScope> std::ops::Deref for Auth<S> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
+}
+
+/// 401 with a `WWW-Authenticate` challenge (RFC 6750).
+pub fn unauthenticated(detail: &str, token_was_sent: bool) -> ApiError {
+    let challenge = if token_was_sent {
+        "Bearer realm=\"printworks\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"printworks\""
+    };
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "Authentication is required",
+    )
+    .detail(detail)
+    .header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    )
+    .into()
+}
+
+pub fn insufficient_scope(scope: Scope) -> ApiError {
+    let challenge = format!(
+        "Bearer realm=\"printworks\", error=\"insufficient_scope\", scope=\"{}\"",
+        scope.as_str()
+    );
+    let mut p = Problem::new(
+        StatusCode::FORBIDDEN,
+        "insufficient-scope",
+        "The token does not grant this",
+    )
+    .detail(format!("This needs the scope {}.", scope.as_str()))
+    .with("required_scope", scope.as_str());
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        p = p.header(header::WWW_AUTHENTICATE, v);
+    }
+    p.into()
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer_token(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl<S, St> FromRequestParts<St> for Auth<S>
+where
+    S: RequiredScope,
+    AppContext: FromRef<St>,
+    St: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        let ctx = AppContext::from_ref(state);
+        let Some(token) = bearer_token(parts) else {
+            return Err(unauthenticated(
+                "Send an access token: Authorization: Bearer <token>.",
+                false,
+            ));
+        };
+        let claims = ctx.tokens.verify(token).await.map_err(|e| {
+            tracing::info!(reason = %e, "access token refused");
+            unauthenticated("The access token is not valid.", true)
+        })?;
+        let caller = Caller::from_claims(claims)
+            .ok_or_else(|| unauthenticated("The access token is not valid.", true))?;
+        if let Some(scope) = S::SCOPE
+            && !caller.scopes.contains(scope)
+        {
+            return Err(insufficient_scope(scope));
+        }
+        Ok(Auth(caller, PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_print_space_separated() {
+        let s = ScopeSet::parse("openid  printer.read openid").unwrap();
+        assert_eq!(s.to_string(), "openid printer.read");
+        assert!(s.contains(Scope::PrinterRead));
+        assert_eq!(
+            ScopeSet::parse("openid admin").unwrap_err(),
+            "unknown scope \"admin\""
+        );
+        assert!(ScopeSet::parse("").unwrap().is_empty());
+        for scope in Scope::ALL {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+            assert!(!scope.description().is_empty());
+        }
+    }
+
+    #[test]
+    fn client_subjects_must_name_their_client() {
+        let claims = |sub: &str, org: Option<Uuid>| AccessClaims {
+            iss: "i".into(),
+            sub: sub.into(),
+            aud: API_AUDIENCE.into(),
+            exp: 0,
+            iat: 0,
+            jti: "j".into(),
+            client_id: "c1".into(),
+            scope: "printer.read".into(),
+            sid: None,
+            org,
+        };
+        let org = Uuid::new_v4();
+        assert_eq!(
+            Caller::from_claims(claims("c1", Some(org)))
+                .unwrap()
+                .subject,
+            Subject::Client {
+                organization_id: org
+            }
+        );
+        assert!(Caller::from_claims(claims("c2", Some(org))).is_none());
+        assert!(Caller::from_claims(claims("not-a-uuid", None)).is_none());
+        let user = Uuid::new_v4();
+        assert_eq!(
+            Caller::from_claims(claims(&user.to_string(), None))
+                .unwrap()
+                .user_id(),
+            Some(user)
+        );
+    }
+}

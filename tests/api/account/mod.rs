@@ -1,0 +1,10 @@
+//! The account service: people, sessions, TOTP, and the OAuth2/OIDC provider.
+
+mod clients;
+mod login;
+mod oauth;
+
+mod sessions;
+mod signup;
+mod tokens;
+mod totp;
