@@ -16,7 +16,7 @@ DB := deploy/embedded-postgres.sh
 # cluster's (started on demand; a failure to start stops make).
 with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
 
-.PHONY: help run test lint fmt db db-stop build
+.PHONY: help run test test-deps lint fmt db db-stop build bench-login
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ help: ## list the targets
 run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
 	@$(with_db) cargo run --quiet --locked -p printworks -- serve
 
-test: lint ## fmt check, clippy -D warnings, then every test against a real PostgreSQL
+test: lint test-deps ## fmt check, clippy -D warnings, then every test against a real PostgreSQL
 	@$(with_db) cargo test --locked --workspace --all-targets
+
+test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver)
+	@deploy/test-deps.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
@@ -36,6 +39,10 @@ fmt: ## format the code
 
 build: ## build the printworks binary
 	cargo build --locked -p printworks
+
+bench-login: ## measure the login rate one core sustains (release build; see docs/benchmarks.md)
+	cargo build --release --locked -p printworks
+	@$(with_db) python3 bench/login_rate.py
 
 db: ## start the embedded PostgreSQL (unless DATABASE_URL is set) and print its URL
 	@if [ -n "$${DATABASE_URL:-}" ]; then echo "DATABASE_URL is set; using it"; else $(DB) start; fi

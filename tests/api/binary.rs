@@ -253,3 +253,51 @@ async fn serve_migrates_serves_logs_json_and_stops_on_sigterm(
         .unwrap();
     assert_eq!(applied as usize, MIGRATOR.iter().count());
 }
+
+/// `printworks keys rotate` publishes a new key that signs later, and says so.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn keys_rotate_publishes_a_new_key(_pool: PgPoolOptions, connect: PgConnectOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = connect.to_url_lossy().to_string();
+    let run = |args: &[&str]| {
+        printworks(dir.path())
+            .env("DATABASE_URL", &url)
+            .env("PRINTWORKS_LOG", "warn")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["keys", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8(out.stdout).unwrap();
+    assert!(first.starts_with("published key "), "{first}");
+    let out = run(&["keys", "rotate"]);
+    let second = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        second.lines().any(|l| l.contains("stays published until")),
+        "{second}"
+    );
+
+    let pool = PgPoolOptions::new().connect_with(connect).await.unwrap();
+    let keys: Vec<(String, bool)> =
+        sqlx::query_as("SELECT kid, published_until IS NULL FROM signing_keys ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        (keys[0].1, keys[1].1),
+        (false, true),
+        "the older key retires, the newer stays"
+    );
+    // The private half is sealed, not stored in the clear.
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT private_key_sealed FROM signing_keys LIMIT 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sealed[0], 1, "sealed-box format version");
+}

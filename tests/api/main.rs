@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod db_proxy;
 mod helpers;
 

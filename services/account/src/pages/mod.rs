@@ -62,6 +62,12 @@ pub fn html(status: StatusCode, template: &impl Template) -> Response {
                 HeaderValue::from_static(PAGE_CSP),
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            // Not `no-referrer`: with it, browsers send `Origin: null` on form posts, and
+            // the origin check below needs the real one. Other sites still learn nothing.
+            h.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("same-origin"),
+            );
             res
         }
         Err(e) => {
@@ -163,6 +169,20 @@ pub fn csrf_ok(
     let token_ok = jar
         .get(name)
         .is_some_and(|c| constant_time_eq(c.value().as_bytes(), form_token.as_bytes()));
+    if !(origin_ok && token_ok) {
+        let origin = headers.get(header::ORIGIN).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect::<String>()
+        });
+        tracing::info!(
+            origin_ok,
+            token_ok,
+            ?origin,
+            "form refused: CSRF check failed"
+        );
+    }
     origin_ok && token_ok
 }
 
