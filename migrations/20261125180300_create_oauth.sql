@@ -60,7 +60,7 @@ CREATE TABLE oauth_refresh_tokens (
     family_id   uuid        NOT NULL,
     client_id   text        NOT NULL REFERENCES oauth_clients (id) ON DELETE CASCADE,
     user_id     uuid        NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    session_id  uuid        REFERENCES sessions (id) ON DELETE SET NULL,
+    session_id  uuid        REFERENCES sessions (id) ON DELETE CASCADE,
     scopes      text[]      NOT NULL,
     auth_time   timestamptz NOT NULL,
     created_at  timestamptz NOT NULL,

@@ -83,7 +83,7 @@ impl AccountState {
 pub async fn router(ctx: AppContext, orgs: Arc<dyn OrgDirectory>) -> anyhow::Result<Router> {
     let state = AccountState::new(ctx, orgs)?;
     state.keys.ensure_current().await?;
-    let limit = rate_limit(state.ctx.settings.auth_rate_limit_per_minute);
+    let limit = rate_limit(&state.ctx.settings);
 
     let api = Router::new()
         .merge(api::users::router())

@@ -57,6 +57,7 @@ pub fn subject(email_input: &str) -> String {
             .trim()
             .to_lowercase()
             .chars()
+            .filter(|c| !c.is_control())
             .take(254)
             .collect(),
     }

@@ -130,13 +130,20 @@ impl PasswordHasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
 
-    /// Runs `f` on the blocking pool once a hashing permit is free.
+    /// Runs `f` on the blocking pool once a hashing permit is free. The permit moves into
+    /// the blocking task: a request that is cancelled (client gone, timeout) while its
+    /// hash runs does not free a slot before the hash is done.
     async fn bounded<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await?;
-        Ok(tokio::task::spawn_blocking(f).await?)
+        let permit = self.permits.clone().acquire_owned().await?;
+        Ok(tokio::task::spawn_blocking(move || {
+            let result = f();
+            drop(permit);
+            result
+        })
+        .await?)
     }
 
     pub async fn hash(&self, password: SecretString) -> anyhow::Result<String> {

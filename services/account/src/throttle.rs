@@ -57,15 +57,32 @@ impl Throttle {
         if counted.is_some() {
             return Ok(Gate::Allowed);
         }
-        let next: OffsetDateTime =
+        // The row may have been cleared by a success in between: then wait a second.
+        let next: Option<OffsetDateTime> =
             sqlx::query_scalar("SELECT next_allowed_at FROM login_throttle WHERE subject = $1")
                 .bind(subject)
-                .fetch_one(db)
+                .fetch_optional(db)
                 .await?;
-        let wait = (next - now).max(time::Duration::seconds(1));
+        let wait = next
+            .map(|n| n - now)
+            .unwrap_or_default()
+            .max(time::Duration::seconds(1));
         Ok(Gate::Wait(
             Duration::try_from(wait).unwrap_or(Duration::from_secs(1)),
         ))
+    }
+
+    /// A check that was counted succeeded, but was not a login (a code confirmed, a
+    /// password re-entered): take back its own count, and only that — earlier failures
+    /// stand, so such routes cannot be used to reset the throttle.
+    pub async fn refund(&self, db: &PgPool, subject: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE login_throttle SET failures = GREATEST(failures - 1, 0) WHERE subject = $1",
+        )
+        .bind(subject)
+        .execute(db)
+        .await?;
+        Ok(())
     }
 
     /// The credentials were right: forget the failures.

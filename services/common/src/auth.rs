@@ -8,7 +8,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
@@ -30,7 +29,10 @@ pub const API_AUDIENCE: &str = "printworks-api";
 /// Tolerance for clocks of other machines when checking `iat`.
 const CLOCK_SKEW_SECS: i64 = 60;
 /// A token with an unknown `kid` triggers at most one reload of the keys per interval.
-const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+const KEY_RELOAD_INTERVAL: time::Duration = time::Duration::seconds(1);
+/// Keys are reloaded at least this often, so a key retired (or withdrawn) in the
+/// database stops being trusted here too.
+const KEY_CACHE_TTL: time::Duration = time::Duration::seconds(60);
 
 /// The one catalogue of scopes, used by every service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -319,8 +321,15 @@ pub struct TokenVerifier {
 
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<String, DecodingKey>,
-    loaded_at: Option<Instant>,
+    keys: HashMap<String, PublishedKey>,
+    /// By the injected clock, like every expiry.
+    loaded_at: Option<time::OffsetDateTime>,
+}
+
+#[derive(Clone)]
+struct PublishedKey {
+    key: DecodingKey,
+    published_until: Option<time::OffsetDateTime>,
 }
 
 impl TokenVerifier {
@@ -368,26 +377,37 @@ impl TokenVerifier {
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
-        if let Some(k) = self.keys.read().await.keys.get(kid) {
-            return Ok(k.clone());
+        let now = self.clock.now();
+        let usable = |k: &PublishedKey| k.published_until.is_none_or(|until| until > now);
+        {
+            let cache = self.keys.read().await;
+            let fresh = cache.loaded_at.is_some_and(|t| now - t < KEY_CACHE_TTL);
+            if fresh && let Some(k) = cache.keys.get(kid) {
+                return usable(k)
+                    .then(|| k.key.clone())
+                    .ok_or(TokenError::UnknownKey);
+            }
         }
         let mut cache = self.keys.write().await;
-        if let Some(k) = cache.keys.get(kid) {
-            return Ok(k.clone());
-        }
         let recently = cache
             .loaded_at
-            .is_some_and(|t| t.elapsed() < KEY_RELOAD_INTERVAL);
-        if !recently {
+            .is_some_and(|t| now - t < KEY_RELOAD_INTERVAL);
+        let fresh = cache.loaded_at.is_some_and(|t| now - t < KEY_CACHE_TTL);
+        if !(recently || fresh && cache.keys.contains_key(kid)) {
             match load_published_keys(&self.db, self.clock.now()).await {
                 Ok(keys) => {
                     cache.keys = keys;
-                    cache.loaded_at = Some(Instant::now());
+                    cache.loaded_at = Some(now);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot load the token signing keys"),
             }
         }
-        cache.keys.get(kid).cloned().ok_or(TokenError::UnknownKey)
+        cache
+            .keys
+            .get(kid)
+            .filter(|k| usable(k))
+            .map(|k| k.key.clone())
+            .ok_or(TokenError::UnknownKey)
     }
 
     /// Forget cached keys (after a rotation in this process).
@@ -399,22 +419,28 @@ impl TokenVerifier {
 async fn load_published_keys(
     db: &PgPool,
     now: time::OffsetDateTime,
-) -> Result<HashMap<String, DecodingKey>, sqlx::Error> {
-    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
-        "SELECT kid, public_jwk FROM signing_keys
+) -> Result<HashMap<String, PublishedKey>, sqlx::Error> {
+    let rows: Vec<(String, serde_json::Value, Option<time::OffsetDateTime>)> = sqlx::query_as(
+        "SELECT kid, public_jwk, published_until FROM signing_keys
          WHERE published_from <= $1 AND (published_until IS NULL OR published_until > $1)",
     )
     .bind(now)
     .fetch_all(db)
     .await?;
     let mut keys = HashMap::new();
-    for (kid, jwk) in rows {
+    for (kid, jwk, published_until) in rows {
         let parsed = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk)
             .ok()
             .and_then(|jwk| DecodingKey::from_jwk(&jwk).ok());
         match parsed {
             Some(key) => {
-                keys.insert(kid, key);
+                keys.insert(
+                    kid,
+                    PublishedKey {
+                        key,
+                        published_until,
+                    },
+                );
             }
             None => tracing::error!(%kid, "a published signing key does not parse"),
         }

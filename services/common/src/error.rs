@@ -196,6 +196,11 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Self::Unavailable(e.into())
             }
+            // A NUL character in text (PostgreSQL refuses it): the input was bad, whatever
+            // route let it through.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(NUL_IN_TEXT) => {
+                Self::bad_request("Text must not contain NUL characters.")
+            }
             e => Self::Internal(e.into()),
         }
     }
@@ -225,3 +230,6 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// SQLSTATE `character_not_in_repertoire`: what PostgreSQL answers to a NUL in text.
+pub const NUL_IN_TEXT: &str = "22021";

@@ -94,8 +94,20 @@ pub struct Settings {
     #[arg(long, global = true, env = "PRINTWORKS_AUTH_RATE_LIMIT", value_name = "N", default_value = DEFAULT_AUTH_RATE_LIMIT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub auth_rate_limit_per_minute: u32,
 
+    /// Comma-separated addresses or networks of reverse proxies whose `X-Forwarded-For`
+    /// is believed (e.g. `10.0.0.0/8,fd00::/8`). Unset: the TCP peer is the client.
+    #[arg(long, global = true, env = "PRINTWORKS_TRUSTED_PROXIES", value_name = "CIDRS", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     #[command(flatten, next_help_heading = "Account service")]
     pub account: AccountSettings,
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or network (CIDR)"))
 }
 
 pub const DEFAULT_AUTH_RATE_LIMIT: &str = "60";
@@ -249,6 +261,7 @@ impl Settings {
             db_connect_timeout: parse_duration(DEFAULT_DB_CONNECT_TIMEOUT)
                 .expect("default duration"),
             master_key: None,
+            trusted_proxies: Vec::new(),
             auth_rate_limit_per_minute: p(DEFAULT_AUTH_RATE_LIMIT),
             account: AccountSettings::defaults(),
         }

@@ -577,3 +577,107 @@ async fn revocation_ends_a_refresh_token_family(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_code_issued_before_consent_was_withdrawn_is_worthless_after(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.new_user("admin").await;
+    let org = app.new_org(&admin, "Fab Lab").await;
+    let c: Value = register(&app, &admin, org, web_app())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (
+        c["client_id"].as_str().unwrap(),
+        c["client_secret"].as_str().unwrap(),
+    );
+    let ada = app.new_user("ada").await;
+    let pkce = Pkce::new();
+    let page = consent(&app, &ada, id, &pkce, "printer.read")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let code = code_from_redirect(&decide(&app, &ada, &page, "approve").await, APP_REDIRECT);
+    let res = ada
+        .browser
+        .delete(app.url(&format!("/account/v1/consents/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .client
+        .post(app.url("/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", APP_REDIRECT),
+            ("code_verifier", &pkce.verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_third_party_app_cannot_mint_clients_with_its_token(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.new_user("admin").await;
+    let org = app.new_org(&admin, "Fab Lab").await;
+    let mut body = web_app();
+    body["scopes"] = json!(["organization.write"]);
+    let c: Value = register(&app, &admin, org, body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (
+        c["client_id"].as_str().unwrap(),
+        c["client_secret"].as_str().unwrap(),
+    );
+    // The admin allows the app organization.write ...
+    let pkce = Pkce::new();
+    let page = consent(&app, &admin, id, &pkce, "organization.write")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let code = code_from_redirect(&decide(&app, &admin, &page, "approve").await, APP_REDIRECT);
+    let t: Value = app
+        .client
+        .post(app.url("/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", APP_REDIRECT),
+            ("code_verifier", &pkce.verifier),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // ... which cannot use it to register a client of its own, outliving the consent.
+    let mut minted = web_app();
+    minted["organization_id"] = json!(org);
+    minted["grant_types"] = json!(["client_credentials"]);
+    minted["redirect_uris"] = json!([]);
+    minted["role"] = json!("admin");
+    let res = app
+        .client
+        .post(app.url("/account/v1/clients"))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .json(&minted)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, StatusCode::FORBIDDEN).await;
+}

@@ -576,3 +576,60 @@ async fn the_token_endpoint_refuses_bad_input_in_the_oauth_format(pool: PgPool) 
     // Other routes keep problem+json.
     expect_problem(app.get("/oauth/nope").await, StatusCode::NOT_FOUND).await;
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn offline_access_outlives_an_idle_browser_but_not_a_logout(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ada = app.new_user("ada").await;
+    let t = app.cli_tokens(&ada, "offline_access printer.read").await;
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    // Two days without the browser: the session idled out, the CLI keeps working.
+    app.clock.advance(time::Duration::days(2));
+    let res = app
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", CLI),
+        ])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let next: Value = res.json().await.unwrap();
+    // Signing out (here: ending the session from another browser) ends it.
+    let other = app.login(&ada.email, crate::helpers::PASSWORD).await;
+    let list: Value = other
+        .get(app.url("/account/v1/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "the idle session is not listed"
+    );
+    let old: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE user_id = $1 ORDER BY created_at LIMIT 1",
+    )
+    .bind(ada.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE sessions SET ended_at = now(), ended_reason = 'logout' WHERE id = $1")
+        .bind(old)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let res = app
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", next["refresh_token"].as_str().unwrap()),
+            ("client_id", CLI),
+        ])
+        .await;
+    assert_eq!(
+        oauth_error(res, StatusCode::BAD_REQUEST).await,
+        "invalid_grant"
+    );
+}

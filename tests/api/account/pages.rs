@@ -86,7 +86,7 @@ async fn sign_in_with_totp_and_approve_an_app_in_a_real_browser(pool: PgPool) {
     let e: Value = ada
         .browser
         .post(app.url("/account/v1/totp"))
-        .json(&json!({}))
+        .json(&json!({ "password": PASSWORD }))
         .send()
         .await
         .unwrap()
@@ -137,6 +137,9 @@ async fn sign_in_with_totp_and_approve_an_app_in_a_real_browser(pool: PgPool) {
         b.text("#error").await,
         "The code is wrong or was already used."
     );
+    // Three attempts so far (two passwords, one code): a person takes a second to type
+    // the next one, and must.
+    app.clock.advance(time::Duration::seconds(1));
     b.fill("#code", &code_now(0)).await;
     b.click("#verify").await;
     // Consent: who asks, for what.

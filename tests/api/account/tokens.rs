@@ -199,3 +199,51 @@ async fn rotation_publishes_the_new_key_before_it_signs_and_keeps_the_old_one(po
     app.clock.advance(Duration::minutes(4));
     assert_eq!(published(&app).await, [rotation.kid]);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_retired_key_is_not_trusted_even_by_a_warm_cache(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ada = app.new_user("ada").await;
+    let token = app.access_token(&ada, "organization.read").await;
+    assert_eq!(
+        list_orgs(&app, &token).await.status(),
+        StatusCode::OK,
+        "the cache now holds the key"
+    );
+    let (header, mut payload, _) = parts(&token);
+    let old = header["kid"].as_str().unwrap().to_owned();
+
+    let secrets = SecretBox::from_settings(&test_settings(app.data_dir.path())).unwrap();
+    printworks_account::keys::rotate(
+        &app.db,
+        &secrets,
+        printworks_common::clock::Clock::now(app.clock.as_ref()),
+        std::time::Duration::from_secs(0),
+        std::time::Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    app.clock.advance(Duration::minutes(12));
+
+    // Someone who stole the old private key signs a token that has not expired.
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("SELECT private_key_sealed FROM signing_keys WHERE kid = $1")
+            .bind(&old)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let pkcs8 = secrets
+        .open(&format!("signing-key:{old}"), &sealed)
+        .unwrap();
+    let now = printworks_common::clock::Clock::now(app.clock.as_ref()).unix_timestamp();
+    payload["iat"] = json!(now);
+    payload["exp"] = json!(now + 300);
+    let h: jsonwebtoken::Header = serde_json::from_value(header).unwrap();
+    let forged = jsonwebtoken::encode(
+        &h,
+        &payload,
+        &jsonwebtoken::EncodingKey::from_ed_der(&pkcs8),
+    )
+    .unwrap();
+    refused(&app, &forged).await;
+}

@@ -1,5 +1,6 @@
-//! TOTP: enrolment, confirmation with recovery codes, login with a code, replay refused,
-//! recovery codes single-use, turning it off with a code, and wrong codes throttled.
+//! TOTP: enrolment (with the password again), confirmation with recovery codes, login
+//! with a code, replay refused, recovery codes single-use, turning it off with a code or
+//! a recovery code, and wrong codes throttled.
 
 use base64::Engine as _;
 use printworks_account::totp;
@@ -45,9 +46,25 @@ async fn login(app: &TestApp, email: &str, code: Option<&str>) -> reqwest::Respo
         .unwrap()
 }
 
+async fn audited(app: &TestApp, pattern: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT action, outcome FROM audit_events WHERE action LIKE $1 ORDER BY chain_index",
+    )
+    .bind(pattern)
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
 /// Enrols and confirms TOTP; returns the secret and the recovery codes.
 async fn turn_on(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
-    let res = post(app, user, "/account/v1/totp", json!({})).await;
+    let res = post(
+        app,
+        user,
+        "/account/v1/totp",
+        json!({ "password": PASSWORD }),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let e: Value = res.json().await.unwrap();
     let secret = e["secret"].as_str().unwrap().to_owned();
@@ -71,10 +88,35 @@ async fn turn_on(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn enrolment_gives_a_secret_a_uri_and_a_qr_code(pool: PgPool) {
+async fn enrolment_needs_the_password_and_gives_a_secret_a_uri_and_a_qr_code(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let ada = app.new_user("ada").await;
-    let res = post(&app, &ada, "/account/v1/totp", json!({})).await;
+    // The password again: a stolen session alone cannot turn TOTP on.
+    expect_problem(
+        post(&app, &ada, "/account/v1/totp", json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let body = expect_problem(
+        post(
+            &app,
+            &ada,
+            "/account/v1/totp",
+            json!({ "password": "guess guess guess" }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(body["detail"], "The password is wrong.");
+
+    let res = post(
+        &app,
+        &ada,
+        "/account/v1/totp",
+        json!({ "password": PASSWORD }),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let e: Value = res.json().await.unwrap();
     let secret = e["secret"].as_str().unwrap();
@@ -105,7 +147,7 @@ async fn enrolment_gives_a_secret_a_uri_and_a_qr_code(pool: PgPool) {
         .as_ref()
         .to_vec();
     assert!(!sealed.windows(raw.len()).any(|w| w == raw));
-    // Not on until confirmed.
+    // Not on until confirmed, and not by a wrong code.
     assert_eq!(
         login(&app, &ada.email, None).await.status(),
         StatusCode::CREATED
@@ -122,6 +164,29 @@ async fn enrolment_gives_a_secret_a_uri_and_a_qr_code(pool: PgPool) {
         login(&app, &ada.email, None).await.status(),
         StatusCode::CREATED
     );
+    // Confirming twice: the second finds nothing pending.
+    app.clock.advance(Duration::seconds(30));
+    let res = post(
+        &app,
+        &ada,
+        "/account/v1/totp/confirm",
+        json!({ "code": code(&app, secret, 0) }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = post(
+        &app,
+        &ada,
+        "/account/v1/totp/confirm",
+        json!({ "code": code(&app, secret, 1) }),
+    )
+    .await;
+    expect_problem(res, StatusCode::CONFLICT).await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM recovery_codes")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -143,8 +208,10 @@ async fn with_totp_on_a_login_needs_a_fresh_code(pool: PgPool) {
     assert_eq!(body["type"], "urn:printworks:problem:mfa-required");
 
     let now = code(&app, &secret, 0);
-    let res = login(&app, &ada.email, Some(&now)).await;
-    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        login(&app, &ada.email, Some(&now)).await.status(),
+        StatusCode::CREATED
+    );
     // The same code again, within its step: replay.
     let body = expect_problem(
         login(&app, &ada.email, Some(&now)).await,
@@ -154,21 +221,19 @@ async fn with_totp_on_a_login_needs_a_fresh_code(pool: PgPool) {
     assert_eq!(body["mfa_required"], true);
     assert_eq!(body["type"], "urn:printworks:problem:invalid-second-factor");
     // The previous step's code is older than the one used: refused too.
-    let before = code(&app, &secret, -1);
     expect_problem(
-        login(&app, &ada.email, Some(&before)).await,
+        login(&app, &ada.email, Some(&code(&app, &secret, -1))).await,
         StatusCode::UNAUTHORIZED,
     )
     .await;
     // Two steps away: refused.
-    app.clock.advance(Duration::seconds(30));
     expect_problem(
         login(&app, &ada.email, Some(&code(&app, &secret, 2))).await,
         StatusCode::UNAUTHORIZED,
     )
     .await;
     // The next step's code works.
-    app.clock.advance(Duration::seconds(1));
+    app.clock.advance(Duration::seconds(30));
     assert_eq!(
         login(&app, &ada.email, Some(&code(&app, &secret, 0)))
             .await
@@ -220,14 +285,25 @@ async fn recovery_codes_work_once(pool: PgPool) {
 async fn turning_totp_off_needs_a_current_code(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let ada = app.new_user("ada").await;
-    let (secret, codes) = turn_on(&app, &ada).await;
+    let (secret, _) = turn_on(&app, &ada).await;
     // A second enrolment is refused while it is on.
     expect_problem(
-        post(&app, &ada, "/account/v1/totp", json!({})).await,
+        post(
+            &app,
+            &ada,
+            "/account/v1/totp",
+            json!({ "password": PASSWORD }),
+        )
+        .await,
         StatusCode::CONFLICT,
     )
     .await;
-    // Not with a wrong code, nor a recovery code.
+    // Not without a code, nor with a wrong one.
+    expect_problem(
+        post(&app, &ada, "/account/v1/totp/disable", json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     expect_problem(
         post(
             &app,
@@ -236,22 +312,6 @@ async fn turning_totp_off_needs_a_current_code(pool: PgPool) {
             json!({ "code": "123456" }),
         )
         .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
-    expect_problem(
-        post(
-            &app,
-            &ada,
-            "/account/v1/totp/disable",
-            json!({ "code": codes[0] }),
-        )
-        .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
-    expect_problem(
-        post(&app, &ada, "/account/v1/totp/disable", json!({})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
@@ -267,12 +327,7 @@ async fn turning_totp_off_needs_a_current_code(pool: PgPool) {
         login(&app, &ada.email, None).await.status(),
         StatusCode::CREATED
     );
-    let actions: Vec<(String, String)> = sqlx::query_as(
-        "SELECT action, outcome FROM audit_events WHERE action LIKE 'totp.%' ORDER BY chain_index",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let actions = audited(&app, "totp.%").await;
     let actions: Vec<(&str, &str)> = actions
         .iter()
         .map(|(a, o)| (a.as_str(), o.as_str()))
@@ -282,10 +337,43 @@ async fn turning_totp_off_needs_a_current_code(pool: PgPool) {
         [
             ("totp.enable", "success"),
             ("totp.disable", "failure"),
-            ("totp.disable", "failure"),
             ("totp.disable", "success")
         ]
     );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lost_authenticator_is_replaced_with_recovery_codes(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ada = app.new_user("ada").await;
+    let (_, codes) = turn_on(&app, &ada).await;
+    // Signed in with a recovery code, Ada turns TOTP off with another and enrols anew.
+    assert_eq!(
+        login(&app, &ada.email, Some(&codes[0])).await.status(),
+        StatusCode::CREATED
+    );
+    let res = post(
+        &app,
+        &ada,
+        "/account/v1/totp/disable",
+        json!({ "code": codes[1] }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let (secret, _) = turn_on(&app, &ada).await;
+    assert_eq!(
+        login(&app, &ada.email, Some(&code(&app, &secret, 0)))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // The old recovery codes died with the old authenticator.
+    app.clock.advance(Duration::seconds(30));
+    expect_problem(
+        login(&app, &ada.email, Some(&codes[2])).await,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -311,4 +399,54 @@ async fn wrong_codes_count_in_the_throttle(pool: PgPool) {
             .status(),
         StatusCode::CREATED
     );
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn totp_management_cannot_reset_the_login_throttle(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ada = app.new_user("ada").await;
+    let (secret, _) = turn_on(&app, &ada).await;
+    // Two wrong password guesses at the password change, then a right code to turn
+    // TOTP off: the guesses still count.
+    for _ in 0..2 {
+        let res = ada
+            .browser
+            .post(app.url("/account/v1/password"))
+            .json(&json!({ "current_password": "a guess", "new_password": "another fine passphrase 77" }))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+    let res = post(
+        &app,
+        &ada,
+        "/account/v1/totp/disable",
+        json!({ "code": code(&app, &secret, 0) }),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // The right code took back only its own count: the two guesses stand, so one more
+    // guess is free and the next must wait (after a reset, three would be free).
+    app.clock.advance(Duration::seconds(1));
+    let res = ada
+        .browser
+        .post(app.url("/account/v1/password"))
+        .json(
+            &json!({ "current_password": "a guess", "new_password": "another fine passphrase 77" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let res = ada
+        .browser
+        .post(app.url("/account/v1/password"))
+        .json(
+            &json!({ "current_password": "a guess", "new_password": "another fine passphrase 77" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, StatusCode::TOO_MANY_REQUESTS).await;
 }

@@ -38,7 +38,8 @@ pub fn router() -> Router<AccountState> {
 }
 
 /// A person, signed in with the browser session or calling with an access token that
-/// grants `S`.
+/// grants `S` and was issued to a first-party client (the Printworks CLI): a third-party
+/// app must not mint clients of its own, which would outlive the consent it was given.
 pub struct Person<S: RequiredScope> {
     pub user_id: Uuid,
     _s: PhantomData<S>,
@@ -54,7 +55,21 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
         let user_id = if bearer_token(parts).is_some() {
-            let auth = Auth::<S>::from_request_parts(parts, &AccountState::from_ref(state)).await?;
+            let account = AccountState::from_ref(state);
+            let auth = Auth::<S>::from_request_parts(parts, &account).await?;
+            let first_party: Option<bool> =
+                sqlx::query_scalar("SELECT first_party FROM oauth_clients WHERE id = $1")
+                    .bind(&auth.client_id)
+                    .fetch_optional(&account.ctx.db)
+                    .await?;
+            if first_party != Some(true) {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Only Printworks' own apps may manage OAuth clients",
+                )
+                .into());
+            }
             auth.user_id().ok_or_else(|| {
                 printworks_common::auth::unauthenticated(
                     "This needs a token issued to a person.",
@@ -293,8 +308,8 @@ async fn register(
 #[derive(Deserialize)]
 struct ListQuery {
     organization_id: Uuid,
-    #[serde(flatten)]
-    page: PageQuery,
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 async fn list(
@@ -303,7 +318,10 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paginated<ClientView>>, ApiError> {
     require_admin(&state, q.organization_id, person.user_id).await?;
-    let page = Page::from_query(&q.page)?;
+    let page = Page::from_query(&PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    })?;
     let (after_time, after_id) = page.after.unzip();
     // Client ids are base64url of 16 random bytes: the cursor carries those bytes as a
     // UUID, and the query compares the id text.

@@ -20,14 +20,15 @@ use crate::session::{self, SessionUser};
 use crate::{AccountState, PREFIX, totp};
 
 pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/users/me", get(me))
-        .route("/password", post(change_password))
+    Router::new().route("/users/me", get(me))
 }
 
-/// Sign-up is rate-limited per source address with the login routes.
+/// Sign-up and password change (which tries a password) are rate-limited per source
+/// address with the login routes.
 pub fn limited_router() -> Router<AccountState> {
-    Router::new().route("/users", post(sign_up))
+    Router::new()
+        .route("/users", post(sign_up))
+        .route("/password", post(change_password))
 }
 
 #[derive(Deserialize)]
@@ -160,6 +161,11 @@ async fn change_password(
         .bind(account.id)
         .bind(&hash)
         .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    // A TOTP step begun with the old password must not finish with it.
+    sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
+        .bind(account.id)
         .execute(&mut *tx)
         .await?;
     let ended = session::end_all_but(

@@ -183,10 +183,18 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
         description: description.to_owned(),
         state: st.clone(),
     };
-    if st.as_ref().is_some_and(|s| s.len() > MAX_PARAM)
-        || p.nonce.as_ref().is_some_and(|s| s.len() > MAX_PARAM)
-    {
-        return Err(refuse("invalid_request", "state or nonce is too long."));
+    let bad = |v: &Option<String>| {
+        v.as_ref()
+            .is_some_and(|s| s.len() > MAX_PARAM || super::has_control(s))
+    };
+    if bad(&st) || bad(&p.nonce) || bad(&p.code_challenge) {
+        return Err(Refusal::Redirect {
+            redirect_uri: redirect_uri.clone(),
+            error: "invalid_request",
+            description: "state, nonce or code_challenge is too long or holds control characters."
+                .into(),
+            state: None,
+        });
     }
     if p.response_type.as_deref() != Some("code") {
         return Err(refuse(

@@ -113,7 +113,7 @@ pub fn validate_redirect_uri(uri: &str) -> Result<(), String> {
 }
 
 pub async fn find(db: &PgPool, id: &str) -> sqlx::Result<Option<Client>> {
-    if id.is_empty() || id.len() > 100 {
+    if id.is_empty() || id.len() > 100 || super::has_control(id) {
         return Ok(None);
     }
     sqlx::query_as(concat!(

@@ -172,17 +172,17 @@ async fn access_token_live(
     state: &AccountState,
     claims: &printworks_common::auth::AccessClaims,
 ) -> sqlx::Result<bool> {
-    let now = state.ctx.now();
     let client = clients::find(&state.ctx.db, &claims.client_id).await?;
     let Some(client) = client else {
         return Ok(false);
     };
     if let Some(sid) = claims.sid {
+        // As for refresh tokens: the session must not have been ended (logout, password
+        // change); an idle browser does not end what an app was given offline.
         let live: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND ended_at IS NULL AND expires_at > $2)",
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND ended_at IS NULL)",
         )
         .bind(sid)
-        .bind(now)
         .fetch_one(&state.ctx.db)
         .await?;
         if !live {

@@ -92,8 +92,20 @@ impl From<anyhow::Error> for OAuthError {
 
 impl From<sqlx::Error> for OAuthError {
     fn from(e: sqlx::Error) -> Self {
-        anyhow::Error::from(e).into()
+        match &e {
+            sqlx::Error::Database(d)
+                if d.code().as_deref() == Some(printworks_common::error::NUL_IN_TEXT) =>
+            {
+                OAuthError::invalid_request("Parameters must not contain NUL characters.")
+            }
+            _ => anyhow::Error::from(e).into(),
+        }
     }
+}
+
+/// Whether a parameter holds a control character (refused before it reaches a query).
+pub fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
 }
 
 /// A response that must not be cached (RFC 6749 §5.1).

@@ -132,20 +132,62 @@ struct CodeRow {
     expires_at: OffsetDateTime,
 }
 
-async fn session_active(state: &AccountState, id: Option<Uuid>) -> sqlx::Result<bool> {
-    let Some(id) = id else { return Ok(true) };
+/// Whether what stands behind a grant still stands: the person, the session it came
+/// through (not ended; with `fresh`, also not idle and within its lifetime — for a code
+/// exchange; a refresh token only needs its session not ended), and for a third-party
+/// client the person's consent.
+///
+/// The rows are locked until the caller's transaction ends — person, session, consent,
+/// in that order, before any refresh token row — so that a concurrent logout, password
+/// change or consent withdrawal waits for this grant and then sees, and revokes, the
+/// refresh token it issued.
+async fn grant_still_valid(
+    conn: &mut sqlx::PgConnection,
+    state: &AccountState,
+    client: &Client,
+    user_id: Uuid,
+    session_id: Option<Uuid>,
+    fresh: bool,
+) -> sqlx::Result<bool> {
+    let person: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 FOR SHARE")
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    // Every grant of a person comes through a session; none means none stands.
+    let (Some(_), Some(session_id)) = (person, session_id) else {
+        return Ok(false);
+    };
+    let session: Option<(Option<OffsetDateTime>, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
+        "SELECT ended_at, expires_at, last_seen_at FROM sessions
+             WHERE id = $1 AND user_id = $2 FOR SHARE",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     let now = state.ctx.now();
     let idle = time::Duration::try_from(state.ctx.settings.account.session_idle_timeout)
         .unwrap_or(time::Duration::hours(24));
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND ended_at IS NULL
-                        AND expires_at > $2 AND last_seen_at > $3)",
+    let session_ok = match session {
+        Some((None, expires_at, last_seen_at)) => {
+            !fresh || (expires_at > now && last_seen_at > now - idle)
+        }
+        _ => false,
+    };
+    if !session_ok {
+        return Ok(false);
+    }
+    if client.first_party {
+        return Ok(true);
+    }
+    let consent: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM oauth_consents WHERE user_id = $1 AND client_id = $2 FOR KEY SHARE",
     )
-    .bind(id)
-    .bind(now)
-    .bind(now - idle)
-    .fetch_one(&state.ctx.db)
-    .await
+    .bind(user_id)
+    .bind(&client.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(consent.is_some())
 }
 
 /// Revokes a refresh token family (in the caller's transaction).
@@ -215,9 +257,15 @@ async fn authorization_code(
         return Err(OAuthError::invalid_grant("The code is not valid."));
     };
     // The code is spent whatever happens next: a failed exchange burns it too.
-    if let Err(e) = check_code(state, client, form, &row).await {
+    if let Err(e) = check_code(state, client, form, &row) {
         tx.commit().await?;
         return Err(e);
+    }
+    if !grant_still_valid(&mut tx, state, client, row.user_id, row.session_id, true).await? {
+        tx.commit().await?;
+        return Err(OAuthError::invalid_grant(
+            "The sign-in session has ended or the consent was withdrawn.",
+        ));
     }
     let scopes = ScopeSet::from_strings(&row.scopes);
     let refresh_token =
@@ -281,8 +329,8 @@ async fn authorization_code(
     })
 }
 
-/// Everything a code exchange must match: client, expiry, redirect URI, PKCE, session.
-async fn check_code(
+/// What a code exchange must match: client, expiry, redirect URI, PKCE.
+fn check_code(
     state: &AccountState,
     client: &Client,
     form: &TokenForm,
@@ -322,9 +370,6 @@ async fn check_code(
         }
         (None, None) => {}
     }
-    if !session_active(state, row.session_id).await? {
-        return Err(OAuthError::invalid_grant("The sign-in session has ended."));
-    }
     Ok(())
 }
 
@@ -357,6 +402,24 @@ async fn refresh(
     let invalid = || OAuthError::invalid_grant("The refresh token is not valid.");
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
+    // Find the token, lock what stands behind it, then lock the token itself (the order
+    // `grant_still_valid` explains).
+    let peek: Option<RefreshRow> = sqlx::query_as(
+        "SELECT id, family_id, client_id, user_id, session_id, scopes, auth_time, expires_at,
+                rotated_at, revoked_at
+         FROM oauth_refresh_tokens WHERE token_hash = $1",
+    )
+    .bind(token_digest(presented))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(peek) = peek else {
+        return Err(invalid());
+    };
+    if peek.client_id != client.id {
+        return Err(invalid());
+    }
+    let grant_ok =
+        grant_still_valid(&mut tx, state, client, peek.user_id, peek.session_id, false).await?;
     let row: Option<RefreshRow> = sqlx::query_as(
         "SELECT id, family_id, client_id, user_id, session_id, scopes, auth_time, expires_at,
                 rotated_at, revoked_at
@@ -368,9 +431,6 @@ async fn refresh(
     let Some(row) = row else {
         return Err(invalid());
     };
-    if row.client_id != client.id {
-        return Err(invalid());
-    }
     if row.rotated_at.is_some() && row.revoked_at.is_none() {
         // Reuse of a rotated token: someone holds a copy. End the whole family.
         let revoked = revoke_family(&mut tx, row.family_id, now).await?;
@@ -391,8 +451,10 @@ async fn refresh(
     if row.revoked_at.is_some() || row.rotated_at.is_some() || row.expires_at <= now {
         return Err(invalid());
     }
-    if !session_active(state, row.session_id).await? {
-        return Err(OAuthError::invalid_grant("The sign-in session has ended."));
+    if !grant_ok {
+        return Err(OAuthError::invalid_grant(
+            "The sign-in session has ended or the consent was withdrawn.",
+        ));
     }
     let granted = ScopeSet::from_strings(&row.scopes);
     let scopes = match form.scope.as_deref() {

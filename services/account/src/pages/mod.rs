@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::login::{self, Account, LoginError};
 use crate::session::{self, session_from_parts_headers};
+use crate::throttle::Gate;
 use crate::{AccountState, totp};
 
 /// How long the TOTP step of the login page waits for its code, and how many codes it
@@ -444,7 +445,16 @@ async fn totp_submit(
             .fetch_one(&state.ctx.db)
             .await?;
     let code: String = form.code.chars().take(32).collect();
-    match login::check_second_factor(&state, &account, &code, &client).await {
+    // The code counts in the account's throttle like a password, before it is checked.
+    let result = match state
+        .throttle
+        .attempt(&state.ctx.db, &login::subject(&account.email), now)
+        .await?
+    {
+        Gate::Wait(wait) => Err(LoginError::Throttled(wait)),
+        Gate::Allowed => login::check_second_factor(&state, &account, &code, &client).await,
+    };
+    match result {
         Ok(factor) => {
             sqlx::query("DELETE FROM mfa_challenges WHERE token_hash = $1")
                 .bind(token_digest(&form.challenge))
@@ -454,11 +464,6 @@ async fn totp_submit(
         }
         Err(LoginError::Internal(e)) => Err(e.into()),
         Err(e) => {
-            // A wrong code also slows down the account's next logins.
-            state
-                .throttle
-                .attempt(&state.ctx.db, &login::subject(&account.email), now)
-                .await?;
             let (status, text, wait) = match e {
                 LoginError::Throttled(wait) => (
                     StatusCode::TOO_MANY_REQUESTS,

@@ -55,6 +55,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Percent-encoded control characters (`%00`) name nothing that exists.
+        let decoded = url::form_urlencoded::parse(parts.uri.path().as_bytes())
+            .map(|(k, v)| format!("{k}{v}"))
+            .collect::<String>();
+        if decoded.chars().any(char::is_control) {
+            return Err(ApiError::not_found());
+        }
         match AxumPath::<T>::from_request_parts(parts, state).await {
             Ok(AxumPath(v)) => Ok(Path(v)),
             Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::not_found()),

@@ -11,23 +11,29 @@ use axum::response::{IntoResponse, Response};
 use tower_governor::GovernorError;
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::PeerIpKeyExtractor;
 
+use super::client::ClientKeyExtractor;
 use crate::error::{ApiError, Problem};
+use crate::settings::Settings;
 
 pub type RateLimitLayer =
-    GovernorLayer<PeerIpKeyExtractor, governor::middleware::NoOpMiddleware, Body>;
+    GovernorLayer<ClientKeyExtractor, governor::middleware::NoOpMiddleware, Body>;
 
-/// `per_minute` requests a minute per address, in bursts of up to a fifth of that.
+/// `PRINTWORKS_AUTH_RATE_LIMIT` requests a minute per client address (IPv6 per /64;
+/// behind trusted proxies, the forwarded address), in bursts of up to a fifth of that.
 /// Must be called inside the runtime: it starts the task that forgets idle addresses.
-pub fn rate_limit(per_minute: u32) -> RateLimitLayer {
-    let per_minute = per_minute.max(1);
+pub fn rate_limit(settings: &Settings) -> RateLimitLayer {
+    let per_minute = settings.auth_rate_limit_per_minute.max(1);
+    let extractor = ClientKeyExtractor {
+        trusted: Arc::new(settings.trusted_proxies.clone()),
+    };
     let period = Duration::from_micros((60_000_000 / u64::from(per_minute)).max(1));
     #[allow(clippy::expect_used)]
     let config = Arc::new(
         GovernorConfigBuilder::default()
             .const_period(period)
             .const_burst_size((per_minute / 5).max(1))
+            .key_extractor(extractor)
             .finish()
             .expect("a non-zero period and burst"),
     );
