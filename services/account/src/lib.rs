@@ -5,6 +5,7 @@
 //! `/oauth/` and `/.well-known/openid-configuration`.
 
 pub mod api;
+pub mod directory;
 pub mod email;
 pub mod keys;
 pub mod login;

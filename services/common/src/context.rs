@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::TokenVerifier;
 use crate::clock::SharedClock;
@@ -21,6 +22,8 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenVerifier>,
     pub secrets: SecretBox,
+    /// Cancelled when the process stops: background tasks watch it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppContext {
@@ -39,6 +42,7 @@ impl AppContext {
             metrics: Arc::new(Metrics::new()),
             tokens,
             secrets,
+            shutdown: CancellationToken::new(),
         })
     }
 

@@ -101,6 +101,56 @@ pub struct Settings {
 
     #[command(flatten, next_help_heading = "Account service")]
     pub account: AccountSettings,
+
+    #[command(flatten, next_help_heading = "Organization service")]
+    pub org: OrgSettings,
+}
+
+/// Settings of the organization service (invitations, e-mail, audit log).
+#[derive(Clone, Debug, clap::Args)]
+pub struct OrgSettings {
+    /// How long an invitation can be accepted.
+    #[arg(long, global = true, env = "PRINTWORKS_INVITATION_TTL", value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub invitation_ttl: Duration,
+
+    /// How long audit records are kept before the retention job removes them.
+    #[arg(long, global = true, env = "PRINTWORKS_AUDIT_RETENTION", value_name = "DURATION", default_value = "365d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+
+    /// SMTP server for e-mail, e.g. `smtps://user:pass@mail.example.com:465` or
+    /// `smtp://user:pass@mail.example.com:587?tls=required`. Unset: each message is
+    /// written to a file under <data dir>/mail/ (development).
+    #[arg(long, global = true, env = "PRINTWORKS_SMTP_URL", value_name = "URL", hide_env_values = true, value_parser = parse_secret)]
+    pub smtp_url: Option<SecretString>,
+
+    /// The sender of e-mail.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_MAIL_FROM",
+        value_name = "ADDRESS",
+        default_value = "Printworks <no-reply@printworks.invalid>"
+    )]
+    pub mail_from: String,
+}
+
+impl OrgSettings {
+    pub fn defaults() -> Self {
+        #[allow(clippy::expect_used)]
+        Self {
+            invitation_ttl: parse_duration("7d").expect("default"),
+            audit_retention: parse_duration("365d").expect("default"),
+            smtp_url: None,
+            mail_from: "Printworks <no-reply@printworks.invalid>".into(),
+        }
+    }
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(SecretString::from(s.trim().to_owned()))
 }
 
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
@@ -264,6 +314,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             auth_rate_limit_per_minute: p(DEFAULT_AUTH_RATE_LIMIT),
             account: AccountSettings::defaults(),
+            org: OrgSettings::defaults(),
         }
     }
 

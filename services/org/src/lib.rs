@@ -1,16 +1,26 @@
 //! The organization service: organizations, roles (admin, member, guest), invitations,
-//! teams, projects, sharing, printer security settings and the audit log.
-//! Routes live under [`PREFIX`].
-//!
-//! So far: creating organizations and listing mine, and the membership reads other
-//! services use ([`Directory`]).
+//! teams, projects, sharing, printer security settings and the audit log. Routes live
+//! under [`PREFIX`]; [`ROUTES`] lists every one with the scope it needs (the router is
+//! built from the same list, and the tests hold each against every role).
 
+pub mod access;
+pub mod audit;
+pub mod invitations;
+pub mod mail;
+pub mod members;
 pub mod organizations;
+pub mod printers;
+pub mod projects;
+pub mod teams;
+
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::FromRef;
+use printworks_account::password::PasswordHasher;
 use printworks_account::{BoxFuture, OrgDirectory};
 use printworks_common::AppContext;
-use printworks_common::auth::Role;
+use printworks_common::auth::{Role, Scope};
 use printworks_common::http::service_index;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -18,14 +28,116 @@ use uuid::Uuid;
 pub const NAME: &str = "org";
 pub const PREFIX: &str = "/org/v1";
 
-pub fn router(ctx: AppContext) -> Router {
-    Router::new()
+#[derive(Clone)]
+pub struct OrgState {
+    pub ctx: AppContext,
+    /// Argon2id for printer PINs (the same cost as passwords).
+    pub pins: PasswordHasher,
+    pub outbox: mail::Outbox,
+}
+
+impl FromRef<OrgState> for AppContext {
+    fn from_ref(s: &OrgState) -> AppContext {
+        s.ctx.clone()
+    }
+}
+
+/// Declares the routes once: the router and [`ROUTES`] come from the same lines.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path, $scope:ident;)*) => {
+        /// Every route of the org service: method, path (under [`PREFIX`]) and the scope
+        /// its token must grant.
+        pub const ROUTES: &[(&str, &str, Scope)] = &[
+            $((routes!(@upper $method), concat!("/org/v1", $path), Scope::$scope)),*
+        ];
+
+        fn api() -> Router<OrgState> {
+            let mut r = Router::new();
+            $(r = r.route($path, axum::routing::$method($handler));)*
+            r
+        }
+    };
+    (@upper get) => { "GET" };
+    (@upper post) => { "POST" };
+    (@upper put) => { "PUT" };
+    (@upper patch) => { "PATCH" };
+    (@upper delete) => { "DELETE" };
+}
+
+routes! {
+    get "/organizations" => organizations::list, OrganizationRead;
+    post "/organizations" => organizations::create, OrganizationWrite;
+    get "/organizations/{org}" => organizations::get, OrganizationRead;
+    patch "/organizations/{org}" => organizations::rename, OrganizationWrite;
+    get "/organizations/{org}/members" => members::list, OrganizationRead;
+    patch "/organizations/{org}/members/{user}" => members::change_role, OrganizationWrite;
+    delete "/organizations/{org}/members/{user}" => members::remove, OrganizationWrite;
+    get "/organizations/{org}/invitations" => invitations::list, OrganizationRead;
+    post "/organizations/{org}/invitations" => invitations::create, OrganizationWrite;
+    delete "/organizations/{org}/invitations/{invitation}" => invitations::revoke, OrganizationWrite;
+    post "/invitations/accept" => invitations::accept, OrganizationWrite;
+    get "/organizations/{org}/teams" => teams::list, OrganizationRead;
+    post "/organizations/{org}/teams" => teams::create, OrganizationWrite;
+    get "/organizations/{org}/teams/{team}" => teams::get, OrganizationRead;
+    delete "/organizations/{org}/teams/{team}" => teams::delete, OrganizationWrite;
+    put "/organizations/{org}/teams/{team}/members/{user}" => teams::add_member, OrganizationWrite;
+    delete "/organizations/{org}/teams/{team}/members/{user}" => teams::remove_member, OrganizationWrite;
+    get "/organizations/{org}/projects" => projects::list, OrganizationRead;
+    post "/organizations/{org}/projects" => projects::create, OrganizationWrite;
+    get "/organizations/{org}/projects/{project}" => projects::get, OrganizationRead;
+    patch "/organizations/{org}/projects/{project}" => projects::update, OrganizationWrite;
+    put "/organizations/{org}/projects/{project}/shares" => projects::share, OrganizationWrite;
+    delete "/organizations/{org}/projects/{project}/shares/{grantee_type}/{grantee}" => projects::unshare, OrganizationWrite;
+    get "/organizations/{org}/printers" => printers::list, PrinterRead;
+    get "/organizations/{org}/printers/{printer}" => printers::get, PrinterRead;
+    put "/organizations/{org}/printers/{printer}/shares" => printers::share, PrinterWrite;
+    delete "/organizations/{org}/printers/{printer}/shares/{grantee_type}/{grantee}" => printers::unshare, PrinterWrite;
+    get "/organizations/{org}/printers/{printer}/security" => printers::get_security, PrinterRead;
+    put "/organizations/{org}/printers/{printer}/security" => printers::put_security, PrinterWrite;
+    get "/organizations/{org}/audit-events" => audit::list, AuditRead;
+    get "/organizations/{org}/audit-events/verify" => audit::verify, AuditRead;
+    get "/organizations/{org}/audit-events/export" => audit::export, AuditRead;
+}
+
+/// The org service's routes; starts its e-mail worker and the audit retention job,
+/// which stop with the process.
+pub fn router(ctx: AppContext) -> anyhow::Result<Router> {
+    let state = OrgState {
+        pins: PasswordHasher::from_settings(&ctx.settings.account)?,
+        outbox: mail::Outbox::default(),
+        ctx,
+    };
+    let sender = mail::sender_from_settings(&state.ctx)?;
+    state
+        .outbox
+        .spawn_worker(state.ctx.clone(), sender, state.ctx.shutdown.child_token());
+    spawn_retention(state.ctx.clone());
+    Ok(Router::new()
         .route(
             &format!("{PREFIX}/"),
             service_index(NAME, env!("CARGO_PKG_VERSION")),
         )
-        .nest(PREFIX, organizations::router())
-        .with_state(ctx)
+        .nest(PREFIX, api())
+        .with_state(state))
+}
+
+/// Prunes expired audit records hourly (one replica at a time: an advisory lock).
+fn spawn_retention(ctx: AppContext) {
+    let stop = ctx.shutdown.child_token();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match audit::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "audit retention pruned old records"),
+                Err(e) => tracing::warn!(error = %e, "audit retention"),
+            }
+        }
+    });
 }
 
 /// The user's role in the organization, read now (never from a token).
@@ -76,3 +188,6 @@ impl OrgDirectory for Directory {
         })
     }
 }
+
+/// Kept for the binary's `audit verify` command.
+pub use audit::{Verification, verify_all};

@@ -1,21 +1,19 @@
-//! `POST /org/v1/organizations` (the creator becomes its first admin) and
-//! `GET /org/v1/organizations` (mine, with my role).
+//! `POST /org/v1/organizations` (the creator becomes its first admin),
+//! `GET /org/v1/organizations` (mine, with my role), `GET …/{org}`, `PATCH …/{org}`
+//! (rename; admins).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::auth::{Auth, Caller, Role, scope};
-use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Query};
-use printworks_common::{ApiError, AppContext};
+use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub fn router() -> Router<AppContext> {
-    Router::new().route("/organizations", get(list).post(create))
-}
+use crate::OrgState;
+use crate::access::membership;
 
 fn person(caller: &Caller) -> Result<Uuid, ApiError> {
     caller.user_id().ok_or_else(|| {
@@ -24,12 +22,12 @@ fn person(caller: &Caller) -> Result<Uuid, ApiError> {
 }
 
 #[derive(Deserialize)]
-struct Create {
-    name: String,
+pub struct Name {
+    pub name: String,
 }
 
 #[derive(Serialize, sqlx::FromRow)]
-struct OrganizationView {
+pub struct OrganizationView {
     id: Uuid,
     name: String,
     role: String,
@@ -37,28 +35,29 @@ struct OrganizationView {
     created_at: OffsetDateTime,
 }
 
-fn organization_name(input: &str) -> Result<String, ApiError> {
+/// 1 to 100 characters, no control characters, trimmed.
+pub fn checked_name(input: &str, what: &str) -> Result<String, ApiError> {
     let name = input.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name must be 1 to 100 characters, without control characters.",
-        ));
+        return Err(ApiError::invalid(format!(
+            "{what} must be 1 to 100 characters, without control characters."
+        )));
     }
     Ok(name.to_owned())
 }
 
-async fn create(
-    State(ctx): State<AppContext>,
+pub async fn create(
+    State(state): State<OrgState>,
     auth: Auth<scope::OrganizationWrite>,
     client: ClientInfo,
-    Json(req): Json<Create>,
+    Json(req): Json<Name>,
 ) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
     let user_id = person(&auth)?;
-    let name = organization_name(&req.name)?;
+    let name = checked_name(&req.name, "name")?;
     let id = Uuid::new_v4();
-    let now = ctx.now();
-    let mut tx = ctx.db.begin().await?;
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
     sqlx::query(
         "INSERT INTO organizations (id, name, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
     )
@@ -98,8 +97,8 @@ async fn create(
     ))
 }
 
-async fn list(
-    State(ctx): State<AppContext>,
+pub async fn list(
+    State(state): State<OrgState>,
     auth: Auth<scope::OrganizationRead>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<OrganizationView>>, ApiError> {
@@ -116,7 +115,67 @@ async fn list(
     .bind(after_time)
     .bind(after_id)
     .bind(page.fetch_limit())
-    .fetch_all(&ctx.db)
+    .fetch_all(&state.ctx.db)
     .await?;
     Ok(Json(page.finish(rows, |o| (o.created_at, o.id))))
+}
+
+async fn view(state: &OrgState, org: Uuid, role: Role) -> Result<OrganizationView, ApiError> {
+    let (name, created_at): (String, OffsetDateTime) =
+        sqlx::query_as("SELECT name, created_at FROM organizations WHERE id = $1")
+            .bind(org)
+            .fetch_one(&state.ctx.db)
+            .await?;
+    Ok(OrganizationView {
+        id: org,
+        name,
+        role: role.as_str().to_owned(),
+        created_at,
+    })
+}
+
+pub async fn get(
+    State(state): State<OrgState>,
+    auth: Auth<scope::OrganizationRead>,
+    Path(org): Path<Uuid>,
+) -> Result<Json<OrganizationView>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    Ok(Json(view(&state, org, m.role).await?))
+}
+
+pub async fn rename(
+    State(state): State<OrgState>,
+    auth: Auth<scope::OrganizationWrite>,
+    client: ClientInfo,
+    Path(org): Path<Uuid>,
+    Json(req): Json<Name>,
+) -> Result<Json<OrganizationView>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let admin = m.require_admin()?;
+    let name = checked_name(&req.name, "name")?;
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let old: String = sqlx::query_scalar(
+        "UPDATE organizations o SET name = $2, updated_at = $3 FROM organizations p
+         WHERE o.id = $1 AND p.id = o.id RETURNING p.name",
+    )
+    .bind(org)
+    .bind(&name)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    AuditEvent::new(
+        "organization.rename",
+        admin.0.audit_actor(),
+        Outcome::Success,
+    )
+    .organization(org)
+    .source(client.addr)
+    .target("organization", org)
+    .detail("from", old)
+    .detail("to", name)
+    .write(&mut tx, now)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(view(&state, org, m.role).await?))
 }

@@ -81,7 +81,7 @@ pub async fn router(ctx: &AppContext, services: &ServiceSet) -> anyhow::Result<R
         app = app.merge(printworks_account::router(ctx.clone(), orgs).await?);
     }
     if services.contains(Service::Org) {
-        app = app.merge(printworks_org::router(ctx.clone()));
+        app = app.merge(printworks_org::router(ctx.clone())?);
     }
     if services.contains(Service::Pairing) {
         app = app.merge(printworks_pairing::router(ctx.clone()));
@@ -134,8 +134,8 @@ impl Application {
         Ok(Self {
             listener,
             router,
+            shutdown: ctx.shutdown.clone(),
             ctx,
-            shutdown: CancellationToken::new(),
         })
     }
 

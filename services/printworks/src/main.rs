@@ -49,6 +49,18 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Work with the audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check every audit chain record by record: an edited, removed or reordered record
+    /// is reported with the first one that breaks its chain. Exits 1 if any chain is broken.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -115,6 +127,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pool.close().await;
             Ok(())
         }
+        Command::Audit {
+            action: AuditAction::Verify,
+        } => {
+            let pool = db::connect(&settings, &database_url).await?;
+            let results = printworks_org::verify_all(&pool).await?;
+            pool.close().await;
+            if report_verification(&results) {
+                Ok(())
+            } else {
+                anyhow::bail!("the audit log has been tampered with")
+            }
+        }
         Command::Serve { services } => {
             let services = ServiceSet::from_list(&services);
             ensure_private_dir(&settings.data_dir).map_err(|e| {
@@ -162,6 +186,29 @@ fn report_rotation(r: &printworks_account::keys::Rotation) {
     for (kid, until) in &r.retiring {
         println!("key {kid} stays published until {}", at(*until));
     }
+}
+
+/// Prints one line per chain; true when all are intact.
+#[allow(clippy::print_stdout)] // the command's answer
+fn report_verification(results: &[printworks_org::Verification]) -> bool {
+    let mut all_ok = true;
+    for v in results {
+        match &v.first_bad_record {
+            None => println!("chain {}: ok, {} records", v.chain_id, v.records_checked),
+            Some(b) => {
+                all_ok = false;
+                let id = b.id.map(|i| format!(" ({i})")).unwrap_or_default();
+                println!(
+                    "chain {}: BROKEN at record #{}{id}: {}",
+                    v.chain_id, b.chain_index, b.reason
+                );
+            }
+        }
+    }
+    if results.is_empty() {
+        println!("no audit records yet");
+    }
+    all_ok
 }
 
 /// Help and version go to standard output as usual. A bad setting is reported in one

@@ -1,0 +1,135 @@
+//! Who may do what in an organization. The role is read from the database on every
+//! call — never from a token — so a change takes effect on the next request.
+//!
+//! Authorization by type (the habit of lldap's access-control crate): a [`Membership`]
+//! is only obtained for a caller who belongs to the organization, and the functions
+//! that change things admins or writers may change take an [`Admin`] or a [`Writer`],
+//! which only [`Membership::require_admin`] and [`Membership::require_writer`] make.
+//! A forgotten check is a type error, not a hole.
+
+use axum::http::StatusCode;
+use printworks_common::audit;
+use printworks_common::auth::{Caller, Role, Subject};
+use printworks_common::error::Problem;
+use printworks_common::{ApiError, AppContext};
+use uuid::Uuid;
+
+/// A caller's standing in one organization.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    pub org: Uuid,
+    pub role: Role,
+    who: Who,
+}
+
+#[derive(Clone, Debug)]
+enum Who {
+    User(Uuid),
+    /// A confidential client acting inside its own organization (client_credentials).
+    Client(String),
+}
+
+/// Proof that the caller is an admin of [`Membership::org`].
+#[derive(Clone, Copy, Debug)]
+pub struct Admin<'a>(pub &'a Membership);
+
+/// Proof that the caller is an admin or a member (not a guest) of [`Membership::org`].
+#[derive(Clone, Copy, Debug)]
+pub struct Writer<'a>(pub &'a Membership);
+
+pub fn forbidden(detail: &str) -> ApiError {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Your role in this organization does not allow this",
+    )
+    .detail(detail)
+    .into()
+}
+
+impl Membership {
+    /// The person, if the caller is one (not a client acting on its own).
+    pub fn user_id(&self) -> Option<Uuid> {
+        match &self.who {
+            Who::User(id) => Some(*id),
+            Who::Client(_) => None,
+        }
+    }
+
+    pub fn audit_actor(&self) -> audit::Actor {
+        match &self.who {
+            Who::User(id) => audit::Actor::User(*id),
+            Who::Client(id) => audit::Actor::Client(id.clone()),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    pub fn require_admin(&self) -> Result<Admin<'_>, ApiError> {
+        if self.role == Role::Admin {
+            Ok(Admin(self))
+        } else {
+            Err(forbidden("This needs the admin role."))
+        }
+    }
+
+    pub fn require_writer(&self) -> Result<Writer<'_>, ApiError> {
+        match self.role {
+            Role::Admin | Role::Member => Ok(Writer(self)),
+            Role::Guest => Err(forbidden(
+                "Guests cannot change the organization, its teams or its printers.",
+            )),
+        }
+    }
+
+    /// The person behind the call, for what only a person can do (own a project, …).
+    pub fn require_person(&self) -> Result<Uuid, ApiError> {
+        self.user_id()
+            .ok_or_else(|| forbidden("This needs a person; an automated client cannot do it."))
+    }
+}
+
+/// The caller's membership of `org`. Someone who does not belong to it gets 404, as if
+/// it did not exist: other tenants learn nothing.
+pub async fn membership(
+    ctx: &AppContext,
+    org: Uuid,
+    caller: &Caller,
+) -> Result<Membership, ApiError> {
+    match &caller.subject {
+        Subject::User(user_id) => {
+            let role = crate::role_of(&ctx.db, org, *user_id)
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Membership {
+                org,
+                role,
+                who: Who::User(*user_id),
+            })
+        }
+        Subject::Client { organization_id } => {
+            if *organization_id != org {
+                return Err(ApiError::not_found());
+            }
+            let role: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(&caller.client_id)
+            .bind(org)
+            .fetch_optional(&ctx.db)
+            .await?;
+            let role = role
+                .flatten()
+                .as_deref()
+                .and_then(Role::parse)
+                .ok_or_else(ApiError::not_found)?;
+            Ok(Membership {
+                org,
+                role,
+                who: Who::Client(caller.client_id.clone()),
+            })
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The audit log, read: `GET …/{org}/audit-events` (admins; filter by time, actor and
+//! action; paginated), `GET …/{org}/audit-events/verify` (the organization's chain
+//! checked record by record), `GET …/{org}/audit-events/export` (NDJSON: each record's
+//! canonical text with its hashes, re-verifiable by anyone). `printworks audit verify`
+//! checks every chain. Retention prunes records older than `PRINTWORKS_AUDIT_RETENTION`
+//! and keeps the chain verifiable.
+//!
+//! What an admin sees: the organization's chain, and the events of no organization
+//! (logins, MFA and password changes, sessions) of its current members since they
+//! joined.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt as _;
+use printworks_common::ApiError;
+use printworks_common::audit::{GLOBAL_CHAIN, chain_hash};
+use printworks_common::auth::{Auth, scope};
+use printworks_common::http::{Json, Page, Paginated, Path, Query};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::OrgState;
+use crate::access::membership;
+
+#[derive(Deserialize)]
+pub struct Filter {
+    /// RFC 3339: events at or after.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    from: Option<OffsetDateTime>,
+    /// RFC 3339: events before.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    to: Option<OffsetDateTime>,
+    /// `user:<uuid>`, `client:<id>`, `printer:<uuid>`, `anonymous`, `system`.
+    actor: Option<String>,
+    /// An action (`session.login`) or a prefix ending in a dot (`session.`).
+    action: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct EventView {
+    id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    action: String,
+    outcome: String,
+    actor_type: String,
+    actor_id: Option<String>,
+    source_addr: Option<String>,
+    target_type: Option<String>,
+    target_id: Option<String>,
+    #[sqlx(json)]
+    details: Value,
+    /// Which chain (the organization's, or the global one) and where in it.
+    chain_id: Uuid,
+    chain_index: i64,
+}
+
+/// Events of organization $1 visible to its admins, as described in the module docs,
+/// with the filters $2..$6 and a cursor; `$tail` orders and limits.
+macro_rules! org_events {
+    ($columns:literal, $tail:literal) => {
+        concat!(
+            "SELECT ", $columns, " FROM audit_events e
+             WHERE (e.organization_id = $1
+                    OR (e.organization_id IS NULL AND e.actor_type = 'user' AND EXISTS (
+                          SELECT 1 FROM organization_members m
+                          WHERE m.organization_id = $1 AND m.user_id::text = e.actor_id
+                            AND m.created_at <= e.occurred_at)))
+               AND ($2::timestamptz IS NULL OR e.occurred_at >= $2)
+               AND ($3::timestamptz IS NULL OR e.occurred_at < $3)
+               AND ($4::text IS NULL OR e.actor_type = $4)
+               AND ($5::text IS NULL OR e.actor_id = $5)
+               AND ($6::text IS NULL OR e.action = $6 OR (right($6, 1) = '.' AND starts_with(e.action, $6))) ",
+            $tail
+        )
+    };
+}
+
+fn parse_actor(actor: Option<&str>) -> Result<(Option<String>, Option<String>), ApiError> {
+    let Some(a) = actor else {
+        return Ok((None, None));
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "actor must be user:<id>, client:<id>, printer:<id>, anonymous or system.",
+        )
+    };
+    match a.split_once(':') {
+        Some((kind @ ("user" | "client" | "printer"), id)) if !id.is_empty() && id.len() <= 100 => {
+            Ok((Some(kind.to_owned()), Some(id.to_owned())))
+        }
+        None if matches!(a, "anonymous" | "system") => Ok((Some(a.to_owned()), None)),
+        _ => Err(bad()),
+    }
+}
+
+fn check_action(action: &Option<String>) -> Result<(), ApiError> {
+    if action
+        .as_ref()
+        .is_some_and(|a| a.is_empty() || a.len() > 100 || a.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request("action must be 1 to 100 characters."));
+    }
+    Ok(())
+}
+
+pub async fn list(
+    State(state): State<OrgState>,
+    auth: Auth<scope::AuditRead>,
+    Path(org): Path<Uuid>,
+    Query(f): Query<Filter>,
+) -> Result<Json<Paginated<EventView>>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    m.require_admin()?;
+    let page = Page::from_query(&printworks_common::http::PageQuery {
+        limit: f.limit,
+        cursor: f.cursor.clone(),
+    })?;
+    let (actor_type, actor_id) = parse_actor(f.actor.as_deref())?;
+    check_action(&f.action)?;
+    let (after_time, after_id) = page.after.unzip();
+    let rows: Vec<EventView> = sqlx::query_as(org_events!(
+        "e.id, e.occurred_at, e.action, e.outcome, e.actor_type, e.actor_id, e.source_addr,
+         e.target_type, e.target_id, (e.record::json -> 'details') AS details, e.chain_id, e.chain_index",
+        "AND ($7::timestamptz IS NULL OR (e.occurred_at, e.id) < ($7, $8))
+         ORDER BY e.occurred_at DESC, e.id DESC LIMIT $9"
+    ))
+    .bind(org)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(actor_type)
+    .bind(actor_id)
+    .bind(&f.action)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.fetch_limit())
+    .fetch_all(&state.ctx.db)
+    .await?;
+    Ok(Json(page.finish(rows, |e| (e.occurred_at, e.id))))
+}
+
+/// NDJSON, oldest first: `{"chain_id", "chain_index", "record", "prev_hash", "hash"}`
+/// per line, where `record` is the exact text that was hashed.
+pub async fn export(
+    State(state): State<OrgState>,
+    auth: Auth<scope::AuditRead>,
+    Path(org): Path<Uuid>,
+    Query(f): Query<Filter>,
+) -> Result<Response, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    m.require_admin()?;
+    let (actor_type, actor_id) = parse_actor(f.actor.as_deref())?;
+    check_action(&f.action)?;
+    let db = state.ctx.db.clone();
+    let action = f.action.clone();
+    let (from, to) = (f.from, f.to);
+    let stream = async_stream(db, org, from, to, actor_type, actor_id, action);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn async_stream(
+    db: PgPool,
+    org: Uuid,
+    from: Option<OffsetDateTime>,
+    to: Option<OffsetDateTime>,
+    actor_type: Option<String>,
+    actor_id: Option<String>,
+    action: Option<String>,
+) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let rows = sqlx::query_as::<_, (Uuid, i64, String, Vec<u8>, Vec<u8>)>(org_events!(
+            "e.chain_id, e.chain_index, e.record, e.prev_hash, e.hash",
+            "ORDER BY e.occurred_at, e.chain_id, e.chain_index"
+        ))
+        .bind(org)
+        .bind(from)
+        .bind(to)
+        .bind(actor_type)
+        .bind(actor_id)
+        .bind(action)
+        .fetch(&db)
+        .map_err(std::io::Error::other);
+        futures_util::pin_mut!(rows);
+        loop {
+            let item = match rows.try_next().await {
+                Ok(Some((chain, index, record, prev, hash))) => Ok(format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "chain_id": chain,
+                        "chain_index": index,
+                        "record": record,
+                        "prev_hash": hex(&prev),
+                        "hash": hex(&hash),
+                    })
+                )),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit export");
+                    Err(e)
+                }
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first record that breaks a chain, and how.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Break {
+    pub chain_index: i64,
+    pub id: Option<Uuid>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verification {
+    pub chain_id: Uuid,
+    pub ok: bool,
+    pub records_checked: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_bad_record: Option<Break>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    chain_index: i64,
+    occurred_at: OffsetDateTime,
+    organization_id: Option<Uuid>,
+    actor_type: String,
+    actor_id: Option<String>,
+    source_addr: Option<String>,
+    action: String,
+    outcome: String,
+    target_type: Option<String>,
+    target_id: Option<String>,
+    record: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Whether the columns of a row say what its hashed record says.
+fn columns_match(r: &Row, chain: Uuid) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(&r.record) else {
+        return false;
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let occurred = r
+        .occurred_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok();
+    s("id") == Some(r.id.to_string())
+        && v.get("chain_index").and_then(Value::as_i64) == Some(r.chain_index)
+        && s("chain_id") == Some(chain.to_string())
+        && s("occurred_at") == occurred
+        && s("organization_id") == r.organization_id.map(|o| o.to_string())
+        && s("actor_type").as_deref() == Some(r.actor_type.as_str())
+        && s("actor_id") == r.actor_id
+        && s("source_addr") == r.source_addr
+        && s("action").as_deref() == Some(r.action.as_str())
+        && s("outcome").as_deref() == Some(r.outcome.as_str())
+        && s("target_type") == r.target_type
+        && s("target_id") == r.target_id
+}
+
+#[derive(sqlx::FromRow)]
+struct ChainHead {
+    last_index: i64,
+    last_hash: Vec<u8>,
+    pruned_through_index: i64,
+    pruned_through_hash: Option<Vec<u8>>,
+}
+
+/// Walks a chain from its start (or the last pruned record) to its head, checking that
+/// each record's hash is that of its predecessor's hash and its own text, that its
+/// columns say what its text says, that no index is missing or out of place, and that
+/// the chain ends where its head says. Reports the first record that fails.
+pub async fn verify_chain(db: &PgPool, chain: Uuid) -> sqlx::Result<Verification> {
+    let head: Option<ChainHead> = sqlx::query_as(
+        "SELECT last_index, last_hash, pruned_through_index, pruned_through_hash FROM audit_chains WHERE chain_id = $1",
+    )
+    .bind(chain)
+    .fetch_optional(db)
+    .await?;
+    let Some(ChainHead {
+        last_index,
+        last_hash,
+        pruned_through_index: pruned_index,
+        pruned_through_hash: pruned_hash,
+    }) = head
+    else {
+        return Ok(Verification {
+            chain_id: chain,
+            ok: true,
+            records_checked: 0,
+            first_bad_record: None,
+        });
+    };
+    let mut expected_index = pruned_index + 1;
+    let mut prev = pruned_hash.unwrap_or_else(|| vec![0u8; 32]);
+    let mut checked = 0;
+    let mut rows = sqlx::query_as::<_, Row>(
+        "SELECT id, chain_index, occurred_at, organization_id, actor_type, actor_id, source_addr,
+                action, outcome, target_type, target_id, record, prev_hash, hash
+         FROM audit_events WHERE chain_id = $1 ORDER BY chain_index",
+    )
+    .bind(chain)
+    .fetch(db);
+    let fail = |index: i64, id: Option<Uuid>, reason: &str, checked: i64| Verification {
+        chain_id: chain,
+        ok: false,
+        records_checked: checked,
+        first_bad_record: Some(Break {
+            chain_index: index,
+            id,
+            reason: reason.to_owned(),
+        }),
+    };
+    while let Some(r) = rows.try_next().await? {
+        if r.chain_index <= pruned_index {
+            return Ok(fail(
+                r.chain_index,
+                Some(r.id),
+                "a record older than the pruned point is still present",
+                checked,
+            ));
+        }
+        if r.chain_index != expected_index {
+            return Ok(fail(
+                expected_index,
+                None,
+                "record missing (deleted, or indexes rewritten)",
+                checked,
+            ));
+        }
+        if r.prev_hash != prev {
+            return Ok(fail(
+                r.chain_index,
+                Some(r.id),
+                "does not follow its predecessor (removed, inserted or reordered)",
+                checked,
+            ));
+        }
+        if chain_hash(&r.prev_hash, &r.record)[..] != r.hash[..] {
+            return Ok(fail(
+                r.chain_index,
+                Some(r.id),
+                "its content was changed (hash mismatch)",
+                checked,
+            ));
+        }
+        if !columns_match(&r, chain) {
+            return Ok(fail(
+                r.chain_index,
+                Some(r.id),
+                "its columns were changed (they differ from the hashed record)",
+                checked,
+            ));
+        }
+        checked += 1;
+        prev = r.hash;
+        expected_index += 1;
+    }
+    if expected_index - 1 != last_index || prev != last_hash {
+        return Ok(fail(
+            expected_index,
+            None,
+            "the chain ends before its head: the newest records were removed",
+            checked,
+        ));
+    }
+    Ok(Verification {
+        chain_id: chain,
+        ok: true,
+        records_checked: checked,
+        first_bad_record: None,
+    })
+}
+
+/// Every chain, the global one first.
+pub async fn verify_all(db: &PgPool) -> sqlx::Result<Vec<Verification>> {
+    let chains: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT chain_id FROM audit_chains ORDER BY chain_id = $1 DESC, chain_id",
+    )
+    .bind(GLOBAL_CHAIN)
+    .fetch_all(db)
+    .await?;
+    let mut out = Vec::new();
+    for c in chains {
+        out.push(verify_chain(db, c).await?);
+    }
+    Ok(out)
+}
+
+pub async fn verify(
+    State(state): State<OrgState>,
+    auth: Auth<scope::AuditRead>,
+    Path(org): Path<Uuid>,
+) -> Result<Json<Verification>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    m.require_admin()?;
+    Ok(Json(verify_chain(&state.ctx.db, org).await?))
+}
+
+/// Deletes records older than `now - retention` from every chain, oldest first, and
+/// records each chain's new starting point (the last pruned record's index and hash).
+/// Only the oldest run of records is pruned, so the rest stays a verifiable chain.
+/// Returns how many records were removed.
+pub async fn prune(
+    db: &PgPool,
+    now: OffsetDateTime,
+    retention: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let cutoff = now - time::Duration::try_from(retention).unwrap_or(time::Duration::days(365));
+    let mut tx = db.begin().await?;
+    // One pruner at a time, across replicas.
+    let got: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtext('printworks.audit_retention'))",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !got {
+        return Ok(0);
+    }
+    sqlx::query("SET LOCAL printworks.audit_retention = 'on'")
+        .execute(&mut *tx)
+        .await?;
+    let chains: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT chain_id, pruned_through_index FROM audit_chains FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut removed = 0;
+    for (chain, pruned) in chains {
+        // The last index of the oldest run of records older than the cutoff.
+        let through: Option<i64> = sqlx::query_scalar(
+            "SELECT max(chain_index) FROM audit_events
+             WHERE chain_id = $1 AND chain_index > $2 AND occurred_at < $3
+               AND chain_index < coalesce((SELECT min(chain_index) FROM audit_events
+                                           WHERE chain_id = $1 AND occurred_at >= $3), 9223372036854775807)",
+        )
+        .bind(chain)
+        .bind(pruned)
+        .bind(cutoff)
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(through) = through else { continue };
+        let hash: Vec<u8> = sqlx::query_scalar(
+            "SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_index = $2",
+        )
+        .bind(chain)
+        .bind(through)
+        .fetch_one(&mut *tx)
+        .await?;
+        removed +=
+            sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND chain_index <= $2")
+                .bind(chain)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        sqlx::query("UPDATE audit_chains SET pruned_through_index = $2, pruned_through_hash = $3 WHERE chain_id = $1")
+            .bind(chain)
+            .bind(through)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(removed)
+}

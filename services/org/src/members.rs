@@ -1,0 +1,217 @@
+//! Members: `GET …/{org}/members` (admins and members), `PATCH …/{org}/members/{user}
+//! {role}` (admins), `DELETE …/{org}/members/{user}` (admins, or anyone leaving).
+//! The last admin can be neither demoted nor removed, nor leave: membership changes
+//! lock the organization's row, so two admins demoting each other at once cannot both
+//! succeed.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use printworks_common::ApiError;
+use printworks_common::audit::{AuditEvent, Outcome};
+use printworks_common::auth::{Auth, Role, scope};
+use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::OrgState;
+use crate::access::{forbidden, membership};
+
+#[derive(Serialize)]
+pub struct MemberView {
+    user_id: Uuid,
+    email: String,
+    display_name: String,
+    role: String,
+    #[serde(with = "time::serde::rfc3339")]
+    joined_at: OffsetDateTime,
+}
+
+pub async fn list(
+    State(state): State<OrgState>,
+    auth: Auth<scope::OrganizationRead>,
+    Path(org): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paginated<MemberView>>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    m.require_writer()?;
+    let page = Page::from_query(&q)?;
+    let (after_time, after_id) = page.after.unzip();
+    let rows: Vec<(Uuid, String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT user_id, role, created_at FROM organization_members
+         WHERE organization_id = $1 AND ($2::timestamptz IS NULL OR (created_at, user_id) < ($2, $3))
+         ORDER BY created_at DESC, user_id DESC LIMIT $4",
+    )
+    .bind(org)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.fetch_limit())
+    .fetch_all(&state.ctx.db)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let profiles = printworks_account::directory::profiles(&state.ctx.db, &ids).await?;
+    let items = rows
+        .into_iter()
+        .filter_map(|(user_id, role, joined_at)| {
+            let p = profiles.get(&user_id)?;
+            Some(MemberView {
+                user_id,
+                email: p.email.clone(),
+                display_name: p.display_name.clone(),
+                role,
+                joined_at,
+            })
+        })
+        .collect();
+    Ok(Json(page.finish(items, |v| (v.joined_at, v.user_id))))
+}
+
+/// Locks the organization (serialising membership changes) and counts its admins.
+async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Result<i64> {
+    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
+        .bind(org)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "SELECT count(*) FROM organization_members WHERE organization_id = $1 AND role = 'admin'",
+    )
+    .bind(org)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+fn last_admin() -> ApiError {
+    ApiError::conflict("This is the organization's last admin. Make someone else an admin first.")
+}
+
+#[derive(Deserialize)]
+pub struct ChangeRole {
+    role: String,
+}
+
+pub async fn change_role(
+    State(state): State<OrgState>,
+    auth: Auth<scope::OrganizationWrite>,
+    client: ClientInfo,
+    Path((org, user)): Path<(Uuid, Uuid)>,
+    Json(req): Json<ChangeRole>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let admin = m.require_admin()?;
+    let new = Role::parse(&req.role)
+        .ok_or_else(|| ApiError::invalid("role must be admin, member or guest."))?;
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let admins = lock_and_count_admins(&mut tx, org).await?;
+    let old: Option<String> = sqlx::query_scalar(
+        "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
+    )
+    .bind(org)
+    .bind(user)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let old = old
+        .as_deref()
+        .and_then(Role::parse)
+        .ok_or_else(ApiError::not_found)?;
+    if old == Role::Admin && new != Role::Admin && admins <= 1 {
+        return Err(last_admin());
+    }
+    if old != new {
+        sqlx::query(
+            "UPDATE organization_members SET role = $3 WHERE organization_id = $1 AND user_id = $2",
+        )
+        .bind(org)
+        .bind(user)
+        .bind(new.as_str())
+        .execute(&mut *tx)
+        .await?;
+        AuditEvent::new(
+            "member.role_change",
+            admin.0.audit_actor(),
+            Outcome::Success,
+        )
+        .organization(org)
+        .source(client.addr)
+        .target("user", user)
+        .detail("from", old.as_str())
+        .detail("to", new.as_str())
+        .write(&mut tx, now)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(
+        serde_json::json!({ "user_id": user, "role": new.as_str() }),
+    ))
+}
+
+pub async fn remove(
+    State(state): State<OrgState>,
+    auth: Auth<scope::OrganizationWrite>,
+    client: ClientInfo,
+    Path((org, user)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let leaving = m.user_id() == Some(user);
+    if !leaving && !m.is_admin() {
+        return Err(forbidden("Only admins remove others; anyone may leave."));
+    }
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let admins = lock_and_count_admins(&mut tx, org).await?;
+    let role: Option<String> = sqlx::query_scalar(
+        "DELETE FROM organization_members WHERE organization_id = $1 AND user_id = $2 RETURNING role",
+    )
+    .bind(org)
+    .bind(user)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(role) = role else {
+        return Err(ApiError::not_found());
+    };
+    if role == "admin" && admins <= 1 {
+        return Err(last_admin());
+    }
+    // What they held in the organization goes with them.
+    sqlx::query(
+        "DELETE FROM team_members WHERE user_id = $2 AND team_id IN (SELECT id FROM teams WHERE organization_id = $1)",
+    )
+    .bind(org)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM printer_shares WHERE grantee_type = 'user' AND grantee_id = $2
+           AND printer_id IN (SELECT id FROM printers WHERE organization_id = $1)",
+    )
+    .bind(org)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM project_shares WHERE grantee_type = 'user' AND grantee_id = $2
+           AND project_id IN (SELECT id FROM projects WHERE organization_id = $1)",
+    )
+    .bind(org)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    AuditEvent::new(
+        if leaving {
+            "member.leave"
+        } else {
+            "member.remove"
+        },
+        m.audit_actor(),
+        Outcome::Success,
+    )
+    .organization(org)
+    .source(client.addr)
+    .target("user", user)
+    .detail("role", role)
+    .write(&mut tx, now)
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

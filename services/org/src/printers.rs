@@ -1,0 +1,342 @@
+//! Printers of an organization: `GET …/{org}/printers` (admins see all; others the
+//! printers they claimed or that are shared with them or a team of theirs),
+//! `GET …/{org}/printers/{printer}`, `PUT …/{org}/printers/{printer}/shares
+//! {grantee_type, grantee_id}` and `DELETE …/shares/{grantee_type}/{grantee_id}` (admins
+//! and members), and the security settings `GET|PUT …/{org}/printers/{printer}/security
+//! {firewall_enabled, pin}` (admins): the six-digit PIN stored only as an Argon2 hash,
+//! `pin: null` clearing it, every change a new version for the relay to push.
+//!
+//! Printers are created when they are claimed (the pairing service calls [`register`]).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use printworks_common::ApiError;
+use printworks_common::audit::{Actor, AuditEvent, Outcome};
+use printworks_common::auth::{Auth, scope};
+use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::OrgState;
+use crate::access::{Membership, membership};
+use crate::teams::{Grantee, check_grantee};
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct PrinterView {
+    id: Uuid,
+    name: String,
+    model: Option<String>,
+    serial: Option<String>,
+    claimed_by: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+/// The printers of $1 the caller may see: all for admins ($2 = 'admin'), else those
+/// claimed by $3 or shared with $3 or a team of $3.
+macro_rules! visible_printers {
+    ($tail:literal) => {
+        concat!(
+            "SELECT p.id, p.name, p.model, p.serial, p.claimed_by, p.created_at FROM printers p
+             WHERE p.organization_id = $1 AND p.unpaired_at IS NULL
+               AND ($2 = 'admin' OR p.claimed_by = $3 OR EXISTS (
+                   SELECT 1 FROM printer_shares s WHERE s.printer_id = p.id
+                     AND ((s.grantee_type = 'user' AND s.grantee_id = $3)
+                       OR (s.grantee_type = 'team' AND s.grantee_id IN
+                             (SELECT team_id FROM team_members WHERE user_id = $3))))) ",
+            $tail
+        )
+    };
+}
+
+/// The printer, if it is in the caller's organization and visible to them.
+pub async fn visible(db: &PgPool, m: &Membership, printer: Uuid) -> Result<PrinterView, ApiError> {
+    let row: Option<PrinterView> = sqlx::query_as(visible_printers!("AND p.id = $4"))
+        .bind(m.org)
+        .bind(m.role.as_str())
+        .bind(m.user_id())
+        .bind(printer)
+        .fetch_optional(db)
+        .await?;
+    row.ok_or_else(ApiError::not_found)
+}
+
+/// Adds a claimed printer to `org` (in the caller's transaction). For the pairing
+/// service.
+pub async fn register(
+    conn: &mut PgConnection,
+    org: Uuid,
+    name: &str,
+    model: Option<&str>,
+    serial: Option<&str>,
+    claimed_by: Uuid,
+    now: OffsetDateTime,
+) -> sqlx::Result<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO printers (id, organization_id, name, model, serial, claimed_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(org)
+    .bind(name)
+    .bind(model)
+    .bind(serial)
+    .bind(claimed_by)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+pub async fn list(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterRead>,
+    Path(org): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paginated<PrinterView>>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let page = Page::from_query(&q)?;
+    let (after_time, after_id) = page.after.unzip();
+    let rows: Vec<PrinterView> = sqlx::query_as(visible_printers!(
+        "AND ($4::timestamptz IS NULL OR (p.created_at, p.id) < ($4, $5))
+         ORDER BY p.created_at DESC, p.id DESC LIMIT $6"
+    ))
+    .bind(org)
+    .bind(m.role.as_str())
+    .bind(m.user_id())
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.fetch_limit())
+    .fetch_all(&state.ctx.db)
+    .await?;
+    Ok(Json(page.finish(rows, |p| (p.created_at, p.id))))
+}
+
+pub async fn get(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterRead>,
+    Path((org, printer)): Path<(Uuid, Uuid)>,
+) -> Result<Json<PrinterView>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    Ok(Json(visible(&state.ctx.db, &m, printer).await?))
+}
+
+pub async fn share(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterWrite>,
+    client: ClientInfo,
+    Path((org, printer)): Path<(Uuid, Uuid)>,
+    Json(req): Json<Grantee>,
+) -> Result<StatusCode, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let writer = m.require_writer()?;
+    visible(&state.ctx.db, &m, printer).await?;
+    let kind = check_grantee(&state, org, &req.grantee_type, req.grantee_id).await?;
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let added = sqlx::query(
+        "INSERT INTO printer_shares (printer_id, grantee_type, grantee_id, created_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(printer)
+    .bind(kind)
+    .bind(req.grantee_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if added == 1 {
+        AuditEvent::new("printer.share", writer.0.audit_actor(), Outcome::Success)
+            .organization(org)
+            .source(client.addr)
+            .target("printer", printer)
+            .detail("grantee", format!("{kind}:{}", req.grantee_id))
+            .write(&mut tx, now)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn unshare(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterWrite>,
+    client: ClientInfo,
+    Path((org, printer, kind, grantee)): Path<(Uuid, Uuid, String, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let writer = m.require_writer()?;
+    visible(&state.ctx.db, &m, printer).await?;
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let removed = sqlx::query(
+        "DELETE FROM printer_shares WHERE printer_id = $1 AND grantee_type = $2 AND grantee_id = $3",
+    )
+    .bind(printer)
+    .bind(&kind)
+    .bind(grantee)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if removed == 0 {
+        return Err(ApiError::not_found());
+    }
+    AuditEvent::new("printer.unshare", writer.0.audit_actor(), Outcome::Success)
+        .organization(org)
+        .source(client.addr)
+        .target("printer", printer)
+        .detail("grantee", format!("{kind}:{grantee}"))
+        .write(&mut tx, now)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The security settings of a printer; version 0 means never set (firewall off, no PIN).
+#[derive(Serialize, sqlx::FromRow)]
+pub struct SecurityView {
+    firewall_enabled: bool,
+    pin_set: bool,
+    version: i64,
+    confirmed_version: Option<i64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    updated_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    confirmed_at: Option<OffsetDateTime>,
+}
+
+async fn security_view(db: &PgPool, printer: Uuid) -> sqlx::Result<SecurityView> {
+    let row: Option<SecurityView> = sqlx::query_as(
+        "SELECT firewall_enabled, pin_hash IS NOT NULL AS pin_set, version, confirmed_version,
+                updated_at, confirmed_at
+         FROM printer_security WHERE printer_id = $1",
+    )
+    .bind(printer)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.unwrap_or(SecurityView {
+        firewall_enabled: false,
+        pin_set: false,
+        version: 0,
+        confirmed_version: None,
+        updated_at: None,
+        confirmed_at: None,
+    }))
+}
+
+pub async fn get_security(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterRead>,
+    Path((org, printer)): Path<(Uuid, Uuid)>,
+) -> Result<Json<SecurityView>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    m.require_admin()?;
+    visible(&state.ctx.db, &m, printer).await?;
+    Ok(Json(security_view(&state.ctx.db, printer).await?))
+}
+
+/// `{firewall_enabled: bool, pin: "123456" | null}`: both required (`pin: null` clears
+/// the PIN, so leaving it out must not).
+pub async fn put_security(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterWrite>,
+    client: ClientInfo,
+    Path((org, printer)): Path<(Uuid, Uuid)>,
+    printworks_common::http::Json(body): printworks_common::http::Json<Value>,
+) -> Result<Json<SecurityView>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let admin = m.require_admin()?;
+    visible(&state.ctx.db, &m, printer).await?;
+    let firewall = body
+        .get("firewall_enabled")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ApiError::invalid("firewall_enabled (true or false) is required."))?;
+    let pin = match body.get("pin") {
+        Some(Value::Null) => None,
+        Some(Value::String(pin)) if pin.len() == 6 && pin.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(pin.clone())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "pin must be exactly six digits, or null to clear it.",
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "pin is required: six digits, or null to clear it.",
+            ));
+        }
+    };
+    let pin_hash = match pin {
+        Some(pin) => Some(state.pins.hash(SecretString::from(pin)).await?),
+        None => None,
+    };
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO printer_security (printer_id, firewall_enabled, pin_hash, version, updated_by, updated_at)
+         VALUES ($1, $2, $3, 1, $4, $5)
+         ON CONFLICT (printer_id) DO UPDATE SET firewall_enabled = $2, pin_hash = $3,
+             version = printer_security.version + 1, updated_by = $4, updated_at = $5
+         RETURNING version",
+    )
+    .bind(printer)
+    .bind(firewall)
+    .bind(&pin_hash)
+    .bind(admin.0.user_id())
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    AuditEvent::new("printer.security", admin.0.audit_actor(), Outcome::Success)
+        .organization(org)
+        .source(client.addr)
+        .target("printer", printer)
+        .detail("firewall_enabled", firewall)
+        .detail("pin_set", pin_hash.is_some())
+        .detail("version", version)
+        .write(&mut tx, now)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(security_view(&state.ctx.db, printer).await?))
+}
+
+/// For the relay: the printer reports that it applied `version`.
+pub async fn confirm_security(
+    db: &PgPool,
+    printer: Uuid,
+    version: i64,
+    now: OffsetDateTime,
+) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let org: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE printer_security s SET confirmed_version = $2, confirmed_at = $3
+         FROM printers p
+         WHERE s.printer_id = $1 AND p.id = s.printer_id AND s.version = $2
+           AND (s.confirmed_version IS NULL OR s.confirmed_version < $2)
+         RETURNING p.organization_id",
+    )
+    .bind(printer)
+    .bind(version)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(org) = org {
+        AuditEvent::new(
+            "printer.security_confirmed",
+            Actor::Printer(printer),
+            Outcome::Success,
+        )
+        .organization(org)
+        .target("printer", printer)
+        .detail("version", version)
+        .write(&mut tx, now)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(org.is_some())
+}
