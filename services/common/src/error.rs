@@ -185,7 +185,18 @@ impl From<Problem> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        Self::Internal(e)
+        // A database that is down or saturated stays a 503 however it was wrapped.
+        let unavailable = e.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+            )
+        });
+        if unavailable {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
+        }
     }
 }
 
@@ -233,3 +244,18 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// SQLSTATE `character_not_in_repertoire`: what PostgreSQL answers to a NUL in text.
 pub const NUL_IN_TEXT: &str = "22021";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapped_database_outage_is_still_unavailable() {
+        let e = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("loading the account");
+        assert!(matches!(ApiError::from(e), ApiError::Unavailable(_)));
+        assert!(matches!(
+            ApiError::from(anyhow::anyhow!("a bug")),
+            ApiError::Internal(_)
+        ));
+    }
+}

@@ -29,13 +29,29 @@ enum Who {
     Client(String),
 }
 
-/// Proof that the caller is an admin of [`Membership::org`].
+/// Proof that the caller is an admin of [`Membership::org`]. Only
+/// [`Membership::require_admin`] makes one (the field is private).
 #[derive(Clone, Copy, Debug)]
-pub struct Admin<'a>(pub &'a Membership);
+pub struct Admin<'a>(&'a Membership);
 
 /// Proof that the caller is an admin or a member (not a guest) of [`Membership::org`].
+/// Only [`Membership::require_writer`] makes one.
 #[derive(Clone, Copy, Debug)]
-pub struct Writer<'a>(pub &'a Membership);
+pub struct Writer<'a>(&'a Membership);
+
+impl std::ops::Deref for Admin<'_> {
+    type Target = Membership;
+    fn deref(&self) -> &Membership {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Membership;
+    fn deref(&self) -> &Membership {
+        self.0
+    }
+}
 
 pub fn forbidden(detail: &str) -> ApiError {
     Problem::new(

@@ -85,7 +85,7 @@ pub async fn create(
     .bind(email.as_str())
     .bind(role.as_str())
     .bind(token_digest(&token))
-    .bind(admin.0.user_id())
+    .bind(admin.user_id())
     .bind(now)
     .bind(now + ttl)
     .fetch_one(&mut *tx)
@@ -109,7 +109,7 @@ pub async fn create(
         now,
     )
     .await?;
-    AuditEvent::new("invitation.create", admin.0.audit_actor(), Outcome::Success)
+    AuditEvent::new("invitation.create", admin.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("invitation", id)
@@ -171,7 +171,7 @@ pub async fn revoke(
     if revoked == 0 {
         return Err(ApiError::not_found());
     }
-    AuditEvent::new("invitation.revoke", admin.0.audit_actor(), Outcome::Success)
+    AuditEvent::new("invitation.revoke", admin.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("invitation", id)

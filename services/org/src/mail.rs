@@ -190,9 +190,23 @@ pub struct SmtpSender {
 }
 
 impl SmtpSender {
-    /// `url`: `smtp://user:pass@host:587` (STARTTLS required), `smtps://…:465` (TLS), or
-    /// `smtp://host:25?tls=none` for a local relay.
+    /// `url`: `smtps://user:pass@host:465` (TLS), `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS required), or `smtp://host:25` for a local relay (unencrypted: refused
+    /// when it carries a password, which would cross the network in the clear).
     pub fn new(url: &str, from: &str) -> anyhow::Result<Self> {
+        let parsed = url::Url::parse(url).context("PRINTWORKS_SMTP_URL is not a valid URL")?;
+        let tls = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.into_owned());
+        if parsed.scheme() == "smtp"
+            && parsed.password().is_some()
+            && tls.as_deref() != Some("required")
+        {
+            anyhow::bail!(
+                "PRINTWORKS_SMTP_URL would send its password unencrypted: use smtps:// or add ?tls=required"
+            );
+        }
         let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
             .context("PRINTWORKS_SMTP_URL is not a valid SMTP URL")?
             .timeout(Some(Duration::from_secs(20)))

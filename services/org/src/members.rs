@@ -127,18 +127,14 @@ pub async fn change_role(
         .bind(new.as_str())
         .execute(&mut *tx)
         .await?;
-        AuditEvent::new(
-            "member.role_change",
-            admin.0.audit_actor(),
-            Outcome::Success,
-        )
-        .organization(org)
-        .source(client.addr)
-        .target("user", user)
-        .detail("from", old.as_str())
-        .detail("to", new.as_str())
-        .write(&mut tx, now)
-        .await?;
+        AuditEvent::new("member.role_change", admin.audit_actor(), Outcome::Success)
+            .organization(org)
+            .source(client.addr)
+            .target("user", user)
+            .detail("from", old.as_str())
+            .detail("to", new.as_str())
+            .write(&mut tx, now)
+            .await?;
     }
     tx.commit().await?;
     Ok(Json(

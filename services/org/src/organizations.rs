@@ -17,7 +17,9 @@ use crate::access::membership;
 
 fn person(caller: &Caller) -> Result<Uuid, ApiError> {
     caller.user_id().ok_or_else(|| {
-        printworks_common::auth::unauthenticated("This needs a token issued to a person.", true)
+        crate::access::forbidden(
+            "This needs a token issued to a person; an automated client acts only inside its own organization.",
+        )
     })
 }
 
@@ -164,18 +166,14 @@ pub async fn rename(
     .bind(now)
     .fetch_one(&mut *tx)
     .await?;
-    AuditEvent::new(
-        "organization.rename",
-        admin.0.audit_actor(),
-        Outcome::Success,
-    )
-    .organization(org)
-    .source(client.addr)
-    .target("organization", org)
-    .detail("from", old)
-    .detail("to", name)
-    .write(&mut tx, now)
-    .await?;
+    AuditEvent::new("organization.rename", admin.audit_actor(), Outcome::Success)
+        .organization(org)
+        .source(client.addr)
+        .target("organization", org)
+        .detail("from", old)
+        .detail("to", name)
+        .write(&mut tx, now)
+        .await?;
     tx.commit().await?;
     Ok(Json(view(&state, org, m.role).await?))
 }

@@ -151,7 +151,7 @@ pub async fn share(
     .await?
     .rows_affected();
     if added == 1 {
-        AuditEvent::new("printer.share", writer.0.audit_actor(), Outcome::Success)
+        AuditEvent::new("printer.share", writer.audit_actor(), Outcome::Success)
             .organization(org)
             .source(client.addr)
             .target("printer", printer)
@@ -186,7 +186,7 @@ pub async fn unshare(
     if removed == 0 {
         return Err(ApiError::not_found());
     }
-    AuditEvent::new("printer.unshare", writer.0.audit_actor(), Outcome::Success)
+    AuditEvent::new("printer.unshare", writer.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("printer", printer)
@@ -288,11 +288,11 @@ pub async fn put_security(
     .bind(printer)
     .bind(firewall)
     .bind(&pin_hash)
-    .bind(admin.0.user_id())
+    .bind(admin.user_id())
     .bind(now)
     .fetch_one(&mut *tx)
     .await?;
-    AuditEvent::new("printer.security", admin.0.audit_actor(), Outcome::Success)
+    AuditEvent::new("printer.security", admin.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("printer", printer)

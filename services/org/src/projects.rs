@@ -7,8 +7,8 @@
 //! - admins see, edit and share every project;
 //! - members see every project, and edit and share those they own or that are shared
 //!   with them (or a team of theirs) at `edit`;
-//! - guests see the projects they own or that are shared with them, and edit and share
-//!   only those they own.
+//! - guests create none; they see the projects they own (made before a demotion) or
+//!   that are shared with them, and edit and share only those they own.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -150,7 +150,9 @@ pub async fn create(
     Json(req): Json<NewProject>,
 ) -> Result<(StatusCode, Json<ProjectView>), ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    // Anyone in the organization may start a project of their own (guests too).
+    // Admins and members create projects (the person creating one owns it); guests
+    // only use what is shared with them.
+    m.require_writer()?;
     let owner = m.require_person()?;
     let name = checked_name(&req.name, "name")?;
     let description = checked_description(&req.description)?;

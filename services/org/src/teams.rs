@@ -1,7 +1,7 @@
 //! Teams: `GET …/{org}/teams` (admins and members see all; guests the teams they are
 //! in), `POST …/{org}/teams {name}` (admins and members), `GET …/{org}/teams/{team}`,
 //! `DELETE …/{org}/teams/{team}`, and `PUT|DELETE …/{org}/teams/{team}/members/{user}`
-//! (admins and members; the person must belong to the organization).
+//! (admins and members; the person must belong to the organization, else 404).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -109,7 +109,7 @@ pub async fn create(
     .bind(id)
     .bind(org)
     .bind(&name)
-    .bind(writer.0.user_id())
+    .bind(writer.user_id())
     .bind(now)
     .execute(&mut *tx)
     .await?
@@ -117,7 +117,7 @@ pub async fn create(
     if inserted == 0 {
         return Err(ApiError::conflict("A team of this name exists."));
     }
-    AuditEvent::new("team.create", writer.0.audit_actor(), Outcome::Success)
+    AuditEvent::new("team.create", writer.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("team", id)
@@ -184,7 +184,7 @@ pub async fn delete(
         .bind(team)
         .execute(&mut *tx)
         .await?;
-    AuditEvent::new("team.delete", writer.0.audit_actor(), Outcome::Success)
+    AuditEvent::new("team.delete", writer.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("team", team)
@@ -203,10 +203,9 @@ pub async fn add_member(
     let m = membership(&state.ctx, org, &auth).await?;
     let writer = m.require_writer()?;
     visible_team(&state, &m, team).await?;
+    // Someone outside the organization is, from here, someone who does not exist.
     if crate::role_of(&state.ctx.db, org, user).await?.is_none() {
-        return Err(ApiError::invalid(
-            "Only members of the organization can join its teams.",
-        ));
+        return Err(ApiError::not_found());
     }
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
@@ -233,7 +232,7 @@ pub async fn add_member(
     .await?
     .rows_affected();
     if added == 1 {
-        AuditEvent::new("team.member_add", writer.0.audit_actor(), Outcome::Success)
+        AuditEvent::new("team.member_add", writer.audit_actor(), Outcome::Success)
             .organization(org)
             .source(client.addr)
             .target("team", team)
@@ -265,17 +264,13 @@ pub async fn remove_member(
     if removed == 0 {
         return Err(ApiError::not_found());
     }
-    AuditEvent::new(
-        "team.member_remove",
-        writer.0.audit_actor(),
-        Outcome::Success,
-    )
-    .organization(org)
-    .source(client.addr)
-    .target("team", team)
-    .detail("user_id", user.to_string())
-    .write(&mut tx, now)
-    .await?;
+    AuditEvent::new("team.member_remove", writer.audit_actor(), Outcome::Success)
+        .organization(org)
+        .source(client.addr)
+        .target("team", team)
+        .detail("user_id", user.to_string())
+        .write(&mut tx, now)
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -39,7 +39,7 @@ impl From<LoginError> for ApiError {
             )
             .with("mfa_required", true)
             .into(),
-            LoginError::Internal(e) => ApiError::Internal(e),
+            LoginError::Internal(e) => ApiError::from(e),
         }
     }
 }

@@ -311,7 +311,7 @@ fn login_error_page(
             email,
             return_to,
         ),
-        LoginError::Internal(e) => printworks_common::ApiError::Internal(e).into_response(),
+        LoginError::Internal(e) => printworks_common::ApiError::from(e).into_response(),
     }
 }
 
