@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 const CANARY: &str = "canary-pw-7Hq2";
 
 /// The binary with an empty environment but for PATH and what the test sets.
-fn printworks(data_dir: &std::path::Path) -> Command {
+pub(crate) fn printworks(data_dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_printworks"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

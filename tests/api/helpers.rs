@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use printworks::{Application, ServiceSet};
 use printworks_common::Settings;
+use printworks_common::clock::Clock as _;
 use printworks_common::clock::ManualClock;
 use printworks_common::crypto::{base64url, random_token, sha256};
 use printworks_common::http::REQUEST_ID_HEADER;
 use printworks_common::settings::PublicUrl;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -98,6 +99,11 @@ impl TestApp {
         }
     }
 
+    /// The application's current time.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -160,6 +166,15 @@ impl TestApp {
         let id = Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid");
         let browser = self.login(&email, PASSWORD).await;
         TestUser { id, email, browser }
+    }
+
+    /// The same person, signed in afresh (after their session ended or idled out).
+    pub async fn relogin(&self, user: &TestUser) -> TestUser {
+        TestUser {
+            id: user.id,
+            email: user.email.clone(),
+            browser: self.login(&user.email, PASSWORD).await,
+        }
     }
 
     // ---- OAuth ------------------------------------------------------------------------
@@ -240,18 +255,161 @@ impl TestApp {
         Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid")
     }
 
-    /// Adds `user` to `org` with `role` (the invitation flow arrives with the org service).
+    /// Adds `user` to `org` with `role`, directly in the database (the invitation flow
+    /// has its own tests).
     pub async fn add_member(&self, org: Uuid, user: &TestUser, role: &str) {
+        self.add_member_id(org, user.id, role).await;
+    }
+
+    pub async fn add_member_id(&self, org: Uuid, user: Uuid, role: &str) {
         sqlx::query(
             "INSERT INTO organization_members (organization_id, user_id, role, created_at)
-             VALUES ($1, $2, $3, now())",
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(org)
-        .bind(user.id)
+        .bind(user)
         .bind(role)
+        .bind(self.now())
         .execute(&self.db)
         .await
         .expect("add member");
+    }
+
+    /// A person who exists but never signs in (a target of other people's actions),
+    /// written directly to the database: no password hashing, so tables of many cases
+    /// stay fast.
+    pub async fn insert_person(&self, label: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (id, email, display_name, password_hash, created_at, updated_at)
+             VALUES ($1, $2, $3, '!', $4, $4)",
+        )
+        .bind(id)
+        .bind(format!("{label}-{}@example.com", id.simple()))
+        .bind(label)
+        .bind(self.now())
+        .execute(&self.db)
+        .await
+        .expect("insert person");
+        id
+    }
+
+    /// A printer in `org`, as pairing registers one when it is claimed.
+    pub async fn register_printer(&self, org: Uuid, claimed_by: Uuid, name: &str) -> Uuid {
+        let mut conn = self.db.acquire().await.expect("connection");
+        printworks_org::printers::register(
+            &mut conn,
+            org,
+            name,
+            Some("S5"),
+            Some("SN-1"),
+            claimed_by,
+            self.clock.now(),
+        )
+        .await
+        .expect("register printer")
+    }
+
+    /// A JSON request with an optional bearer token; the response is checked against the
+    /// OpenAPI document (status documented, body valid) before it is returned.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
+        let mut req = self.client.request(method.clone(), self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("request reaches the server");
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = res.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        crate::openapi::spec().check(&method, path, status, content_type.as_deref(), &body);
+        Answer { status, body }
+    }
+}
+
+/// A checked response: its status and JSON body (`null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `id` field of the body.
+    pub fn id(&self) -> Uuid {
+        Uuid::parse_str(self.body["id"].as_str().expect("id")).expect("uuid")
+    }
+
+    /// Asserts the status (with the body in the message) and returns self.
+    #[track_caller]
+    pub fn expect(self, status: StatusCode) -> Self {
+        assert_eq!(self.status, status, "{}", self.body);
+        self
+    }
+}
+
+/// Every scope the org service's routes need.
+pub const ORG_SCOPES: &str =
+    "organization.read organization.write printer.read printer.write audit.read";
+
+/// An organization with an admin, a member and a guest, each signed in with a token
+/// for every org scope, and an outsider: the admin of another organization.
+pub struct OrgWorld {
+    pub org: Uuid,
+    pub admin: TestUser,
+    pub member: TestUser,
+    pub guest: TestUser,
+    pub outsider: TestUser,
+    pub other_org: Uuid,
+    pub admin_token: String,
+    pub member_token: String,
+    pub guest_token: String,
+    pub outsider_token: String,
+}
+
+impl OrgWorld {
+    pub async fn new(app: &TestApp) -> Self {
+        let admin = app.new_user("admin").await;
+        let member = app.new_user("member").await;
+        let guest = app.new_user("guest").await;
+        let outsider = app.new_user("outsider").await;
+        let org = app.new_org(&admin, "Fab Lab").await;
+        let other_org = app.new_org(&outsider, "Other Lab").await;
+        app.add_member(org, &member, "member").await;
+        app.add_member(org, &guest, "guest").await;
+        let admin_token = app.access_token(&admin, ORG_SCOPES).await;
+        let member_token = app.access_token(&member, ORG_SCOPES).await;
+        let guest_token = app.access_token(&guest, ORG_SCOPES).await;
+        let outsider_token = app.access_token(&outsider, ORG_SCOPES).await;
+        Self {
+            org,
+            admin,
+            member,
+            guest,
+            outsider,
+            other_org,
+            admin_token,
+            member_token,
+            guest_token,
+            outsider_token,
+        }
     }
 }
 

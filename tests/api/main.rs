@@ -12,6 +12,8 @@ mod account;
 mod binary;
 mod errors;
 mod health;
+mod openapi;
+mod org;
 mod plumbing;
 mod services;
 mod shutdown;

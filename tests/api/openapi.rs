@@ -1,0 +1,249 @@
+//! The OpenAPI document (`openapi/printworks.json`) held against the running server:
+//! every route the org service declares is documented with the scope it needs, every
+//! documented operation is served, and every response the API tests receive through
+//! [`crate::helpers::TestApp::call`] has a documented status and a body that validates
+//! against the documented schema.
+
+use std::sync::OnceLock;
+
+use printworks_common::db::MIGRATOR;
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::TestApp;
+
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+pub struct Spec {
+    doc: Value,
+}
+
+/// The document, read once per test binary.
+pub fn spec() -> &'static Spec {
+    static SPEC: OnceLock<Spec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/printworks.json");
+        let text = std::fs::read_to_string(path).expect("openapi/printworks.json");
+        let doc: Value = serde_json::from_str(&text).expect("the OpenAPI document is JSON");
+        assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+        Spec { doc }
+    })
+}
+
+impl Spec {
+    /// Every `(method, path template)` the document describes.
+    pub fn operations(&self) -> Vec<(String, String)> {
+        let mut ops = Vec::new();
+        for (path, item) in self.doc["paths"].as_object().expect("paths") {
+            for m in METHODS {
+                if item.get(m).is_some() {
+                    ops.push((m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        ops
+    }
+
+    pub fn operation(&self, method: &str, template: &str) -> Option<&Value> {
+        self.doc["paths"].get(template)?.get(method.to_lowercase())
+    }
+
+    /// The documented template a concrete path matches: literal segments must be equal,
+    /// `{name}` matches any one segment; the most literal template wins.
+    pub fn template_of(&self, path: &str) -> Option<String> {
+        let path = path.split('?').next().unwrap_or(path);
+        let segments: Vec<&str> = path.split('/').collect();
+        self.doc["paths"]
+            .as_object()?
+            .keys()
+            .filter_map(|t| {
+                let ts: Vec<&str> = t.split('/').collect();
+                if ts.len() != segments.len() {
+                    return None;
+                }
+                let mut params = 0;
+                for (a, b) in ts.iter().zip(&segments) {
+                    if a.starts_with('{') && a.ends_with('}') {
+                        params += 1;
+                    } else if a != b {
+                        return None;
+                    }
+                }
+                Some((params, t.clone()))
+            })
+            .min()
+            .map(|(_, t)| t)
+    }
+
+    /// Resolves `$ref`s (to this document) recursively.
+    fn resolve(&self, v: &Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    let target = self
+                        .doc
+                        .pointer(r.trim_start_matches('#'))
+                        .unwrap_or_else(|| panic!("unresolvable $ref {r}"));
+                    let resolved = self.resolve(target);
+                    let rest: Map<String, Value> = map
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "$ref")
+                        .map(|(k, v)| (k.clone(), self.resolve(v)))
+                        .collect();
+                    if rest.is_empty() {
+                        return resolved;
+                    }
+                    let mut all = rest;
+                    all.insert("allOf".into(), Value::Array(vec![resolved]));
+                    return Value::Object(all);
+                }
+                Value::Object(
+                    map.iter()
+                        .map(|(k, v)| (k.clone(), self.resolve(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.resolve(i)).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// Panics unless the response is documented for the operation and its body
+    /// validates against the documented schema.
+    pub fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        content_type: Option<&str>,
+        body: &Value,
+    ) {
+        let template = self
+            .template_of(path)
+            .unwrap_or_else(|| panic!("{method} {path}: no documented path matches"));
+        let op = self
+            .operation(method.as_str(), &template)
+            .unwrap_or_else(|| panic!("{method} {template}: operation not documented"));
+        let responses = &op["responses"];
+        let response = responses
+            .get(status.as_str())
+            .or_else(|| responses.get(format!("{}XX", status.as_u16() / 100)))
+            .or_else(|| responses.get("default"))
+            // Any operation may fail inside; the document says so once.
+            .or_else(|| {
+                (status == StatusCode::INTERNAL_SERVER_ERROR)
+                    .then(|| self.doc.pointer("/components/responses/InternalError"))
+                    .flatten()
+            })
+            .unwrap_or_else(|| {
+                panic!("{method} {template}: status {status} not documented (body {body})")
+            });
+        let response = self.resolve(response);
+        let media = content_type
+            .map(|c| c.split(';').next().unwrap_or(c).trim().to_owned())
+            .unwrap_or_default();
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            assert!(
+                body.is_null(),
+                "{method} {template} {status}: documented without a body, got {body}"
+            );
+            return;
+        };
+        let Some(media_doc) = content.get(&media) else {
+            panic!(
+                "{method} {template} {status}: content type {media:?} not documented (has {:?})",
+                content.keys().collect::<Vec<_>>()
+            );
+        };
+        let Some(schema) = media_doc.get("schema") else {
+            return;
+        };
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(schema)
+            .unwrap_or_else(|e| panic!("{method} {template} {status}: bad schema: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} {status}: the body does not match the document:\n{}\nbody: {body}",
+            errors.join("\n")
+        );
+    }
+}
+
+#[test]
+fn every_org_route_is_documented_with_its_scope() {
+    let spec = spec();
+    for (method, path, scope) in printworks_org::ROUTES {
+        let op = spec
+            .operation(method, path)
+            .unwrap_or_else(|| panic!("{method} {path} is not in openapi/printworks.json"));
+        assert_eq!(
+            op["x-required-scope"].as_str(),
+            Some(scope.as_str()),
+            "{method} {path}: x-required-scope"
+        );
+        assert!(
+            op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some())),
+            "{method} {path}: security must name the bearer scheme"
+        );
+    }
+    let documented_org_ops = spec
+        .operations()
+        .into_iter()
+        .filter(|(_, p)| p.starts_with("/org/v1/") && p != "/org/v1/")
+        .count();
+    assert_eq!(
+        documented_org_ops,
+        printworks_org::ROUTES.len(),
+        "the document describes org routes the server does not have"
+    );
+}
+
+/// Every documented operation is routed: a request with made-up ids and no credentials
+/// reaches a handler (which refuses it), never the "no such route" fallback or 405.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn every_documented_operation_is_served(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for (method, template) in spec().operations() {
+        let path: String = template
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') {
+                    Uuid::new_v4().to_string()
+                } else {
+                    s.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {template} is documented but not routed"
+        );
+        // Every route checks credentials (or its input) before it looks anything up,
+        // so a 404 here is the router's "no such route".
+        assert_ne!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} {template} is documented but not routed ({body})"
+        );
+    }
+}

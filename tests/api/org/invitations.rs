@@ -1,0 +1,466 @@
+//! Invitations: the token shown once and stored hashed, e-mailed through the outbox,
+//! accepted once, only by the person it names, before it expires, unless revoked.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use printworks_account::BoxFuture;
+use printworks_common::AppContext;
+use printworks_common::clock::ManualClock;
+use printworks_common::db::MIGRATOR;
+use printworks_org::mail::{self, MailSender};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::{ORG_SCOPES, OrgWorld, TestApp, test_settings};
+
+async fn invite(app: &TestApp, w: &OrgWorld, email: &str, role: &str) -> crate::helpers::Answer {
+    app.call(
+        Method::POST,
+        &format!("/org/v1/organizations/{}/invitations", w.org),
+        Some(&w.admin_token),
+        Some(&json!({"email": email, "role": role})),
+    )
+    .await
+}
+
+async fn accept(app: &TestApp, token: &str, invitation_token: &str) -> crate::helpers::Answer {
+    app.call(
+        Method::POST,
+        "/org/v1/invitations/accept",
+        Some(token),
+        Some(&json!({"token": invitation_token})),
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_invitation_is_mailed_accepted_once_and_only_by_its_addressee(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let newcomer = app.new_user("newcomer").await;
+    let newcomer_token = app.access_token(&newcomer, ORG_SCOPES).await;
+
+    // The address is normalised; the token comes back this once.
+    let res = invite(&app, &w, &newcomer.email.to_uppercase(), "guest")
+        .await
+        .expect(StatusCode::CREATED);
+    let token = res.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(res.body["email"], newcomer.email.as_str());
+    assert_eq!(res.body["role"], "guest");
+    let expires = time::OffsetDateTime::parse(
+        res.body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires - app.now(), time::Duration::days(7));
+
+    // Stored only as a digest; listed without it.
+    let stored: String =
+        sqlx::query_scalar("SELECT to_jsonb(i)::text FROM invitations i WHERE id = $1")
+            .bind(res.id())
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(!stored.contains(&token));
+    let list = app
+        .call(
+            Method::GET,
+            &format!("/org/v1/organizations/{}/invitations", w.org),
+            Some(&w.admin_token),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert!(!list.body.to_string().contains(&token));
+
+    // The e-mail carrying the token leaves through the outbox, to the addressee.
+    let mail_dir = app.data_dir.path().join("mail");
+    let mut delivered = None;
+    for _ in 0..100 {
+        let sent: Option<(String, String)> =
+            sqlx::query_as("SELECT to_address, body FROM email_outbox WHERE sent_at IS NOT NULL")
+                .fetch_optional(&app.db)
+                .await
+                .unwrap();
+        if sent.is_some() {
+            delivered = sent;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (to, body) = delivered.expect("the outbox worker delivers the invitation");
+    assert_eq!(to, newcomer.email);
+    assert!(body.contains(&token));
+    let files: Vec<_> = std::fs::read_dir(&mail_dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let file = files[0].as_ref().unwrap().path();
+    assert!(std::fs::read_to_string(&file).unwrap().contains(&token));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o077,
+        0
+    );
+
+    // Someone else holding the token cannot use it; the refusal is audited.
+    let res = accept(&app, &w.outsider_token, &token)
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    assert_eq!(res.body["type"], "urn:printworks:problem:forbidden");
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'invitation.accept' AND outcome = 'failure' AND actor_id = $1",
+    )
+    .bind(w.outsider.id.to_string())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(failures, 1);
+
+    // The addressee joins with the role the invitation names.
+    let res = accept(&app, &newcomer_token, &token)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(res.body, json!({"organization_id": w.org, "role": "guest"}));
+    let org = app
+        .call(
+            Method::GET,
+            &format!("/org/v1/organizations/{}", w.org),
+            Some(&newcomer_token),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(org.body["role"], "guest");
+
+    // Once only, and no longer pending.
+    let again = accept(&app, &newcomer_token, &token)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    assert_eq!(
+        again.body["type"],
+        "urn:printworks:problem:invitation-not-found"
+    );
+    let list = app
+        .call(
+            Method::GET,
+            &format!("/org/v1/organizations/{}/invitations", w.org),
+            Some(&w.admin_token),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(list.body["items"], json!([]));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn invitations_expire_after_seven_days_and_can_be_revoked(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let early = app.new_user("early").await;
+    let late = app.new_user("late").await;
+    let revoked = app.new_user("revoked").await;
+    let revoked_token = app.access_token(&revoked, ORG_SCOPES).await;
+
+    let t_early = invite(&app, &w, &early.email, "member")
+        .await
+        .expect(StatusCode::CREATED);
+    let t_late = invite(&app, &w, &late.email, "member")
+        .await
+        .expect(StatusCode::CREATED);
+    let t_revoked = invite(&app, &w, &revoked.email, "member")
+        .await
+        .expect(StatusCode::CREATED);
+
+    // Revoked: gone, and the same answer as an unknown token.
+    let path = format!(
+        "/org/v1/organizations/{}/invitations/{}",
+        w.org,
+        t_revoked.id()
+    );
+    app.call(Method::DELETE, &path, Some(&w.admin_token), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    app.call(Method::DELETE, &path, Some(&w.admin_token), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let res = accept(
+        &app,
+        &revoked_token,
+        t_revoked.body["token"].as_str().unwrap(),
+    )
+    .await
+    .expect(StatusCode::NOT_FOUND);
+    let unknown = accept(&app, &revoked_token, "not-a-token-we-gave-out")
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    assert_eq!(res.body["type"], unknown.body["type"]);
+    assert_eq!(res.body["title"], unknown.body["title"]);
+
+    // A second before the seventh day ends it works; a second after, it does not.
+    app.clock
+        .advance(time::Duration::days(7) - time::Duration::seconds(1));
+    // A week later they sign in again (sessions idle out) and get tokens then.
+    let early_token2 = app
+        .access_token(&app.relogin(&early).await, ORG_SCOPES)
+        .await;
+    let late_token2 = app
+        .access_token(&app.relogin(&late).await, ORG_SCOPES)
+        .await;
+    accept(&app, &early_token2, t_early.body["token"].as_str().unwrap())
+        .await
+        .expect(StatusCode::OK);
+    app.clock.advance(time::Duration::seconds(2));
+    accept(&app, &late_token2, t_late.body["token"].as_str().unwrap())
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let role: Option<String> = sqlx::query_scalar(
+        "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
+    )
+    .bind(w.org)
+    .bind(late.id)
+    .fetch_optional(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(role, None);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn bad_invitations_are_refused(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    for (email, role) in [
+        ("not-an-address", "member"),
+        ("", "member"),
+        ("someone@example.com", "owner"),
+        ("someone@example.com", ""),
+    ] {
+        invite(&app, &w, email, role)
+            .await
+            .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    // Already a member.
+    invite(&app, &w, &w.member.email, "admin")
+        .await
+        .expect(StatusCode::CONFLICT);
+    // Malformed bodies.
+    for body in [
+        json!({"email": "a@example.com"}),
+        json!("text"),
+        json!({"email": 5, "role": "guest"}),
+    ] {
+        let res = app
+            .call(
+                Method::POST,
+                &format!("/org/v1/organizations/{}/invitations", w.org),
+                Some(&w.admin_token),
+                Some(&body),
+            )
+            .await;
+        assert!(res.status.is_client_error(), "{body}: {}", res.status);
+    }
+    // Oversized or empty tokens are simply unknown.
+    for token in ["", &"x".repeat(5000)] {
+        accept(&app, &w.outsider_token, token)
+            .await
+            .expect(StatusCode::NOT_FOUND);
+    }
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM invitations")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+}
+
+/// A sender that fails while `down` and records what it sends otherwise.
+#[derive(Default)]
+struct FlakySender {
+    down: Mutex<bool>,
+    sent: Mutex<Vec<(String, String)>>,
+}
+
+impl MailSender for FlakySender {
+    fn send<'a>(
+        &'a self,
+        to: &'a str,
+        subject: &'a str,
+        _body: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            if *self.down.lock().unwrap() {
+                anyhow::bail!("connection refused");
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .push((to.to_owned(), subject.to_owned()));
+            Ok(())
+        })
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone()).unwrap();
+    let sender = Arc::new(FlakySender::default());
+    *sender.down.lock().unwrap() = true;
+
+    let mut conn = pool.acquire().await.unwrap();
+    let id = mail::enqueue(
+        &mut conn,
+        "ada@example.com",
+        "Hello",
+        "Body",
+        clock_now(&clock),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+
+    // Down: nothing sent, nothing lost, the next attempt later.
+    assert_eq!(
+        mail::deliver_due(&ctx, sender.as_ref(), 10).await.unwrap(),
+        0
+    );
+    let (attempts, next, error): (i32, time::OffsetDateTime, Option<String>) = sqlx::query_as(
+        "SELECT attempts, next_attempt_at, last_error FROM email_outbox WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, 1);
+    assert_eq!(next - clock_now(&clock), time::Duration::seconds(10));
+    assert!(error.unwrap().contains("connection refused"));
+    // Not due yet.
+    *sender.down.lock().unwrap() = false;
+    assert_eq!(
+        mail::deliver_due(&ctx, sender.as_ref(), 10).await.unwrap(),
+        0
+    );
+    // Due: sent once, and not again.
+    clock.advance(time::Duration::seconds(10));
+    assert_eq!(
+        mail::deliver_due(&ctx, sender.as_ref(), 10).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        mail::deliver_due(&ctx, sender.as_ref(), 10).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        *sender.sent.lock().unwrap(),
+        vec![("ada@example.com".to_owned(), "Hello".to_owned())]
+    );
+    let sent: bool =
+        sqlx::query_scalar("SELECT sent_at IS NOT NULL FROM email_outbox WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(sent);
+}
+
+fn clock_now(clock: &ManualClock) -> time::OffsetDateTime {
+    use printworks_common::clock::Clock as _;
+    clock.now()
+}
+
+/// A minimal SMTP server on loopback: accepts one message and hands back what it got.
+async fn smtp_sink() -> (u16, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+        let mut transcript = String::new();
+        let mut in_data = false;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            transcript.push_str(&line);
+            transcript.push('\n');
+            let reply: &[u8] = if in_data {
+                if line != "." {
+                    continue;
+                }
+                in_data = false;
+                b"250 queued\r\n"
+            } else {
+                match line
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase()
+                    .as_str()
+                {
+                    "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                    "DATA" => {
+                        in_data = true;
+                        b"354 go on\r\n"
+                    }
+                    "QUIT" => {
+                        write.write_all(b"221 bye\r\n").await.unwrap();
+                        break;
+                    }
+                    _ => b"250 ok\r\n",
+                }
+            };
+            write.write_all(reply).await.unwrap();
+        }
+        transcript
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn smtp_delivers_the_message_and_refuses_passwords_in_the_clear() {
+    let (port, transcript) = smtp_sink().await;
+    let sender = mail::SmtpSender::new(
+        &format!("smtp://127.0.0.1:{port}"),
+        "Printworks <no-reply@example.com>",
+    )
+    .unwrap();
+    sender
+        .send(
+            "ada@example.com",
+            "Invitation to Fab Lab",
+            "Your token: tok-123",
+        )
+        .await
+        .unwrap();
+    drop(sender);
+    let got = tokio::time::timeout(Duration::from_secs(10), transcript)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.contains("RCPT TO:<ada@example.com>"), "{got}");
+    assert!(got.contains("Subject: Invitation to Fab Lab"), "{got}");
+    assert!(got.contains("Your token: tok-123"), "{got}");
+
+    for url in [
+        "smtp://user:secret@mail.example.com:587",
+        "smtp://user:secret@mail.example.com?tls=opportunistic",
+    ] {
+        let err = mail::SmtpSender::new(url, "a@example.com")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("unencrypted") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+    assert!(
+        mail::SmtpSender::new(
+            "smtp://user:secret@mail.example.com:587?tls=required",
+            "a@example.com"
+        )
+        .is_ok()
+    );
+    assert!(mail::SmtpSender::new("smtps://user:secret@mail.example.com", "a@example.com").is_ok());
+}
