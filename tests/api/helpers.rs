@@ -37,6 +37,8 @@ pub struct TestApp {
     /// The application's clock: move it instead of sleeping.
     pub clock: Arc<ManualClock>,
     pub db: PgPool,
+    /// The printer endpoint (mutual TLS), when the relay service runs.
+    pub printer_addr: Option<SocketAddr>,
     /// The data directory, removed when the test ends.
     pub data_dir: tempfile::TempDir,
     shutdown: CancellationToken,
@@ -50,6 +52,7 @@ pub fn test_settings(data_dir: &Path) -> Settings {
     s.http_addr = "127.0.0.1:0".parse().expect("loopback address");
     s.data_dir = data_dir.to_path_buf();
     s.auth_rate_limit_per_minute = 1_000_000;
+    s.printer_addr = "127.0.0.1:0".parse().expect("loopback address");
     s
 }
 
@@ -86,6 +89,7 @@ impl TestApp {
             .await
             .expect("build application");
         let shutdown = app.shutdown_token();
+        let printer_addr = app.printer_addr();
         let server = tokio::spawn(app.run());
         Self {
             addr,
@@ -93,6 +97,7 @@ impl TestApp {
             client: client(),
             clock,
             db,
+            printer_addr,
             data_dir,
             shutdown,
             server: Some(server),
@@ -303,7 +308,7 @@ impl TestApp {
             name,
             Some("S5"),
             Some("SN-1"),
-            claimed_by,
+            Some(claimed_by),
             self.clock.now(),
         )
         .await
@@ -362,6 +367,87 @@ impl Answer {
     pub fn expect(self, status: StatusCode) -> Self {
         assert_eq!(self.status, status, "{}", self.body);
         self
+    }
+}
+
+/// A printer paired through the real flow: its key, and what it collected.
+pub struct TestPrinter {
+    pub id: Uuid,
+    pub org: Uuid,
+    pub key_pem: String,
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    pub shared_secret: String,
+}
+
+/// A fresh ECDSA P-256 key and a CSR for it (PEM), as a printer makes them.
+pub fn printer_key_and_csr() -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (key, csr)
+}
+
+impl TestApp {
+    /// `POST /pairing/v1/requests` as a printer.
+    pub async fn request_pairing(&self, serial: &str, csr_pem: &str) -> Answer {
+        let body = json!({
+            "serial": serial,
+            "model": "Ultimaker S5",
+            "firmware_version": "9.1.2",
+            "csr_pem": csr_pem,
+        });
+        self.call(Method::POST, "/pairing/v1/requests", None, Some(&body))
+            .await
+    }
+
+    pub async fn claim(&self, token: &str, org: Uuid, code: &str, name: &str) -> Answer {
+        let body = json!({ "organization_id": org, "code": code, "name": name });
+        self.call(Method::POST, "/pairing/v1/claims", Some(token), Some(&body))
+            .await
+    }
+
+    pub async fn poll(&self, request_id: &str, poll_token: &str) -> Answer {
+        self.call(
+            Method::POST,
+            &format!("/pairing/v1/requests/{request_id}/poll"),
+            None,
+            Some(&json!({ "poll_token": poll_token })),
+        )
+        .await
+    }
+
+    /// Pairs a new printer into `org`, claimed with `token` (printer.write).
+    pub async fn pair_printer(&self, token: &str, org: Uuid, serial: &str) -> TestPrinter {
+        let (key, csr) = printer_key_and_csr();
+        let req = self
+            .request_pairing(serial, &csr)
+            .await
+            .expect(StatusCode::CREATED);
+        let code = req.body["code"].as_str().expect("code");
+        self.claim(token, org, code, serial)
+            .await
+            .expect(StatusCode::CREATED);
+        let got = self
+            .poll(
+                req.body["request_id"].as_str().expect("id"),
+                req.body["poll_token"].as_str().expect("token"),
+            )
+            .await
+            .expect(StatusCode::OK);
+        let text = |k: &str| got.body[k].as_str().expect(k).to_owned();
+        TestPrinter {
+            id: Uuid::parse_str(&text("printer_id")).expect("uuid"),
+            org,
+            key_pem: key.serialize_pem(),
+            certificate_pem: text("certificate_pem"),
+            ca_pem: text("ca_chain_pem"),
+            shared_secret: text("shared_secret"),
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod browser;
 mod db_proxy;
 mod helpers;
+mod tls;
 
 mod account;
 mod binary;
@@ -14,6 +15,7 @@ mod errors;
 mod health;
 mod openapi;
 mod org;
+mod pairing;
 mod plumbing;
 mod services;
 mod shutdown;

@@ -13,7 +13,6 @@ pub mod oauth;
 pub mod pages;
 pub mod password;
 pub mod session;
-pub mod throttle;
 pub mod tokens;
 pub mod totp;
 
@@ -29,7 +28,7 @@ use uuid::Uuid;
 
 use crate::keys::SigningKeys;
 use crate::password::{PasswordHasher, PasswordPolicy};
-use crate::throttle::Throttle;
+use printworks_common::throttle::Throttle;
 
 pub const NAME: &str = "account";
 pub const PREFIX: &str = "/account/v1";

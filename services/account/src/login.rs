@@ -17,8 +17,8 @@ use crate::AccountState;
 use crate::email::Email;
 use crate::password::Verified;
 use crate::session::{self, NewSession};
-use crate::throttle::Gate;
 use crate::totp::{self, SecondFactor};
+use printworks_common::throttle::Gate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {

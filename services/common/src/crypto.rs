@@ -84,6 +84,8 @@ const SEALED_VERSION: u8 = 1;
 #[derive(Clone)]
 pub struct SecretBox {
     key: std::sync::Arc<LessSafeKey>,
+    /// For [`SecretBox::mac`]: derived from the master key, never the AES key itself.
+    mac_root: std::sync::Arc<[u8; 32]>,
 }
 
 impl SecretBox {
@@ -92,7 +94,16 @@ impl SecretBox {
         let unbound = UnboundKey::new(&AES_256_GCM, key.expose()).expect("32-byte AES key");
         Self {
             key: std::sync::Arc::new(LessSafeKey::new(unbound)),
+            mac_root: std::sync::Arc::new(hmac_sha256(key.expose(), b"printworks mac root")),
         }
+    }
+
+    /// A keyed digest of `data` for `purpose` (HMAC-SHA256 under a key derived from the
+    /// master key and the purpose): what is stored in place of a low-entropy secret, such
+    /// as a six-digit pairing code, that a plain hash would not protect.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        let key = hmac_sha256(&self.mac_root[..], purpose.as_bytes());
+        hmac_sha256(&key, data)
     }
 
     /// The configured master key, or the one generated into the data directory (created
@@ -191,6 +202,18 @@ mod tests {
         let other = SecretBox::new(&MasterKey::from_bytes([8; 32]));
         assert_eq!(other.open("totp:1", &sealed), None);
         assert_ne!(b.seal("totp:1", b"seed"), sealed, "nonces differ");
+    }
+
+    #[test]
+    fn macs_depend_on_the_key_the_purpose_and_the_data() {
+        let b = SecretBox::new(&MasterKey::from_bytes([7; 32]));
+        let other = SecretBox::new(&MasterKey::from_bytes([8; 32]));
+        let m = b.mac("pairing-code", b"123456");
+        assert_eq!(m, b.mac("pairing-code", b"123456"));
+        assert_ne!(m, b.mac("pairing-code", b"123457"));
+        assert_ne!(m, b.mac("other", b"123456"));
+        assert_ne!(m, other.mac("pairing-code", b"123456"));
+        assert_ne!(&m[..], &sha256(b"123456")[..]);
     }
 
     #[test]

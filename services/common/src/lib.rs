@@ -9,8 +9,10 @@
 //! - [`auth`]: the scope catalogue, access-token verification and the `Auth<scope>`
 //!   extractor every service uses.
 //! - [`audit`]: the hash-chained audit log writer every service calls.
+//! - [`printer`]: what printers and the cloud say to each other (credentials, renewal proofs).
 //! - [`crypto`]: random tokens, digests, constant-time comparison, sealing at rest.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
+//! - [`throttle`]: growing waits between failed attempts at a secret, in PostgreSQL.
 //! - [`server`]: serving a router with graceful shutdown.
 
 pub mod audit;
@@ -22,9 +24,11 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod printer;
 pub mod server;
 pub mod settings;
 pub mod telemetry;
+pub mod throttle;
 
 pub use context::AppContext;
 pub use error::{ApiError, Problem};

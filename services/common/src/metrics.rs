@@ -41,6 +41,11 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     pool_connections: Family<PoolLabels, Gauge>,
     pool_max: Gauge,
+    /// Printer connections open now on the printer endpoint.
+    pub printer_connections: Gauge,
+    /// Printer connections refused (certificate unknown, revoked or expired) or dropped
+    /// because their certificate stopped being valid.
+    pub printer_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -78,12 +83,26 @@ impl Metrics {
             "Most database connections this process may open",
             pool_max.clone(),
         );
+        let printer_connections = Gauge::default();
+        let printer_connections_refused = Counter::default();
+        registry.register(
+            "printer_connections",
+            "Printer connections open on the printer endpoint",
+            printer_connections.clone(),
+        );
+        registry.register(
+            "printer_connections_refused",
+            "Printer connections refused or dropped because their certificate is not (or no longer) valid",
+            printer_connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             pool_connections,
             pool_max,
+            printer_connections,
+            printer_connections_refused,
         }
     }
 

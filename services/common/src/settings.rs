@@ -104,6 +104,108 @@ pub struct Settings {
 
     #[command(flatten, next_help_heading = "Organization service")]
     pub org: OrgSettings,
+
+    #[command(flatten, next_help_heading = "Printers (pairing and relay)")]
+    pub printers: PrinterSettings,
+}
+
+/// Settings of the pairing and relay services: the printer certificate authority, the
+/// printer endpoint's certificate and address, and the limits of pairing.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PrinterSettings {
+    /// The URL printers reach the printer endpoint at (handed to them when they pair).
+    /// Unset: https:// and PRINTWORKS_PRINTER_ADDR.
+    #[arg(long, global = true, env = "PRINTWORKS_PRINTER_URL", value_name = "URL", value_parser = parse_printer_url)]
+    pub printer_url: Option<Url>,
+
+    /// Extra DNS names or IP addresses the printer endpoint's certificate names, comma
+    /// separated (the host of PRINTWORKS_PRINTER_URL, the listener's address and
+    /// `localhost` are always named).
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_PRINTER_HOSTNAMES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub printer_hostnames: Vec<String>,
+
+    /// PEM file of the printer CA's certificate (production: e.g. a Kubernetes Secret;
+    /// every replica needs the same CA). Unset: one is generated into <data dir>/ca/.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_PRINTER_CA_CERT",
+        value_name = "FILE",
+        requires = "printer_ca_key"
+    )]
+    pub printer_ca_cert: Option<PathBuf>,
+
+    /// PEM file (PKCS#8) of the printer CA's private key; goes with PRINTWORKS_PRINTER_CA_CERT.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_PRINTER_CA_KEY",
+        value_name = "FILE",
+        requires = "printer_ca_cert"
+    )]
+    pub printer_ca_key: Option<PathBuf>,
+
+    /// PEM certificate chain for the printer endpoint, when it has a publicly trusted
+    /// certificate. Unset: the printer CA issues one.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_PRINTER_TLS_CERT",
+        value_name = "FILE",
+        requires = "printer_tls_key"
+    )]
+    pub printer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for PRINTWORKS_PRINTER_TLS_CERT.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_PRINTER_TLS_KEY",
+        value_name = "FILE",
+        requires = "printer_tls_cert"
+    )]
+    pub printer_tls_key: Option<PathBuf>,
+
+    /// Lifetime of the certificates issued to printers.
+    #[arg(long, global = true, env = "PRINTWORKS_PRINTER_CERT_TTL", value_name = "DURATION", default_value = "90d", value_parser = parse_duration)]
+    pub printer_cert_ttl: Duration,
+
+    /// Most pairing requests waiting for a claim at once (all printers); more answer 503.
+    #[arg(long, global = true, env = "PRINTWORKS_PAIRING_MAX_PENDING", value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pairing_max_pending: u32,
+}
+
+impl PrinterSettings {
+    pub fn defaults() -> Self {
+        #[allow(clippy::expect_used)]
+        Self {
+            printer_url: None,
+            printer_hostnames: Vec::new(),
+            printer_ca_cert: None,
+            printer_ca_key: None,
+            printer_tls_cert: None,
+            printer_tls_key: None,
+            printer_cert_ttl: parse_duration("90d").expect("default"),
+            pairing_max_pending: 10_000,
+        }
+    }
+}
+
+fn parse_printer_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("is not a URL ({e})"))?;
+    if url.scheme() != "https" || url.host().is_none() {
+        return Err("must be an https:// URL with a host".into());
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err("must have no path, query or fragment".into());
+    }
+    Ok(url)
 }
 
 /// Settings of the organization service (invitations, e-mail, audit log).
@@ -315,11 +417,21 @@ impl Settings {
             auth_rate_limit_per_minute: p(DEFAULT_AUTH_RATE_LIMIT),
             account: AccountSettings::defaults(),
             org: OrgSettings::defaults(),
+            printers: PrinterSettings::defaults(),
         }
     }
 
     /// The database to use: `DATABASE_URL`, or else the URL the embedded cluster left in
     /// the data directory.
+    /// Where printers reach the printer endpoint: PRINTWORKS_PRINTER_URL, or https:// and
+    /// the listener's address.
+    pub fn printer_url(&self) -> String {
+        match &self.printers.printer_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => format!("https://{}", self.printer_addr),
+        }
+    }
+
     pub fn resolve_database_url(&self) -> Result<DatabaseUrl, String> {
         if let Some(url) = &self.database_url {
             return Ok(url.clone());

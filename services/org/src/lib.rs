@@ -90,6 +90,7 @@ routes! {
     delete "/organizations/{org}/projects/{project}/shares/{grantee_type}/{grantee}" => projects::unshare, OrganizationWrite;
     get "/organizations/{org}/printers" => printers::list, PrinterRead;
     get "/organizations/{org}/printers/{printer}" => printers::get, PrinterRead;
+    delete "/organizations/{org}/printers/{printer}" => printers::unpair, PrinterWrite;
     put "/organizations/{org}/printers/{printer}/shares" => printers::share, PrinterWrite;
     delete "/organizations/{org}/printers/{printer}/shares/{grantee_type}/{grantee}" => printers::unshare, PrinterWrite;
     get "/organizations/{org}/printers/{printer}/security" => printers::get_security, PrinterRead;

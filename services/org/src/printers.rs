@@ -73,7 +73,7 @@ pub async fn register(
     name: &str,
     model: Option<&str>,
     serial: Option<&str>,
-    claimed_by: Uuid,
+    claimed_by: Option<Uuid>,
     now: OffsetDateTime,
 ) -> sqlx::Result<Uuid> {
     let id = Uuid::new_v4();
@@ -91,6 +91,63 @@ pub async fn register(
     .execute(conn)
     .await?;
     Ok(id)
+}
+
+/// A printer of the organization was paired again (same serial): it keeps its id,
+/// shares and settings, under the name just given. For the pairing service.
+pub async fn repaired(
+    conn: &mut PgConnection,
+    printer: Uuid,
+    name: &str,
+    model: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE printers SET name = $2, model = $3 WHERE id = $1")
+        .bind(printer)
+        .bind(name)
+        .bind(model)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `DELETE …/{org}/printers/{printer}`: unpairs the printer (admins, or the person who
+/// claimed it). Its certificates stop being valid at once — the printer endpoint checks
+/// that the printer is still paired, and a trigger tells it to drop live connections.
+pub async fn unpair(
+    State(state): State<OrgState>,
+    auth: Auth<scope::PrinterWrite>,
+    client: ClientInfo,
+    Path((org, printer)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    let p = visible(&state.ctx.db, &m, printer).await?;
+    if !(m.is_admin() || (p.claimed_by.is_some() && p.claimed_by == m.user_id())) {
+        return Err(crate::access::forbidden(
+            "Only admins and the person who added the printer can remove it.",
+        ));
+    }
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE printers SET unpaired_at = $3 WHERE id = $1 AND organization_id = $2 AND unpaired_at IS NULL",
+    )
+    .bind(printer)
+    .bind(org)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        return Err(ApiError::not_found());
+    }
+    AuditEvent::new("printer.unpair", m.audit_actor(), Outcome::Success)
+        .organization(org)
+        .source(client.addr)
+        .target("printer", printer)
+        .write(&mut tx, now)
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list(

@@ -1,18 +1,132 @@
 //! The pairing service: six-digit pairing keys, the printer certificate authority and
-//! printer credentials. Routes live under [`PREFIX`].
+//! printer credentials. Routes live under [`PREFIX`]:
+//!
+//! 1. the printer asks to be paired (`POST /pairing/v1/requests`, no token) and shows
+//!    the code it gets;
+//! 2. a person of the organization enters it (`POST /pairing/v1/claims`), which adds
+//!    the printer and issues its certificate;
+//! 3. the printer collects its credentials, once (`POST /pairing/v1/requests/{id}/poll`).
+//!
+//! A printer whose certificate expired proves itself with its shared secret (an HMAC
+//! over a server challenge) to get a new one; while its certificate is valid it renews
+//! over the printer endpoint ([`renewal::renew_over_tls`], served by the relay).
+
+pub mod ca;
+pub mod claims;
+pub mod code;
+pub mod csr;
+pub mod identity;
+pub mod renewal;
+pub mod requests;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::post;
 use printworks_common::AppContext;
-use printworks_common::http::service_index;
+use printworks_common::http::{rate_limit, service_index};
+use printworks_common::throttle::Throttle;
+
+pub use ca::PrinterCa;
+pub use identity::{PrinterIdentity, identify};
 
 pub const NAME: &str = "pairing";
 pub const PREFIX: &str = "/pairing/v1";
 
-pub fn router(ctx: AppContext) -> Router {
+/// How long a pairing code can be claimed, and its credentials collected after that.
+pub const PAIRING_TTL: time::Duration = time::Duration::seconds(600);
+/// How often a waiting printer should poll, in seconds.
+pub const POLL_INTERVAL_SECS: u64 = 5;
+/// Wrong codes (or renewal proofs) a subject may try before each further try must wait
+/// 1 s, 2 s, 4 s … up to [`MAX_GUESS_DELAY`].
+pub const FREE_GUESSES: u32 = 5;
+pub const MAX_GUESS_DELAY: Duration = Duration::from_secs(300);
+/// Largest pairing request body (the CSR is most of it).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct PairingState {
+    pub ctx: AppContext,
+    pub ca: Arc<PrinterCa>,
+    /// Counts wrong codes per person, organization and source address, and wrong
+    /// renewal proofs per printer.
+    pub guesses: Throttle,
+}
+
+impl FromRef<PairingState> for AppContext {
+    fn from_ref(s: &PairingState) -> AppContext {
+        s.ctx.clone()
+    }
+}
+
+impl PairingState {
+    pub fn new(ctx: AppContext, ca: Arc<PrinterCa>) -> Self {
+        Self {
+            ctx,
+            ca,
+            guesses: Throttle {
+                free_attempts: FREE_GUESSES,
+                max_delay: MAX_GUESS_DELAY,
+            },
+        }
+    }
+}
+
+/// The pairing service's routes (every one limited per source address); starts the
+/// job that forgets old pairing requests and challenges.
+pub fn router(ctx: AppContext, ca: Arc<PrinterCa>) -> Router {
+    let state = PairingState::new(ctx, ca);
+    spawn_cleanup(state.ctx.clone());
+    let api = Router::new()
+        .route(
+            "/requests",
+            post(requests::create).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
+        )
+        .route("/requests/{id}/poll", post(requests::poll))
+        .route("/claims", post(claims::claim))
+        .route("/printers/{printer}/challenge", post(renewal::challenge))
+        .route(
+            "/printers/{printer}/certificate",
+            post(renewal::renew_with_secret).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
+        )
+        .route_layer(rate_limit(&state.ctx.settings));
     Router::new()
         .route(
             &format!("{PREFIX}/"),
             service_index(NAME, env!("CARGO_PKG_VERSION")),
         )
-        .with_state(ctx)
+        .nest(PREFIX, api)
+        .with_state(state)
+}
+
+/// Hourly: pairing requests older than a day and expired challenges are deleted.
+fn spawn_cleanup(ctx: AppContext) {
+    let stop = ctx.shutdown.child_token();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = cleanup(&ctx).await {
+                tracing::warn!(error = %e, "pairing cleanup");
+            }
+        }
+    });
+}
+
+pub async fn cleanup(ctx: &AppContext) -> sqlx::Result<()> {
+    let now = ctx.now();
+    sqlx::query("DELETE FROM pairing_requests WHERE created_at < $1")
+        .bind(now - time::Duration::days(1))
+        .execute(&ctx.db)
+        .await?;
+    sqlx::query("DELETE FROM printer_challenges WHERE expires_at < $1")
+        .bind(now)
+        .execute(&ctx.db)
+        .await?;
+    Ok(())
 }

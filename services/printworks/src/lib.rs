@@ -11,6 +11,8 @@ use axum::Router;
 use printworks_common::clock::SharedClock;
 use printworks_common::http::{apply_common_layers, health_routes};
 use printworks_common::{AppContext, Settings, server};
+use printworks_pairing::PrinterCa;
+use printworks_relay::PrinterEndpoint;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -72,9 +74,28 @@ impl ServiceSet {
     }
 }
 
+/// The printer CA, when a service that needs it runs (pairing issues, relay verifies).
+pub fn printer_ca(
+    ctx: &AppContext,
+    services: &ServiceSet,
+) -> anyhow::Result<Option<Arc<PrinterCa>>> {
+    if services.contains(Service::Pairing) || services.contains(Service::Relay) {
+        Ok(Some(Arc::new(PrinterCa::from_settings(
+            &ctx.settings,
+            ctx.now(),
+        )?)))
+    } else {
+        Ok(None)
+    }
+}
+
 /// The whole HTTP application for `services`: health routes, each service's routes,
 /// and the shared layers around all of them.
-pub async fn router(ctx: &AppContext, services: &ServiceSet) -> anyhow::Result<Router> {
+pub async fn router(
+    ctx: &AppContext,
+    services: &ServiceSet,
+    ca: Option<&Arc<PrinterCa>>,
+) -> anyhow::Result<Router> {
     let mut app = health_routes().with_state(ctx.clone());
     if services.contains(Service::Account) {
         let orgs = Arc::new(printworks_org::Directory::new(ctx.db.clone()));
@@ -84,7 +105,8 @@ pub async fn router(ctx: &AppContext, services: &ServiceSet) -> anyhow::Result<R
         app = app.merge(printworks_org::router(ctx.clone())?);
     }
     if services.contains(Service::Pairing) {
-        app = app.merge(printworks_pairing::router(ctx.clone()));
+        let ca = ca.context("the pairing service needs the printer CA")?;
+        app = app.merge(printworks_pairing::router(ctx.clone(), ca.clone()));
     }
     if services.contains(Service::Relay) {
         app = app.merge(printworks_relay::router(ctx.clone()));
@@ -96,6 +118,8 @@ pub async fn router(ctx: &AppContext, services: &ServiceSet) -> anyhow::Result<R
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// The printer endpoint, when the relay service runs here.
+    printer: Option<PrinterEndpoint>,
     ctx: AppContext,
     shutdown: CancellationToken,
 }
@@ -129,11 +153,34 @@ impl Application {
         db: PgPool,
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
+        let mut settings = settings;
+        // The printer endpoint is bound first, so that port 0 becomes the real port in
+        // the settings (its certificate and the URL given to printers name it).
+        let printer_listener = if services.contains(Service::Relay) {
+            let l = TcpListener::bind(settings.printer_addr)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on PRINTWORKS_PRINTER_ADDR {}",
+                        settings.printer_addr
+                    )
+                })?;
+            settings.printer_addr = l.local_addr()?;
+            Some(l)
+        } else {
+            None
+        };
         let ctx = AppContext::new(db, settings, clock)?;
-        let router = router(&ctx, services).await?;
+        let ca = printer_ca(&ctx, services)?;
+        let router = router(&ctx, services, ca.as_ref()).await?;
+        let printer = match (printer_listener, ca) {
+            (Some(l), Some(ca)) => Some(printworks_relay::printer_endpoint(l, ctx.clone(), ca)?),
+            _ => None,
+        };
         Ok(Self {
             listener,
             router,
+            printer,
             shutdown: ctx.shutdown.clone(),
             ctx,
         })
@@ -143,6 +190,11 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or(self.ctx.settings.http_addr)
+    }
+
+    /// Where the printer endpoint listens, when the relay service runs here.
+    pub fn printer_addr(&self) -> Option<SocketAddr> {
+        self.printer.as_ref().and_then(|p| p.local_addr().ok())
     }
 
     pub fn context(&self) -> &AppContext {
@@ -158,6 +210,15 @@ impl Application {
     /// (or the grace period is over).
     pub async fn run(self) -> std::io::Result<()> {
         let grace = self.ctx.settings.shutdown_grace;
-        server::serve(self.listener, self.router, self.shutdown, grace).await
+        let printers = async {
+            if let Some(p) = self.printer {
+                p.run().await;
+            }
+        };
+        let (http, ()) = tokio::join!(
+            server::serve(self.listener, self.router, self.shutdown, grace),
+            printers
+        );
+        http
     }
 }

@@ -123,6 +123,12 @@ const TABLE: &[(&str, &str, [u16; 4])] = &[
         "/org/v1/organizations/{org}/printers/{printer}",
         [200, 200, 200, 404],
     ),
+    // Unpairing: admins, or the person who claimed it (the admin, here).
+    (
+        "DELETE",
+        "/org/v1/organizations/{org}/printers/{printer}",
+        [204, 403, 403, 404],
+    ),
     (
         "PUT",
         "/org/v1/organizations/{org}/printers/{printer}/shares",
@@ -359,6 +365,22 @@ async fn prepare(
                 .replace("{grantee_type}", "team")
                 .replace("{grantee}", &team.to_string());
             (p, None)
+        }
+        ("DELETE", "/org/v1/organizations/{org}/printers/{printer}") => {
+            let fresh = app.register_printer(org, w.admin.id, "To unpair").await;
+            for user in [w.member.id, w.guest.id] {
+                sqlx::query(
+                    "INSERT INTO printer_shares (printer_id, grantee_type, grantee_id, created_at)
+                     VALUES ($1, 'user', $2, $3)",
+                )
+                .bind(fresh)
+                .bind(user)
+                .bind(now)
+                .execute(&app.db)
+                .await
+                .unwrap();
+            }
+            (path(t).replace("{printer}", &fresh.to_string()), None)
         }
         ("PUT", "/org/v1/organizations/{org}/printers/{printer}/security") => (
             path(t).replace("{printer}", &printer.to_string()),

@@ -278,6 +278,11 @@ async fn ids_of_another_organization_answer_404_and_change_nothing(pool: PgPool)
             None,
         ),
         (
+            Method::DELETE,
+            format!("/org/v1/organizations/{b}/printers/{printer}"),
+            None,
+        ),
+        (
             Method::PUT,
             format!("/org/v1/organizations/{b}/printers/{printer}/shares"),
             Some(json!({"grantee_type": "team", "grantee_id": b_team})),

@@ -20,8 +20,8 @@ use super::users::find_user;
 use crate::AccountState;
 use crate::login::{self, LoginError};
 use crate::session::SessionUser;
-use crate::throttle::Gate;
 use crate::totp;
+use printworks_common::throttle::Gate;
 
 pub fn limited_router() -> Router<AccountState> {
     Router::new()

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::login::{self, Account, LoginError};
 use crate::session::{self, session_from_parts_headers};
-use crate::throttle::Gate;
 use crate::{AccountState, totp};
+use printworks_common::throttle::Gate;
 
 /// How long the TOTP step of the login page waits for its code, and how many codes it
 /// takes before the whole login must start again.

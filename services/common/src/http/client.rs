@@ -59,6 +59,13 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
+impl ClientInfo {
+    /// The address as rate limits and throttles count it (IPv6 by its /64).
+    pub fn rate_key(&self) -> Option<IpAddr> {
+        self.addr.map(limit_key)
+    }
+}
+
 impl<S> FromRequestParts<S> for ClientInfo
 where
     AppContext: FromRef<S>,

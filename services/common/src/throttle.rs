@@ -1,12 +1,16 @@
-//! Growing waits between failed attempts on one account, kept in PostgreSQL so they hold
+//! Growing waits between failed attempts at a secret, kept in PostgreSQL so they hold
 //! across replicas and restarts — a soft lock in the manner of Kanidm: an attacker is
 //! slowed to a crawl, and the owner is never locked out for good.
 //!
-//! Every attempt is counted *before* its password or code is checked, in one atomic
-//! statement that also refuses it when the account's wait has not passed. So parallel
-//! attempts cannot slip through together: the first `free` attempts are immediate,
-//! then each one must wait 1 s, 2 s, 4 s … (up to the configured maximum) after the
-//! previous. A success clears the count; a day without attempts forgets it.
+//! A *subject* is what the attempts are counted against: an account (its normalised
+//! e-mail address) for logins and TOTP; a person, an organization or a source address
+//! for pairing codes (`pairing:user:<id>`, ...). Every attempt is counted *before* its
+//! password or code is checked, in one atomic statement that also refuses it when the
+//! subject's wait has not passed. So parallel attempts cannot slip through together: the
+//! first `free` attempts are immediate, then each one must wait 1 s, 2 s, 4 s … (up to
+//! the configured maximum) after the previous. A success clears the count (or, where a
+//! success proves nothing about the next attempt, takes back only its own); a day
+//! without attempts forgets it.
 
 use std::time::Duration;
 
@@ -28,7 +32,7 @@ pub enum Gate {
 }
 
 impl Throttle {
-    /// Counts an attempt on `subject` (a normalised e-mail address) at `now`.
+    /// Counts an attempt on `subject` at `now`.
     pub async fn attempt(
         &self,
         db: &PgPool,
@@ -36,7 +40,7 @@ impl Throttle {
         now: OffsetDateTime,
     ) -> sqlx::Result<Gate> {
         let counted: Option<i32> = sqlx::query_scalar(
-            "INSERT INTO login_throttle AS t (subject, failures, next_allowed_at)
+            "INSERT INTO attempt_throttle AS t (subject, failures, next_allowed_at)
              VALUES ($1, 1, $2 + make_interval(secs => CASE WHEN 1 < $3 THEN 0 ELSE 1 END))
              ON CONFLICT (subject) DO UPDATE SET
                failures = CASE WHEN t.next_allowed_at < $2 - interval '1 day' THEN 1
@@ -59,7 +63,7 @@ impl Throttle {
         }
         // The row may have been cleared by a success in between: then wait a second.
         let next: Option<OffsetDateTime> =
-            sqlx::query_scalar("SELECT next_allowed_at FROM login_throttle WHERE subject = $1")
+            sqlx::query_scalar("SELECT next_allowed_at FROM attempt_throttle WHERE subject = $1")
                 .bind(subject)
                 .fetch_optional(db)
                 .await?;
@@ -77,7 +81,7 @@ impl Throttle {
     /// stand, so such routes cannot be used to reset the throttle.
     pub async fn refund(&self, db: &PgPool, subject: &str) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE login_throttle SET failures = GREATEST(failures - 1, 0) WHERE subject = $1",
+            "UPDATE attempt_throttle SET failures = GREATEST(failures - 1, 0) WHERE subject = $1",
         )
         .bind(subject)
         .execute(db)
@@ -87,7 +91,7 @@ impl Throttle {
 
     /// The credentials were right: forget the failures.
     pub async fn succeeded(&self, db: &PgPool, subject: &str) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM login_throttle WHERE subject = $1")
+        sqlx::query("DELETE FROM attempt_throttle WHERE subject = $1")
             .bind(subject)
             .execute(db)
             .await?;

@@ -1,0 +1,247 @@
+//! The reference printer agent: the printer's side of the protocol, as firmware would
+//! speak it. It generates its key (which never leaves it), asks to be paired, shows the
+//! code, waits for someone to enter it, keeps its credentials in a state directory
+//! ([`state`]), talks to the printer endpoint over mutual TLS ([`printer_client`]) and
+//! renews its certificate ([`renew`]).
+//!
+//! `printworks printer pair|identity|renew` run it from the command line.
+
+pub mod state;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use printworks_common::printer::{Credentials, renewal_proof};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use state::{PrinterRecord, Saved, StateDir};
+
+/// What the printer says about itself when it asks to be paired.
+#[derive(Clone, Debug)]
+pub struct PrinterInfo {
+    pub serial: String,
+    pub model: String,
+    pub firmware_version: String,
+}
+
+/// How the agent paces itself.
+#[derive(Clone, Debug)]
+pub struct PairOptions {
+    /// Poll at most this often, even if the server suggests a longer interval (tests).
+    pub max_poll_interval: Option<Duration>,
+}
+
+/// A fresh key and a CSR for it (PEM).
+pub fn new_key_and_csr() -> anyhow::Result<(KeyPair, String)> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let csr = CertificateParams::new(Vec::<String>::new())?
+        .serialize_request(&key)?
+        .pem()?;
+    Ok((key, csr))
+}
+
+/// The DER of a CSR in PEM.
+fn csr_der(csr_pem: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = csr_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body.trim())?)
+}
+
+/// What went wrong, from a problem+json answer (its title and detail).
+async fn problem(res: reqwest::Response) -> anyhow::Error {
+    let status = res.status();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let title = body["title"].as_str().unwrap_or("request failed");
+    match body["detail"].as_str() {
+        Some(detail) => anyhow::anyhow!("{status}: {title}: {detail}"),
+        None => anyhow::anyhow!("{status}: {title}"),
+    }
+}
+
+fn retry_after(res: &reqwest::Response) -> Duration {
+    res.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::from_secs(5), Duration::from_secs)
+        .min(Duration::from_secs(300))
+}
+
+#[derive(Deserialize)]
+struct RequestCreated {
+    request_id: uuid::Uuid,
+    poll_token: String,
+    code: String,
+    expires_in: u64,
+    interval: u64,
+}
+
+/// Pairs the printer with the cloud at `server` (the public API URL): asks for a code,
+/// hands it to `show_code` (with how long it lasts), waits until someone enters it,
+/// and saves the credentials into `state`.
+pub async fn pair(
+    http: &reqwest::Client,
+    server: &str,
+    info: &PrinterInfo,
+    state: &StateDir,
+    options: &PairOptions,
+    mut show_code: impl FnMut(&str, Duration),
+) -> anyhow::Result<Saved> {
+    let server = server.trim_end_matches('/');
+    let (key, csr_pem) = new_key_and_csr()?;
+    let body = json!({
+        "serial": info.serial,
+        "model": info.model,
+        "firmware_version": info.firmware_version,
+        "csr_pem": csr_pem,
+    });
+    let created: RequestCreated = loop {
+        let res = http
+            .post(format!("{server}/pairing/v1/requests"))
+            .json(&body)
+            .send()
+            .await
+            .context("cannot reach the Printworks server")?;
+        match res.status() {
+            StatusCode::CREATED => break res.json().await?,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(retry_after(&res)).await;
+            }
+            _ => return Err(problem(res).await.context("the server refused to pair")),
+        }
+    };
+    show_code(&created.code, Duration::from_secs(created.expires_in));
+    let mut interval = Duration::from_secs(created.interval.max(1));
+    if let Some(max) = options.max_poll_interval {
+        interval = interval.min(max);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(created.expires_in + 60);
+    let poll = json!({ "poll_token": created.poll_token });
+    loop {
+        tokio::time::sleep(interval).await;
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("nobody entered the code in time; pair again");
+        }
+        let res = match http
+            .post(format!(
+                "{server}/pairing/v1/requests/{}/poll",
+                created.request_id
+            ))
+            .json(&poll)
+            .send()
+            .await
+        {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the server; polling again");
+                continue;
+            }
+        };
+        match res.status() {
+            StatusCode::ACCEPTED => continue,
+            StatusCode::OK => {
+                let credentials: Credentials = res.json().await?;
+                return state.save_paired(&key.serialize_pem(), &credentials, server);
+            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                tokio::time::sleep(retry_after(&res)).await;
+            }
+            StatusCode::GONE => anyhow::bail!("the pairing request expired; pair again"),
+            _ => return Err(problem(res).await.context("polling for the credentials")),
+        }
+    }
+}
+
+/// A client for the printer endpoint: it trusts only the printer CA and presents the
+/// printer's certificate.
+pub fn printer_client(saved: &Saved) -> anyhow::Result<reqwest::Client> {
+    let mut identity = saved.certificate_pem.clone();
+    identity.push_str(&saved.key_pem);
+    let roots = reqwest::Certificate::from_pem_bundle(saved.ca_pem.as_bytes())
+        .context("the saved CA certificate")?;
+    reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .identity(
+            reqwest::Identity::from_pem(identity.as_bytes())
+                .context("the saved key and certificate")?,
+        )
+        .https_only(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the printer endpoint client")
+}
+
+/// When the saved certificate stops being valid.
+pub fn certificate_expiry(saved: &Saved) -> anyhow::Result<time::OffsetDateTime> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(saved.certificate_pem.as_bytes())
+        .map_err(|_| anyhow::anyhow!("the saved certificate is not PEM"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|_| anyhow::anyhow!("the saved certificate does not parse"))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+#[derive(Deserialize)]
+struct Renewed {
+    certificate_pem: String,
+}
+
+/// A new certificate (and key): over the printer endpoint while the current
+/// certificate is valid at `now`, else with the shared secret. Saves and returns them.
+pub async fn renew(state: &StateDir, now: time::OffsetDateTime) -> anyhow::Result<Saved> {
+    let saved = state.load()?;
+    let (key, csr_pem) = new_key_and_csr()?;
+    let valid = certificate_expiry(&saved).is_ok_and(|t| t > now + time::Duration::minutes(1));
+    let renewed: Renewed = if valid {
+        let res = printer_client(&saved)?
+            .post(format!(
+                "{}/printer/v1/certificate",
+                saved.printer.printer_url
+            ))
+            .json(&json!({ "csr_pem": csr_pem }))
+            .send()
+            .await
+            .context("cannot reach the printer endpoint")?;
+        if res.status() != StatusCode::CREATED {
+            return Err(problem(res)
+                .await
+                .context("renewal over the printer endpoint"));
+        }
+        res.json().await?
+    } else {
+        let http = reqwest::Client::new();
+        let base = format!(
+            "{}/pairing/v1/printers/{}",
+            saved.printer.server_url, saved.printer.printer_id
+        );
+        let res = http.post(format!("{base}/challenge")).send().await?;
+        if res.status() != StatusCode::CREATED {
+            return Err(problem(res).await.context("asking for a renewal challenge"));
+        }
+        let challenge: Value = res.json().await?;
+        let challenge = challenge["challenge"].as_str().context("no challenge")?;
+        let proof = renewal_proof(
+            &saved.shared_secret,
+            saved.printer.printer_id,
+            challenge,
+            &csr_der(&csr_pem)?,
+        );
+        let res = http
+            .post(format!("{base}/certificate"))
+            .json(&json!({ "challenge": challenge, "proof": proof, "csr_pem": csr_pem }))
+            .send()
+            .await?;
+        if res.status() != StatusCode::CREATED {
+            return Err(problem(res).await.context("renewal with the shared secret"));
+        }
+        res.json().await?
+    };
+    state.save_certificate(&key.serialize_pem(), &renewed.certificate_pem)?;
+    state.load()
+}

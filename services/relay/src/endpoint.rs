@@ -1,0 +1,525 @@
+//! The printer endpoint: its own listener (`PRINTWORKS_PRINTER_ADDR`), TLS 1.3 only,
+//! a client certificate required and chained to the printer CA. The printer's identity
+//! comes from that certificate and is checked against the database on every connection
+//! (unknown, revoked, expired, or its printer unpaired: every request is refused). No
+//! bearer tokens here.
+//!
+//! Built for many mostly idle connections: a task per connection (no thread), HTTP/1.1
+//! with keep-alive, and revocation pushed rather than polled per connection — a
+//! PostgreSQL trigger notifies on every revocation and unpairing, and one watcher task
+//! drops the affected connections at once; a sweep every [`SWEEP_INTERVAL`] (and after
+//! every reconnect of the watcher) catches what a lost notification or an expiry by the
+//! clock would miss.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use printworks_common::crypto::sha256;
+use printworks_common::error::Problem;
+use printworks_common::{ApiError, AppContext};
+use printworks_pairing::{PrinterCa, PrinterIdentity};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+/// How often every open connection's certificate is checked again.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// A TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The notification channel of the revocation trigger.
+const REVOKED_CHANNEL: &str = "printworks_printer_revoked";
+/// The printer endpoint's own certificate, when the printer CA issues it.
+const SERVER_CERT_TTL: time::Duration = time::Duration::days(365);
+
+/// The printer a request comes from (from its client certificate, checked).
+#[derive(Clone, Debug)]
+pub struct Printer(pub PrinterIdentity);
+
+impl<S: Send + Sync> FromRequestParts<S> for Printer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<PrinterIdentity>()
+            .cloned()
+            .map(Printer)
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("printer route served without identity"))
+            })
+    }
+}
+
+/// The TLS configuration: TLS 1.3, a client certificate from the printer CA required,
+/// and the endpoint's certificate (configured, or issued by the CA for `names`).
+pub fn tls_config(ctx: &AppContext, ca: &PrinterCa) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.cert_der().clone())
+        .context("the printer CA certificate")?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("the printer client-certificate verifier")?;
+    let (chain, key) = server_certificate(ctx, ca)?;
+    let clock = Arc::new(ClockTime(ctx.clock.clone()));
+    let mut config = rustls::ServerConfig::builder_with_details(provider, clock)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("the printer endpoint certificate")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// rustls reads the time (to check certificates' validity) from the injected clock,
+/// like every other expiry here.
+struct ClockTime(printworks_common::clock::SharedClock);
+
+impl std::fmt::Debug for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let secs = u64::try_from(self.0.now().unix_timestamp()).ok()?;
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(
+            Duration::from_secs(secs),
+        ))
+    }
+}
+
+/// The names the endpoint's certificate carries: `localhost`, the listener's address
+/// (when not a wildcard), the host of the printer URL, and any configured extras.
+pub fn server_names(ctx: &AppContext) -> Vec<String> {
+    let s = &ctx.settings;
+    let mut names = vec!["localhost".to_owned()];
+    if !s.printer_addr.ip().is_unspecified() {
+        names.push(s.printer_addr.ip().to_string());
+    }
+    if let Some(host) = s.printers.printer_url.as_ref().and_then(|u| u.host_str()) {
+        names.push(host.trim_matches(['[', ']']).to_owned());
+    }
+    names.extend(
+        s.printers
+            .printer_hostnames
+            .iter()
+            .map(|n| n.trim().to_owned()),
+    );
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn server_certificate(
+    ctx: &AppContext,
+    ca: &PrinterCa,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let p = &ctx.settings.printers;
+    if let (Some(cert), Some(key)) = (&p.printer_tls_cert, &p.printer_tls_key) {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("PRINTWORKS_PRINTER_TLS_CERT {}", cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("PRINTWORKS_PRINTER_TLS_KEY {}", key.display()))?;
+        return Ok((chain, key));
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let issued = ca.issue_server(&key, &server_names(ctx), ctx.now(), SERVER_CERT_TTL)?;
+    Ok((
+        vec![issued.der, ca.cert_der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    ))
+}
+
+/// Open connections by printer, so that a revocation can drop them.
+#[derive(Default)]
+pub struct Connections {
+    by_printer: Mutex<HashMap<uuid::Uuid, Vec<Open>>>,
+    next: AtomicU64,
+}
+
+struct Open {
+    id: u64,
+    fingerprint: Vec<u8>,
+    drop: CancellationToken,
+}
+
+/// Removes its connection from the registry when the connection ends.
+struct Registration {
+    connections: Arc<Connections>,
+    printer: uuid::Uuid,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self
+            .connections
+            .by_printer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(list) = map.get_mut(&self.printer) {
+            list.retain(|o| o.id != self.id);
+            if list.is_empty() {
+                map.remove(&self.printer);
+            }
+        }
+    }
+}
+
+impl Connections {
+    fn register(
+        self: &Arc<Self>,
+        printer: uuid::Uuid,
+        fingerprint: Vec<u8>,
+    ) -> (CancellationToken, Registration) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let drop = CancellationToken::new();
+        self.by_printer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(printer)
+            .or_default()
+            .push(Open {
+                id,
+                fingerprint,
+                drop: drop.clone(),
+            });
+        (
+            drop,
+            Registration {
+                connections: self.clone(),
+                printer,
+                id,
+            },
+        )
+    }
+
+    /// `(fingerprint, drop)` of the open connections, of one printer or of all.
+    fn open(&self, printer: Option<uuid::Uuid>) -> Vec<(Vec<u8>, CancellationToken)> {
+        let map = self
+            .by_printer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pick = |list: &Vec<Open>| {
+            list.iter()
+                .map(|o| (o.fingerprint.clone(), o.drop.clone()))
+                .collect::<Vec<_>>()
+        };
+        match printer {
+            Some(p) => map.get(&p).map(pick).unwrap_or_default(),
+            None => map.values().flat_map(pick).collect(),
+        }
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.by_printer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Drops the connections (of `printer`, or all) whose certificate is no longer valid.
+async fn recheck(
+    ctx: &AppContext,
+    connections: &Connections,
+    printer: Option<uuid::Uuid>,
+) -> sqlx::Result<usize> {
+    let open = connections.open(printer);
+    let mut dropped = 0;
+    for chunk in open.chunks(1000) {
+        let fingerprints: Vec<Vec<u8>> = chunk.iter().map(|(f, _)| f.clone()).collect();
+        let valid =
+            printworks_pairing::identity::still_valid(&ctx.db, &fingerprints, ctx.now()).await?;
+        for (fingerprint, drop) in chunk {
+            if !valid.contains(fingerprint) && !drop.is_cancelled() {
+                drop.cancel();
+                dropped += 1;
+            }
+        }
+    }
+    if dropped > 0 {
+        ctx.metrics
+            .printer_connections_refused
+            .inc_by(dropped as u64);
+        tracing::info!(
+            dropped,
+            "printer connections dropped: certificate no longer valid"
+        );
+    }
+    Ok(dropped)
+}
+
+/// Listens for revocations and sweeps periodically, until `stop`.
+async fn watch_revocations(
+    ctx: AppContext,
+    connections: Arc<Connections>,
+    stop: CancellationToken,
+) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&ctx.db).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation watcher cannot connect; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(REVOKED_CHANNEL).await {
+            tracing::warn!(error = %e, "revocation watcher cannot listen; retrying");
+            continue;
+        }
+        // Whatever was revoked while nobody listened.
+        if let Err(e) = recheck(&ctx, &connections, None).await {
+            tracing::warn!(error = %e, "revocation sweep");
+        }
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = sweep.tick() => {
+                    if let Err(e) = recheck(&ctx, &connections, None).await {
+                        tracing::warn!(error = %e, "revocation sweep");
+                    }
+                }
+                n = listener.recv() => match n {
+                    Ok(n) => {
+                        let printer = uuid::Uuid::parse_str(n.payload()).ok();
+                        if let Err(e) = recheck(&ctx, &connections, printer).await {
+                            tracing::warn!(error = %e, "revocation check");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation watcher lost its connection; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The printer endpoint, bound and ready to run.
+pub struct PrinterEndpoint {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    ctx: AppContext,
+    connections: Arc<Connections>,
+}
+
+impl PrinterEndpoint {
+    /// On a bound listener; `router` serves the printers' requests (every request
+    /// carries the [`PrinterIdentity`] and the peer's `ConnectInfo`).
+    pub fn new(
+        listener: TcpListener,
+        ctx: AppContext,
+        ca: &PrinterCa,
+        router: Router,
+    ) -> anyhow::Result<Self> {
+        let config = tls_config(&ctx, ca)?;
+        Ok(Self {
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            router,
+            ctx,
+            connections: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
+    }
+
+    /// Accepts connections until the context's shutdown; then stops accepting, lets
+    /// requests in flight finish for the grace period, and returns.
+    pub async fn run(self) {
+        let stop = self.ctx.shutdown.clone();
+        tokio::spawn(watch_revocations(
+            self.ctx.clone(),
+            self.connections.clone(),
+            stop.child_token(),
+        ));
+        let tracker = tokio_util::task::TaskTracker::new();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, say: pause rather than spin.
+                        tracing::warn!(error = %e, "printer endpoint accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            tracker.spawn(serve_connection(
+                tcp,
+                peer,
+                self.acceptor.clone(),
+                self.router.clone(),
+                self.ctx.clone(),
+                self.connections.clone(),
+            ));
+        }
+        tracker.close();
+        let grace = self.ctx.settings.shutdown_grace;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "printer connections still open after the grace period; dropping them"
+            );
+        }
+    }
+}
+
+fn refused() -> Response {
+    let mut res = Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "printer-certificate-refused",
+        "This printer certificate is unknown, revoked or expired",
+    )
+    .detail("Renew the certificate with the shared secret, or pair the printer again.")
+    .into_response();
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    ctx: AppContext,
+    connections: Arc<Connections>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "printer TLS handshake refused");
+            ctx.metrics.printer_connections_refused.inc();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "printer TLS handshake timed out");
+            return;
+        }
+    };
+    let fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| sha256(c).to_vec());
+    let identity = match &fingerprint {
+        Some(f) => printworks_pairing::identify(&ctx.db, f, ctx.now()).await,
+        None => Ok(None),
+    };
+    let identity = match identity {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot check a printer certificate");
+            None
+        }
+    };
+    let Some(identity) = identity else {
+        tracing::info!(%peer, "printer certificate refused: unknown, revoked or expired");
+        ctx.metrics.printer_connections_refused.inc();
+        let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+            Ok::<_, Infallible>(refused())
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(tls), service)
+            .await;
+        return;
+    };
+
+    let (dropped, _registration) =
+        connections.register(identity.printer_id, fingerprint.unwrap_or_default());
+    ctx.metrics.printer_connections.inc();
+    let _gauge = scopeguard(ctx.metrics.printer_connections.clone());
+    tracing::debug!(%peer, printer_id = %identity.printer_id, "printer connected");
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(identity.clone());
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let router = router.clone();
+        async move {
+            let req = req.map(Body::new);
+            router.oneshot(req).await
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let stop = ctx.shutdown.clone();
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "printer connection ended");
+            }
+        }
+        // Revoked or unpaired: gone now, mid-request or not.
+        () = dropped.cancelled() => {
+            tracing::info!(%peer, "printer connection dropped: certificate no longer valid");
+        }
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Decrements the gauge when the connection ends, however it ends.
+fn scopeguard(gauge: prometheus_client::metrics::gauge::Gauge) -> impl Drop {
+    struct Dec(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Dec {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(gauge)
+}
