@@ -15,6 +15,8 @@ CREATE TABLE pairing_requests (
     -- The verified certificate signing request (DER): only its public key is used.
     csr_der            bytea       NOT NULL,
     source_addr        text,
+    -- The address as limits count it (IPv6 by its /64).
+    source_key         text,
     created_at         timestamptz NOT NULL,
     expires_at         timestamptz NOT NULL,
     state              text        NOT NULL CHECK (state IN ('pending', 'claimed', 'collected', 'expired')),
@@ -31,7 +33,7 @@ CREATE TABLE pairing_requests (
 -- A code is unique among the requests waiting for a claim.
 CREATE UNIQUE INDEX pairing_requests_pending_code ON pairing_requests (code_hash) WHERE state = 'pending';
 CREATE INDEX pairing_requests_pending_expiry ON pairing_requests (expires_at) WHERE state = 'pending';
-CREATE INDEX pairing_requests_pending_source ON pairing_requests (source_addr) WHERE state = 'pending';
+CREATE INDEX pairing_requests_pending_source ON pairing_requests (source_key) WHERE state = 'pending';
 CREATE INDEX pairing_requests_created ON pairing_requests (created_at);
 
 CREATE TABLE printer_certificates (

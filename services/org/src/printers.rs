@@ -111,7 +111,7 @@ pub async fn repaired(
 }
 
 /// `DELETE …/{org}/printers/{printer}`: unpairs the printer (admins, or the person who
-/// claimed it). Its certificates stop being valid at once — the printer endpoint checks
+/// claimed it while an admin or member). Its certificates stop being valid at once — the printer endpoint checks
 /// that the printer is still paired, and a trigger tells it to drop live connections.
 pub async fn unpair(
     State(state): State<OrgState>,
@@ -121,7 +121,10 @@ pub async fn unpair(
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let p = visible(&state.ctx.db, &m, printer).await?;
-    if !(m.is_admin() || (p.claimed_by.is_some() && p.claimed_by == m.user_id())) {
+    // The person who added it may remove it while they may still change printers (a
+    // guest no longer may).
+    let claimer = p.claimed_by.is_some() && p.claimed_by == m.user_id();
+    if !(m.is_admin() || (claimer && m.require_writer().is_ok())) {
         return Err(crate::access::forbidden(
             "Only admins and the person who added the printer can remove it.",
         ));

@@ -91,7 +91,9 @@ pub fn router(ctx: AppContext, ca: Arc<PrinterCa>) -> Router {
             "/printers/{printer}/certificate",
             post(renewal::renew_with_secret).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
         )
-        .route_layer(rate_limit(&state.ctx.settings));
+        .route_layer(rate_limit(&state.ctx.settings))
+        // Codes, poll tokens, secrets and certificates: never kept by a cache.
+        .layer(axum::middleware::map_response(no_store));
     Router::new()
         .route(
             &format!("{PREFIX}/"),
@@ -99,6 +101,14 @@ pub fn router(ctx: AppContext, ca: Arc<PrinterCa>) -> Router {
         )
         .nest(PREFIX, api)
         .with_state(state)
+}
+
+async fn no_store(mut res: axum::response::Response) -> axum::response::Response {
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    res
 }
 
 /// Hourly: pairing requests older than a day and expired challenges are deleted.

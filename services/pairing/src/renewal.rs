@@ -1,14 +1,16 @@
 //! New certificates for paired printers, from a fresh CSR:
 //!
 //! - while the current certificate is valid, over the printer endpoint's mutual-TLS
-//!   session ([`renew_over_tls`], which the relay serves as `POST /printer/v1/certificate`);
+//!   session ([`renew_over_tls`], which the relay serves as `POST /printer/v1/certificate`),
+//!   at most once a minute; the certificate that asked retires ten minutes later;
 //! - after it expired, with the shared secret the printer got when it paired: it asks
 //!   for a challenge (`POST /pairing/v1/printers/{printer}/challenge`), then sends
 //!   `POST /pairing/v1/printers/{printer}/certificate {challenge, proof, csr_pem}` where
 //!   `proof` is the HMAC-SHA256, under the secret, of [`renewal_message`]: the printer,
 //!   the challenge and the digest of the CSR, so that the secret never crosses the wire
 //!   and a proof cannot be replayed or moved to another CSR. Challenges are single-use
-//!   and live five minutes; wrong proofs are slowed per printer and audited.
+//!   and live five minutes; wrong proofs are slowed per printer and audited. The new
+//!   certificate supersedes every earlier one (revoked at once).
 
 use std::net::IpAddr;
 
@@ -32,6 +34,10 @@ use crate::{PairingState, csr};
 
 /// How long a renewal challenge can be answered.
 pub const CHALLENGE_TTL: time::Duration = time::Duration::minutes(5);
+/// A printer renews over mutual TLS at most this often.
+pub const RENEWAL_SPACING: time::Duration = time::Duration::minutes(1);
+/// How long a certificate stays valid after it renewed itself over mutual TLS.
+pub const RETIREMENT_GRACE: time::Duration = time::Duration::minutes(10);
 /// Challenges a printer may have open at once (older ones are dropped).
 const OPEN_CHALLENGES: i64 = 5;
 
@@ -189,6 +195,9 @@ pub async fn renew_with_secret(
         audit_failure(ctx, printer, Some(org), client.addr, "wrong_proof").await?;
         return Err(refused());
     }
+    // Whatever certificates the printer had are superseded: if its key was stolen, the
+    // thief's certificate dies now (the printer endpoint drops its connections).
+    identity::revoke_all(&mut tx, printer, now, "superseded").await?;
     let issued = state.ca.issue_printer(
         &checked.public_key,
         printer,
@@ -220,9 +229,9 @@ pub async fn renew_with_secret(
     ))
 }
 
-/// A new certificate for the printer on a valid mutual-TLS session, from a fresh CSR.
-/// The current certificate stays valid until it expires (the printer may not have
-/// stored the new one yet).
+/// A new certificate for the printer on a valid mutual-TLS session, from a fresh CSR,
+/// at most once a minute. The certificate that asked stays valid for ten more minutes
+/// (to store the new one and reconnect with it), then retires.
 pub async fn renew_over_tls(
     ctx: &AppContext,
     ca: &PrinterCa,
@@ -239,6 +248,29 @@ pub async fn renew_over_tls(
         ctx.settings.printers.printer_cert_ttl,
     )?;
     let mut tx = ctx.db.begin().await?;
+    // One renewal a minute is plenty; more is a loop or an abuse of a stolen key.
+    let recent: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM printer_certificates
+                        WHERE printer_id = $1 AND issued_by <> 'pairing' AND issued_at > $2)",
+    )
+    .bind(who.printer_id)
+    .bind(now - RENEWAL_SPACING)
+    .fetch_one(&mut *tx)
+    .await?;
+    if recent {
+        return Err(ApiError::too_many_requests(std::time::Duration::from_secs(
+            60,
+        )));
+    }
+    // The certificate that asked retires soon after its successor exists: long enough
+    // to store the new one and reconnect, not long enough to live on beside it.
+    sqlx::query(
+        "UPDATE printer_certificates SET not_after = LEAST(not_after, $2) WHERE serial = $1",
+    )
+    .bind(&who.certificate_serial)
+    .bind(now + RETIREMENT_GRACE)
+    .execute(&mut *tx)
+    .await?;
     identity::record_certificate(&mut tx, who.printer_id, &issued, now, "renewal").await?;
     AuditEvent::new(
         "printer.certificate_renew",

@@ -74,6 +74,7 @@ pub async fn create(
     let ctx = &state.ctx;
     let now = ctx.now();
     let source = client.addr.map(|a| a.to_string());
+    let source_key = client.rate_key().map(|a| a.to_string());
 
     let mut tx = ctx.db.begin().await?;
     // Requests nobody claimed in time give their codes back.
@@ -84,10 +85,10 @@ pub async fn create(
     .execute(&mut *tx)
     .await?;
     let (pending, from_here): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE source_addr IS NOT DISTINCT FROM $1)
+        "SELECT count(*), count(*) FILTER (WHERE source_key IS NOT DISTINCT FROM $1)
          FROM pairing_requests WHERE state = 'pending'",
     )
-    .bind(&source)
+    .bind(&source_key)
     .fetch_one(&mut *tx)
     .await?;
     if from_here >= MAX_PENDING_PER_ADDRESS {
@@ -108,8 +109,8 @@ pub async fn create(
         let inserted = sqlx::query(
             "INSERT INTO pairing_requests
                (id, code_hash, poll_token_hash, serial, model, firmware_version, csr_der,
-                source_addr, created_at, expires_at, state)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending')
+                source_addr, source_key, created_at, expires_at, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending')
              ON CONFLICT (code_hash) WHERE state = 'pending' DO NOTHING",
         )
         .bind(id)
@@ -120,6 +121,7 @@ pub async fn create(
         .bind(&firmware)
         .bind(&checked.der)
         .bind(&source)
+        .bind(&source_key)
         .bind(now)
         .bind(now + PAIRING_TTL)
         .execute(&mut *tx)

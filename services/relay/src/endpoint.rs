@@ -12,7 +12,6 @@
 //! clock would miss.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use printworks_common::crypto::sha256;
 use printworks_common::error::Problem;
+use printworks_common::http::apply_common_layers;
 use printworks_common::{ApiError, AppContext};
 use printworks_pairing::{PrinterCa, PrinterIdentity};
 use rustls::pki_types::pem::PemObject as _;
@@ -335,6 +335,8 @@ pub struct PrinterEndpoint {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
+    /// Answers every request of a connection whose certificate was refused.
+    refusal: Router,
     ctx: AppContext,
     connections: Arc<Connections>,
 }
@@ -349,10 +351,17 @@ impl PrinterEndpoint {
         router: Router,
     ) -> anyhow::Result<Self> {
         let config = tls_config(&ctx, ca)?;
+        let refusal = apply_common_layers(
+            Router::new()
+                .route("/", axum::routing::any(refused))
+                .route("/{*path}", axum::routing::any(refused)),
+            &ctx,
+        );
         Ok(Self {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             router,
+            refusal,
             ctx,
             connections: Arc::default(),
         })
@@ -394,7 +403,7 @@ impl PrinterEndpoint {
                 tcp,
                 peer,
                 self.acceptor.clone(),
-                self.router.clone(),
+                (self.router.clone(), self.refusal.clone()),
                 self.ctx.clone(),
                 self.connections.clone(),
             ));
@@ -410,7 +419,7 @@ impl PrinterEndpoint {
     }
 }
 
-fn refused() -> Response {
+async fn refused() -> Response {
     let mut res = Problem::new(
         StatusCode::UNAUTHORIZED,
         "printer-certificate-refused",
@@ -427,7 +436,7 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    router: Router,
+    (router, refusal): (Router, Router),
     ctx: AppContext,
     connections: Arc<Connections>,
 ) {
@@ -463,8 +472,9 @@ async fn serve_connection(
     let Some(identity) = identity else {
         tracing::info!(%peer, "printer certificate refused: unknown, revoked or expired");
         ctx.metrics.printer_connections_refused.inc();
-        let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-            Ok::<_, Infallible>(refused())
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            refusal.clone().oneshot(req.map(Body::new))
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

@@ -115,6 +115,7 @@ async fn unpairing_drops_the_live_connection_and_refuses_the_next(pool: PgPool) 
         body["type"],
         "urn:printworks:problem:printer-certificate-refused"
     );
+    assert!(body["request_id"].is_string(), "{body}");
     let audited: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE action = 'printer.unpair' AND actor_id = $1",
     )
@@ -352,4 +353,107 @@ async fn renew(
         Some(&body),
     )
     .await
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_renewed_certificate_supersedes_the_old_one(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let printer = app.pair_printer(&w.admin_token, w.org, "SN-S").await;
+    let addr = app.printer_addr.unwrap();
+    let config =
+        |p: &TestPrinter| tls::client_config(&p.ca_pem, Some((&p.certificate_pem, &p.key_pem)));
+
+    // Over mutual TLS: once a minute at most; the old certificate lives ten more minutes.
+    let (key, csr) = printer_key_and_csr();
+    let mut conn = connect(&app, &printer).await;
+    let body = json!({"csr_pem": csr});
+    let (status, renewed) = tls::request(&mut conn, "POST", "/printer/v1/certificate", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{renewed}");
+    let (status, again) = tls::request(&mut conn, "POST", "/printer/v1/certificate", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 429, "{again}");
+    let new = TestPrinter {
+        key_pem: key.serialize_pem(),
+        certificate_pem: renewed["certificate_pem"].as_str().unwrap().to_owned(),
+        ..clone_printer(&printer)
+    };
+    app.clock.advance(time::Duration::minutes(9));
+    assert!(
+        !tls::refused(addr, config(&printer)).await,
+        "the old certificate retired too soon"
+    );
+    app.clock.advance(time::Duration::minutes(2));
+    assert!(
+        tls::refused(addr, config(&printer)).await,
+        "the old certificate lives on"
+    );
+    assert!(!tls::refused(addr, config(&new)).await);
+
+    // With the shared secret: every earlier certificate is revoked at once, and a live
+    // connection that holds one is dropped.
+    let mut live = connect(&app, &new).await;
+    assert_eq!(
+        tls::request(&mut live, "GET", "/printer/v1/identity", None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let base = format!("/pairing/v1/printers/{}", printer.id);
+    let (key, csr) = printer_key_and_csr();
+    let der = x509_parser::pem::parse_x509_pem(csr.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let c = challenge(&app, &base).await;
+    let proof =
+        printworks_common::printer::renewal_proof(&printer.shared_secret, printer.id, &c, &der);
+    let res = renew(&app, &base, c, proof, csr)
+        .await
+        .expect(StatusCode::CREATED);
+    assert!(tls::closed_within(&mut live, Duration::from_secs(10)).await);
+    assert!(tls::refused(addr, config(&new)).await);
+    let newest = TestPrinter {
+        key_pem: key.serialize_pem(),
+        certificate_pem: res.body["certificate_pem"].as_str().unwrap().to_owned(),
+        ..clone_printer(&printer)
+    };
+    assert!(!tls::refused(addr, config(&newest)).await);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn secrets_are_not_cached_and_a_demoted_claimer_cannot_unpair(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let (_, csr) = printer_key_and_csr();
+    let res = app
+        .client
+        .post(app.url("/pairing/v1/requests"))
+        .json(&json!({"serial": "SN-C", "model": "S5", "firmware_version": "1", "csr_pem": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+
+    let printer = app.pair_printer(&w.member_token, w.org, "SN-D").await;
+    app.call(
+        Method::PATCH,
+        &format!("/org/v1/organizations/{}/members/{}", w.org, w.member.id),
+        Some(&w.admin_token),
+        Some(&json!({"role": "guest"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let path = format!("/org/v1/organizations/{}/printers/{}", w.org, printer.id);
+    app.call(Method::DELETE, &path, Some(&w.member_token), None)
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    app.call(Method::DELETE, &path, Some(&w.admin_token), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
 }

@@ -1,6 +1,7 @@
 //! The per-source-address limit on the routes a stranger can use to guess secrets:
-//! login, sign-up, TOTP, the token endpoint, pairing. One bucket per address, shared by
-//! all those routes; over the limit answers 429 problem+json with `Retry-After`.
+//! login, sign-up, TOTP, the token endpoint, pairing. Each service that uses it keeps
+//! one bucket per address for all its limited routes (the account service's, the
+//! pairing service's); over the limit answers 429 problem+json with `Retry-After`.
 
 use std::sync::Arc;
 use std::time::Duration;
