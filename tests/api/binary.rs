@@ -173,6 +173,7 @@ async fn serve_migrates_serves_logs_json_and_stops_on_sigterm(
     let mut child = printworks(dir.path())
         .env("DATABASE_URL", with_password.to_url_lossy().as_str())
         .env("PRINTWORKS_HTTP_ADDR", "127.0.0.1:0")
+        .env("PRINTWORKS_PRINTER_ADDR", "127.0.0.1:0")
         .env("PRINTWORKS_LOG_FORMAT", "json")
         .env("PRINTWORKS_LOG", "info")
         .args(["serve", "--services", "account,relay"])

@@ -204,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             tracing::info!(
                 address = %app.local_addr(),
+                printer_endpoint = ?app.printer_addr(),
                 public_url = %settings.public_url,
                 services = ?services.names(),
                 database = %database_url.redacted(),
