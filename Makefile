@@ -25,9 +25,11 @@ run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
 	@$(with_db) cargo run --quiet --locked -p printworks -- serve
 
 test: lint test-deps ## fmt check, clippy -D warnings, then every test against a real PostgreSQL
-	@$(with_db) cargo test --locked --workspace --all-targets
+	@$(with_db) gcs=$$(deploy/gcs-emulator.sh start); export PRINTWORKS_TEST_GCS_ENDPOINT=$$gcs; \
+	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
+	  cargo test --locked --workspace --all-targets
 
-test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver)
+test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver; the GCS emulator comes with make test)
 	@deploy/test-deps.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors

@@ -371,6 +371,7 @@ impl Answer {
 }
 
 /// A printer paired through the real flow: its key, and what it collected.
+#[derive(Clone)]
 pub struct TestPrinter {
     pub id: Uuid,
     pub org: Uuid,
@@ -378,6 +379,39 @@ pub struct TestPrinter {
     pub certificate_pem: String,
     pub ca_pem: String,
     pub shared_secret: String,
+    pub printer_url: String,
+    pub job_signing_key: String,
+}
+
+impl TestPrinter {
+    /// Its credentials kept in a state directory, as the agent keeps them.
+    pub fn state_dir(&self, dir: &Path, server: &str) -> printworks_agent::StateDir {
+        let state = printworks_agent::StateDir::new(dir);
+        let credentials = printworks_common::printer::Credentials {
+            printer_id: self.id,
+            organization_id: self.org,
+            organization_name: "Fab Lab".into(),
+            shared_secret: self.shared_secret.clone(),
+            certificate_pem: self.certificate_pem.clone(),
+            ca_chain_pem: self.ca_pem.clone(),
+            printer_url: self.printer_url.clone(),
+            job_signing_key: self.job_signing_key.clone(),
+        };
+        state
+            .save_paired(&self.key_pem, &credentials, server)
+            .expect("save the printer's state");
+        state
+    }
+
+    /// An HTTP client for the printer endpoint, with this printer's certificate.
+    pub fn client(&self) -> reqwest::Client {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let saved = self
+            .state_dir(&dir.path().join("p"), "http://unused")
+            .load()
+            .expect("load");
+        printworks_agent::printer_client(&saved).expect("printer client")
+    }
 }
 
 /// A fresh ECDSA P-256 key and a CSR for it (PEM), as a printer makes them.
@@ -447,6 +481,86 @@ impl TestApp {
             certificate_pem: text("certificate_pem"),
             ca_pem: text("ca_chain_pem"),
             shared_secret: text("shared_secret"),
+            printer_url: text("printer_url"),
+            job_signing_key: text("job_signing_key"),
+        }
+    }
+}
+
+/// Every scope, for a token that may do anything the caller's role allows.
+pub const ALL_SCOPES: &str = "organization.read organization.write printer.read printer.write print_job.read print_job.write audit.read";
+
+impl TestApp {
+    /// `POST /relay/v1/printers/{printer}/jobs?name=…` with `body` as the file; checked
+    /// against the OpenAPI document like [`TestApp::call`].
+    pub async fn submit_job(
+        &self,
+        token: Option<&str>,
+        printer: Uuid,
+        name: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        idempotency_key: Option<&str>,
+    ) -> Answer {
+        let path = format!("/relay/v1/printers/{printer}/jobs");
+        let mut req = self
+            .client
+            .post(self.url(&path))
+            .query(&[("name", name)])
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("idempotency-key", k);
+        }
+        let res = req.send().await.expect("upload reaches the server");
+        let status = res.status();
+        let ct = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = res.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        crate::openapi::spec().check(&Method::POST, &path, status, ct.as_deref(), &body);
+        Answer { status, body }
+    }
+
+    /// Waits (at most `within`) for the job to reach `state`, watching it as its
+    /// owner would; returns the job.
+    pub async fn wait_for_job(
+        &self,
+        token: &str,
+        job: Uuid,
+        state: &str,
+        within: std::time::Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let res = self
+                .call(
+                    Method::GET,
+                    &format!("/relay/v1/jobs/{job}"),
+                    Some(token),
+                    None,
+                )
+                .await
+                .expect(StatusCode::OK);
+            if res.body["status"] == state {
+                return res.body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} did not become {state}: {}",
+                res.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 }

@@ -17,5 +17,6 @@ mod openapi;
 mod org;
 mod pairing;
 mod plumbing;
+mod relay;
 mod services;
 mod shutdown;

@@ -4,8 +4,10 @@
 //! ([`state`]), talks to the printer endpoint over mutual TLS ([`printer_client`]) and
 //! renews its certificate ([`renew`]).
 //!
-//! `printworks printer pair|identity|renew` run it from the command line.
+//! `printworks printer pair|identity|renew|run` run it from the command line; [`run`]
+//! holds the connection and prints.
 
+pub mod run;
 pub mod state;
 
 use std::time::Duration;

@@ -29,6 +29,8 @@ pub struct PrinterRecord {
     pub printer_url: String,
     /// The public API (for renewal by shared secret, and pairing again).
     pub server_url: String,
+    /// The relay's job-signing key, pinned when the printer paired.
+    pub job_signing_key: String,
 }
 
 /// Everything a paired printer keeps.
@@ -109,6 +111,7 @@ impl StateDir {
             organization_name: credentials.organization_name.clone(),
             printer_url: credentials.printer_url.clone(),
             server_url: server_url.trim_end_matches('/').to_owned(),
+            job_signing_key: credentials.job_signing_key.clone(),
         };
         write_private(&self.dir.join(KEY), key_pem.as_bytes())?;
         write_private(
@@ -164,6 +167,7 @@ mod tests {
             certificate_pem: "CERT".into(),
             ca_chain_pem: "CA".into(),
             printer_url: "https://127.0.0.1:8443".into(),
+            job_signing_key: "key".into(),
         };
         let saved = state
             .save_paired("KEY", &credentials, "http://127.0.0.1:8080/")

@@ -107,6 +107,67 @@ pub struct Settings {
 
     #[command(flatten, next_help_heading = "Printers (pairing and relay)")]
     pub printers: PrinterSettings,
+
+    #[command(flatten, next_help_heading = "Relay service (print jobs)")]
+    pub relay: RelaySettings,
+}
+
+/// Settings of the relay service: where job files are kept and how large they may be.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RelaySettings {
+    /// Where sealed job files are stored: `gs://bucket/prefix` (Google Cloud Storage) or
+    /// `file:///absolute/dir`. Unset: <data dir>/blobs. Every replica needs the same store.
+    #[arg(long, global = true, env = "PRINTWORKS_BLOB_URL", value_name = "URL", value_parser = parse_blob_url)]
+    pub blob_url: Option<Url>,
+
+    /// The Cloud Storage endpoint, for an emulator (e.g. `http://127.0.0.2`). Unset: Google's,
+    /// with the application default credentials.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_GCS_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub gcs_endpoint: Option<String>,
+
+    /// The largest print job accepted, in bytes; larger ones answer 413 and leave nothing.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_JOB_BYTES", value_name = "BYTES", default_value = "536870912", value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024 * 1024))]
+    pub max_job_bytes: u64,
+
+    /// Longest an upload of a print job may take.
+    #[arg(long, global = true, env = "PRINTWORKS_UPLOAD_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub upload_timeout: Duration,
+
+    /// How long the files of finished jobs are kept (their records stay).
+    #[arg(long, global = true, env = "PRINTWORKS_JOB_RETENTION", value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub job_retention: Duration,
+
+    /// How often an idle printer connection carries a heartbeat.
+    #[arg(long, global = true, env = "PRINTWORKS_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+impl RelaySettings {
+    pub fn defaults() -> Self {
+        #[allow(clippy::expect_used)]
+        Self {
+            blob_url: None,
+            gcs_endpoint: None,
+            max_job_bytes: 536_870_912,
+            upload_timeout: parse_duration("1h").expect("default"),
+            job_retention: parse_duration("30d").expect("default"),
+            heartbeat_interval: parse_duration("30s").expect("default"),
+        }
+    }
+}
+
+fn parse_blob_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("is not a URL ({e})"))?;
+    match url.scheme() {
+        "gs" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        "file" if url.to_file_path().is_ok() => Ok(url),
+        _ => Err("must be gs://bucket/prefix or file:///absolute/dir".into()),
+    }
 }
 
 /// Settings of the pairing and relay services: the printer certificate authority, the
@@ -418,6 +479,7 @@ impl Settings {
             account: AccountSettings::defaults(),
             org: OrgSettings::defaults(),
             printers: PrinterSettings::defaults(),
+            relay: RelaySettings::defaults(),
         }
     }
 

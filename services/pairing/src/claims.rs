@@ -184,6 +184,7 @@ pub async fn claim(
         certificate_pem: issued.pem.clone(),
         ca_chain_pem: state.ca.cert_pem().to_owned(),
         printer_url: ctx.settings.printer_url(),
+        job_signing_key: printworks_common::printer::job_signing_public_key(&ctx.secrets),
     };
     let sealed = ctx.secrets.seal(
         &sealing_context(waiting.id),

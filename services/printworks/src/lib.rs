@@ -12,7 +12,7 @@ use printworks_common::clock::SharedClock;
 use printworks_common::http::{apply_common_layers, health_routes};
 use printworks_common::{AppContext, Settings, server};
 use printworks_pairing::PrinterCa;
-use printworks_relay::PrinterEndpoint;
+use printworks_relay::{PrinterEndpoint, RelayState};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +95,7 @@ pub async fn router(
     ctx: &AppContext,
     services: &ServiceSet,
     ca: Option<&Arc<PrinterCa>>,
+    relay: Option<&RelayState>,
 ) -> anyhow::Result<Router> {
     let mut app = health_routes().with_state(ctx.clone());
     if services.contains(Service::Account) {
@@ -108,8 +109,8 @@ pub async fn router(
         let ca = ca.context("the pairing service needs the printer CA")?;
         app = app.merge(printworks_pairing::router(ctx.clone(), ca.clone()));
     }
-    if services.contains(Service::Relay) {
-        app = app.merge(printworks_relay::router(ctx.clone()));
+    if let Some(relay) = relay {
+        app = app.merge(printworks_relay::router(relay.clone()));
     }
     Ok(apply_common_layers(app, ctx))
 }
@@ -172,9 +173,13 @@ impl Application {
         };
         let ctx = AppContext::new(db, settings, clock)?;
         let ca = printer_ca(&ctx, services)?;
-        let router = router(&ctx, services, ca.as_ref()).await?;
-        let printer = match (printer_listener, ca) {
-            (Some(l), Some(ca)) => Some(printworks_relay::printer_endpoint(l, ctx.clone(), ca)?),
+        let relay = match (&ca, services.contains(Service::Relay)) {
+            (Some(ca), true) => Some(RelayState::new(ctx.clone(), ca.clone()).await?),
+            _ => None,
+        };
+        let router = router(&ctx, services, ca.as_ref(), relay.as_ref()).await?;
+        let printer = match (printer_listener, relay) {
+            (Some(l), Some(relay)) => Some(printworks_relay::printer_endpoint(l, relay)?),
             _ => None,
         };
         Ok(Self {

@@ -96,6 +96,14 @@ enum PrinterAction {
     /// Get a new certificate: over the printer endpoint while the current one is
     /// valid, with the shared secret after it expired.
     Renew,
+    /// Run the printer: hold the connection to the printer endpoint, download and
+    /// "print" the jobs it is sent (checking their digest and signature first), apply
+    /// settings, report every state. Stops on SIGTERM or Ctrl-C.
+    Run {
+        /// How long a simulated print takes, in seconds.
+        #[arg(long, default_value = "20", value_parser = clap::value_parser!(u32).range(0..=86400))]
+        print_seconds: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -288,6 +296,19 @@ async fn printer(state_dir: &std::path::Path, action: PrinterAction) -> anyhow::
                 "the printer endpoint answered {status}"
             );
             Ok(())
+        }
+        PrinterAction::Run { print_seconds } => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                server::shutdown_signal().await;
+                on_signal.cancel();
+            });
+            let options = printworks_agent::run::RunOptions {
+                print_time: std::time::Duration::from_secs(u64::from(print_seconds)),
+                ..Default::default()
+            };
+            printworks_agent::run::run(&state, options, stop).await
         }
         PrinterAction::Renew => {
             let saved = printworks_agent::renew(&state, SystemClock.now()).await?;

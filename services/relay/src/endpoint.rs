@@ -11,10 +11,8 @@
 //! every reconnect of the watcher) catches what a lost notification or an expiry by the
 //! clock would miss.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -37,6 +35,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+
+use crate::registry::Registry;
 
 /// How often every open connection's certificate is checked again.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -151,101 +151,15 @@ fn server_certificate(
     ))
 }
 
-/// Open connections by printer, so that a revocation can drop them.
-#[derive(Default)]
-pub struct Connections {
-    by_printer: Mutex<HashMap<uuid::Uuid, Vec<Open>>>,
-    next: AtomicU64,
-}
-
-struct Open {
-    id: u64,
+/// An open printer connection: the certificate it presented, and how to drop it.
+#[derive(Clone)]
+pub struct Open {
     fingerprint: Vec<u8>,
     drop: CancellationToken,
 }
 
-/// Removes its connection from the registry when the connection ends.
-struct Registration {
-    connections: Arc<Connections>,
-    printer: uuid::Uuid,
-    id: u64,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut map = self
-            .connections
-            .by_printer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(list) = map.get_mut(&self.printer) {
-            list.retain(|o| o.id != self.id);
-            if list.is_empty() {
-                map.remove(&self.printer);
-            }
-        }
-    }
-}
-
-impl Connections {
-    fn register(
-        self: &Arc<Self>,
-        printer: uuid::Uuid,
-        fingerprint: Vec<u8>,
-    ) -> (CancellationToken, Registration) {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let drop = CancellationToken::new();
-        self.by_printer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(printer)
-            .or_default()
-            .push(Open {
-                id,
-                fingerprint,
-                drop: drop.clone(),
-            });
-        (
-            drop,
-            Registration {
-                connections: self.clone(),
-                printer,
-                id,
-            },
-        )
-    }
-
-    /// `(fingerprint, drop)` of the open connections, of one printer or of all.
-    fn open(&self, printer: Option<uuid::Uuid>) -> Vec<(Vec<u8>, CancellationToken)> {
-        let map = self
-            .by_printer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let pick = |list: &Vec<Open>| {
-            list.iter()
-                .map(|o| (o.fingerprint.clone(), o.drop.clone()))
-                .collect::<Vec<_>>()
-        };
-        match printer {
-            Some(p) => map.get(&p).map(pick).unwrap_or_default(),
-            None => map.values().flat_map(pick).collect(),
-        }
-    }
-
-    /// How many connections are open.
-    pub fn len(&self) -> usize {
-        self.by_printer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// Open connections by printer, so that a revocation can drop them.
+pub type Connections = Registry<Open>;
 
 /// Drops the connections (of `printer`, or all) whose certificate is no longer valid.
 async fn recheck(
@@ -253,15 +167,18 @@ async fn recheck(
     connections: &Connections,
     printer: Option<uuid::Uuid>,
 ) -> sqlx::Result<usize> {
-    let open = connections.open(printer);
+    let open = match printer {
+        Some(p) => connections.of(p),
+        None => connections.all(),
+    };
     let mut dropped = 0;
     for chunk in open.chunks(1000) {
-        let fingerprints: Vec<Vec<u8>> = chunk.iter().map(|(f, _)| f.clone()).collect();
+        let fingerprints: Vec<Vec<u8>> = chunk.iter().map(|o| o.fingerprint.clone()).collect();
         let valid =
             printworks_pairing::identity::still_valid(&ctx.db, &fingerprints, ctx.now()).await?;
-        for (fingerprint, drop) in chunk {
-            if !valid.contains(fingerprint) && !drop.is_cancelled() {
-                drop.cancel();
+        for o in chunk {
+            if !valid.contains(&o.fingerprint) && !o.drop.is_cancelled() {
+                o.drop.cancel();
                 dropped += 1;
             }
         }
@@ -485,8 +402,14 @@ async fn serve_connection(
         return;
     };
 
-    let (dropped, _registration) =
-        connections.register(identity.printer_id, fingerprint.unwrap_or_default());
+    let dropped = CancellationToken::new();
+    let _registration = connections.register(
+        identity.printer_id,
+        Open {
+            fingerprint: fingerprint.unwrap_or_default(),
+            drop: dropped.clone(),
+        },
+    );
     ctx.metrics.printer_connections.inc();
     let _gauge = scopeguard(ctx.metrics.printer_connections.clone());
     tracing::debug!(%peer, printer_id = %identity.printer_id, "printer connected");

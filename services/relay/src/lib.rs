@@ -1,13 +1,24 @@
-//! The relay service: print jobs, their encrypted storage, dispatch, and the printer
-//! endpoint (mutual TLS on its own listener, [`endpoint`]). Public routes live under
-//! [`PREFIX`]; the printers' own under [`PRINTER_PREFIX`] on the printer endpoint.
+//! The relay service: print jobs ([`jobs`]), their sealed storage ([`seal`], [`blob`]),
+//! dispatch across replicas ([`dispatch`]), and the printer endpoint — mutual TLS on
+//! its own listener ([`endpoint`]) serving the printers' routes ([`printer_api`]).
+//! Public routes live under [`PREFIX`]; the printers' under [`PRINTER_PREFIX`].
 
+pub mod blob;
+pub mod dispatch;
 pub mod endpoint;
+pub mod gcode;
+pub mod gcs;
+pub mod jobs;
+pub mod printer_api;
+pub mod registry;
+pub mod seal;
+pub mod ufp;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::routing::{get, post};
 use printworks_common::http::{ClientInfo, Json, apply_common_layers, service_index};
 use printworks_common::{ApiError, AppContext};
@@ -21,11 +32,18 @@ pub use endpoint::{Printer, PrinterEndpoint};
 pub const NAME: &str = "relay";
 pub const PREFIX: &str = "/relay/v1";
 pub const PRINTER_PREFIX: &str = "/printer/v1";
+/// The upload route, which may take `PRINTWORKS_UPLOAD_TIMEOUT` rather than the
+/// request timeout.
+pub const UPLOAD_ROUTE: &str = "/relay/v1/printers/{printer}/jobs";
 
 #[derive(Clone)]
 pub struct RelayState {
     pub ctx: AppContext,
     pub ca: Arc<PrinterCa>,
+    pub store: Arc<dyn blob::BlobStore>,
+    /// Signs every job sent to a printer (derived from the master key).
+    pub signer: Arc<aws_lc_rs::signature::Ed25519KeyPair>,
+    pub wakers: Arc<dispatch::Wakers>,
 }
 
 impl FromRef<RelayState> for AppContext {
@@ -34,14 +52,67 @@ impl FromRef<RelayState> for AppContext {
     }
 }
 
+impl RelayState {
+    /// Opens the blob store and starts the dispatcher and the cleanup of unfinished
+    /// uploads, which stop with the process.
+    pub async fn new(ctx: AppContext, ca: Arc<PrinterCa>) -> anyhow::Result<Self> {
+        let store = blob::from_settings(&ctx.settings).await?;
+        let state = Self {
+            signer: Arc::new(printworks_common::printer::job_signing_key(&ctx.secrets)),
+            wakers: Arc::default(),
+            store,
+            ca,
+            ctx,
+        };
+        tokio::spawn(dispatch::run(
+            state.ctx.clone(),
+            state.wakers.clone(),
+            state.ctx.shutdown.child_token(),
+        ));
+        let cleaner = state.clone();
+        tokio::spawn(async move {
+            let stop = cleaner.ctx.shutdown.child_token();
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match jobs::cleanup(&cleaner).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "unfinished uploads removed"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "upload cleanup"),
+                }
+            }
+        });
+        Ok(state)
+    }
+}
+
 /// The public routes (people and apps).
-pub fn router(ctx: AppContext) -> Router {
+pub fn router(state: RelayState) -> Router {
+    state.ctx.allow_longer(
+        "POST",
+        UPLOAD_ROUTE,
+        state.ctx.settings.relay.upload_timeout,
+    );
+    let api = Router::new()
+        .route(
+            "/printers/{printer}/jobs",
+            // The body streams to storage under its own limit (PRINTWORKS_MAX_JOB_BYTES).
+            post(jobs::submit)
+                .layer(DefaultBodyLimit::disable())
+                .get(jobs::list),
+        )
+        .route("/jobs/{job}", get(jobs::get))
+        .route("/jobs/{job}/abort", post(jobs::abort));
     Router::new()
         .route(
             &format!("{PREFIX}/"),
             service_index(NAME, env!("CARGO_PKG_VERSION")),
         )
-        .with_state(ctx)
+        .nest(PREFIX, api)
+        .with_state(state)
 }
 
 /// The printers' routes, served on the printer endpoint with the shared layers.
@@ -50,6 +121,22 @@ pub fn printer_router(state: RelayState) -> Router {
     let routes = Router::new()
         .route(&format!("{PRINTER_PREFIX}/identity"), get(identity))
         .route(&format!("{PRINTER_PREFIX}/certificate"), post(renew))
+        .route(
+            &format!("{PRINTER_PREFIX}/events"),
+            get(printer_api::events),
+        )
+        .route(
+            &format!("{PRINTER_PREFIX}/jobs/{{job}}/content"),
+            get(printer_api::content),
+        )
+        .route(
+            &format!("{PRINTER_PREFIX}/jobs/{{job}}/status"),
+            post(printer_api::status),
+        )
+        .route(
+            &format!("{PRINTER_PREFIX}/settings/applied"),
+            post(printer_api::settings_applied),
+        )
         .with_state(state);
     apply_common_layers(routes, &ctx)
 }
@@ -57,14 +144,11 @@ pub fn printer_router(state: RelayState) -> Router {
 /// Binds the printer endpoint on `listener` with the printers' routes.
 pub fn printer_endpoint(
     listener: TcpListener,
-    ctx: AppContext,
-    ca: Arc<PrinterCa>,
+    state: RelayState,
 ) -> anyhow::Result<PrinterEndpoint> {
-    let router = printer_router(RelayState {
-        ctx: ctx.clone(),
-        ca: ca.clone(),
-    });
-    PrinterEndpoint::new(listener, ctx, &ca, router)
+    let ca = state.ca.clone();
+    let ctx = state.ctx.clone();
+    PrinterEndpoint::new(listener, ctx, &ca, printer_router(state))
 }
 
 /// `GET /printer/v1/identity`: who the endpoint takes the caller for.

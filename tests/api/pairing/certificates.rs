@@ -318,14 +318,7 @@ async fn certificates_renew_over_tls_and_with_the_secret_after_expiry(pool: PgPo
 }
 
 fn clone_printer(p: &TestPrinter) -> TestPrinter {
-    TestPrinter {
-        id: p.id,
-        org: p.org,
-        key_pem: p.key_pem.clone(),
-        certificate_pem: p.certificate_pem.clone(),
-        ca_pem: p.ca_pem.clone(),
-        shared_secret: p.shared_secret.clone(),
-    }
+    p.clone()
 }
 
 async fn challenge(app: &TestApp, base: &str) -> String {

@@ -9,7 +9,8 @@
 //!    refusal by a layer or an extractor, a panic) rewritten into one, so clients see a
 //!    single error format;
 //! 4. panics caught and answered 500 without their message;
-//! 5. a timeout (503) and a body size limit (413) on every route;
+//! 5. a timeout (503; a route may be allowed longer, see
+//!    [`AppContext::allow_longer`]) and a body size limit (413) on every route;
 //! 6. security headers on every response (`nosniff`, no referrer, no framing, a
 //!    restrictive default CSP, HSTS when the public URL is https).
 
@@ -30,7 +31,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
 pub use client::ClientInfo;
@@ -59,10 +59,7 @@ pub fn apply_common_layers(router: Router, ctx: &AppContext) -> Router {
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(ctx.settings.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ctx.settings.request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(ctx.clone(), deadline))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(ctx.clone(), request_context))
 }
@@ -73,6 +70,20 @@ where
     S: Clone + Send + Sync + 'static,
 {
     get(move || async move { Json(serde_json::json!({ "service": name, "version": version })) })
+}
+
+/// Every request is answered within the request timeout (or its route's own, see
+/// [`AppContext::allow_longer`]), else 503. The response body may stream on after.
+async fn deadline(State(ctx): State<AppContext>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let limit = ctx.timeout_for(req.method().as_str(), route);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 async fn not_found() -> Problem {

@@ -1,0 +1,591 @@
+//! `printworks printer run`: the printer at work. Three loops share the printer's
+//! state, which is kept in the state directory so that nothing is lost on a restart:
+//!
+//! - the **event stream** (`GET /printer/v1/events`) held open, reconnected with
+//!   jittered exponential backoff; it adds jobs to the local queue (by id: a job sent
+//!   twice is queued once), marks aborted jobs, applies settings and confirms them;
+//! - the **worker** takes the queue in order: downloads each job, resuming with
+//!   `Range` after an interruption, checks its SHA-256 and the relay's signature (with
+//!   the key pinned when the printer paired), and only then "prints" it, reporting
+//!   progress; a printer that loses the network mid-job keeps printing;
+//! - the **outbox** sends the status reports in order, keeping them until the printer
+//!   endpoint has them: reports made while offline arrive when the network is back.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::TryStreamExt as _;
+use printworks_common::printer::verify_job;
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::state::{StateDir, write_private};
+use crate::{Saved, printer_client};
+
+/// How the agent behaves (tests make it quick).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// How long a "print" takes, in total.
+    pub print_time: Duration,
+    /// Progress reports per print.
+    pub print_steps: u32,
+    /// The longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+    /// A connection that carried nothing (not even a heartbeat) for this long is dead.
+    pub idle_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            print_time: Duration::from_secs(20),
+            print_steps: 10,
+            max_backoff: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Where a job is, on the printer.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Waiting,
+    Printing,
+    Done,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalJob {
+    pub id: Uuid,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub signature: String,
+    pub phase: Phase,
+    pub aborted: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Report {
+    job: Uuid,
+    state: String,
+    progress: Option<f32>,
+    message: Option<String>,
+}
+
+/// What the printer keeps between runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Book {
+    jobs: Vec<LocalJob>,
+    outbox: VecDeque<Report>,
+    settings: Option<Value>,
+}
+
+struct Shared {
+    book: Mutex<Book>,
+    path: PathBuf,
+    /// A job was queued, or aborted.
+    work: Notify,
+    /// A report is waiting.
+    reports: Notify,
+}
+
+impl Shared {
+    fn change<T>(&self, f: impl FnOnce(&mut Book) -> T) -> anyhow::Result<T> {
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = f(&mut book);
+        write_private(&self.path, &serde_json::to_vec(&*book)?)?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Book) -> T) -> T {
+        f(&self.book.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn report(
+        &self,
+        job: Uuid,
+        state: &str,
+        progress: Option<f32>,
+        message: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.change(|b| {
+            b.outbox.push_back(Report {
+                job,
+                state: state.to_owned(),
+                progress,
+                message: message.map(str::to_owned),
+            });
+        })?;
+        self.reports.notify_one();
+        Ok(())
+    }
+}
+
+/// Jittered exponential backoff: 0.5 s doubling to `max`, each pause between half and
+/// all of the step.
+struct Backoff {
+    step: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            step: Duration::from_millis(500),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.step = Duration::from_millis(500);
+    }
+
+    async fn wait(&mut self) {
+        let jitter = u64::from(printworks_common::crypto::random_below(1000));
+        let pause = self.step.mul_f64(0.5 + jitter as f64 / 2000.0);
+        tokio::time::sleep(pause).await;
+        self.step = (self.step * 2).min(self.max);
+    }
+}
+
+/// Runs the printer until `stop`.
+pub async fn run(
+    state: &StateDir,
+    options: RunOptions,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let saved = state.load()?;
+    let jobs_dir = state.path().join("jobs");
+    printworks_common::settings::ensure_private_dir(&jobs_dir)?;
+    let book_path = state.path().join("book.json");
+    let mut book: Book = match std::fs::read(&book_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).context("book.json is damaged")?,
+        Err(_) => Book::default(),
+    };
+    // A print that was under way when the printer stopped is lost (as on a real
+    // printer after a power cut: the plate must be cleared by hand).
+    for job in book.jobs.iter_mut().filter(|j| j.phase == Phase::Printing) {
+        job.phase = Phase::Done;
+        book.outbox.push_back(Report {
+            job: job.id,
+            state: "failed".into(),
+            progress: None,
+            message: Some("the printer restarted in the middle of the print".into()),
+        });
+    }
+    let shared = Arc::new(Shared {
+        book: Mutex::new(book),
+        path: book_path,
+        work: Notify::new(),
+        reports: Notify::new(),
+    });
+    shared.change(|_| ())?;
+    let client = printer_client(&saved)?;
+    let ctx = Ctx {
+        saved: Arc::new(saved),
+        client,
+        shared,
+        options,
+        jobs_dir,
+        stop: stop.clone(),
+    };
+    let events = tokio::spawn(events_loop(ctx.clone()));
+    let worker = tokio::spawn(worker_loop(ctx.clone()));
+    let outbox = tokio::spawn(outbox_loop(ctx.clone()));
+    stop.cancelled().await;
+    for task in [events, worker, outbox] {
+        task.abort();
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Ctx {
+    saved: Arc<Saved>,
+    client: reqwest::Client,
+    shared: Arc<Shared>,
+    options: RunOptions,
+    jobs_dir: PathBuf,
+    stop: CancellationToken,
+}
+
+impl Ctx {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.saved.printer.printer_url)
+    }
+}
+
+async fn events_loop(ctx: Ctx) {
+    let mut backoff = Backoff::new(ctx.options.max_backoff);
+    loop {
+        match listen(&ctx, &mut backoff).await {
+            Ok(()) => tracing::info!("the event stream ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "event stream lost; reconnecting"),
+        }
+        backoff.wait().await;
+    }
+}
+
+/// One connection of the event stream, until it ends.
+async fn listen(ctx: &Ctx, backoff: &mut Backoff) -> anyhow::Result<()> {
+    let res = ctx
+        .client
+        .get(ctx.url("/printer/v1/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    if res.status() == StatusCode::UNAUTHORIZED {
+        anyhow::bail!(
+            "the printer endpoint refuses this printer's certificate (renew it, or pair again)"
+        );
+    }
+    anyhow::ensure!(
+        res.status().is_success(),
+        "the event stream answered {}",
+        res.status()
+    );
+    backoff.reset();
+    tracing::info!("connected to the printer endpoint");
+    let mut stream = res.bytes_stream();
+    let mut buf = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(ctx.options.idle_timeout, stream.try_next())
+            .await
+            .context("no heartbeat")??;
+        let Some(chunk) = chunk else {
+            return Ok(());
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let raw: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&raw);
+            let mut event = "message";
+            let mut data = String::new();
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            handle(ctx, event, &data).await?;
+        }
+    }
+}
+
+async fn handle(ctx: &Ctx, event: &str, data: &str) -> anyhow::Result<()> {
+    match event {
+        "job" => {
+            let v: Value = serde_json::from_str(data)?;
+            let job = LocalJob {
+                id: serde_json::from_value(v["id"].clone())?,
+                name: v["name"].as_str().unwrap_or_default().to_owned(),
+                size: v["size"].as_u64().unwrap_or_default(),
+                sha256: v["sha256"].as_str().unwrap_or_default().to_owned(),
+                signature: v["signature"].as_str().unwrap_or_default().to_owned(),
+                phase: Phase::Waiting,
+                aborted: false,
+            };
+            let added = ctx.shared.change(|b| {
+                if b.jobs.iter().any(|j| j.id == job.id) {
+                    false
+                } else {
+                    b.jobs.push(job.clone());
+                    true
+                }
+            })?;
+            if added {
+                tracing::info!(job_id = %job.id, name = %job.name, "job received");
+                ctx.shared.work.notify_one();
+            }
+        }
+        "abort" => {
+            let v: Value = serde_json::from_str(data)?;
+            let id: Uuid = serde_json::from_value(v["id"].clone())?;
+            let known = ctx.shared.change(|b| {
+                b.jobs.iter_mut().find(|j| j.id == id).map(|j| {
+                    j.aborted = true;
+                    j.phase
+                })
+            })?;
+            // A job it never had, or finished, is acknowledged at once; a running one
+            // is acknowledged by the worker when it has stopped.
+            if known.is_none_or(|p| p == Phase::Done) {
+                ctx.shared.report(id, "aborted", None, Some("stopped"))?;
+            }
+            ctx.shared.work.notify_one();
+        }
+        "settings" => {
+            let v: Value = serde_json::from_str(data)?;
+            let version = v["version"].as_i64().unwrap_or_default();
+            ctx.shared.change(|b| b.settings = Some(v.clone()))?;
+            tracing::info!(version, firewall = %v["firewall_enabled"], "settings applied");
+            let res = ctx
+                .client
+                .post(ctx.url("/printer/v1/settings/applied"))
+                .json(&json!({ "version": version }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                res.status().is_success(),
+                "confirming settings: {}",
+                res.status()
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn outbox_loop(ctx: Ctx) {
+    let mut backoff = Backoff::new(ctx.options.max_backoff);
+    loop {
+        let next = ctx.shared.read(|b| b.outbox.front().cloned());
+        let Some(report) = next else {
+            ctx.shared.reports.notified().await;
+            continue;
+        };
+        let sent = ctx
+            .client
+            .post(ctx.url(&format!("/printer/v1/jobs/{}/status", report.job)))
+            .json(&json!({ "state": report.state, "progress": report.progress, "message": report.message }))
+            .send()
+            .await;
+        match sent {
+            // Accepted, or refused for good (the job is gone or finished): either way done.
+            Ok(res)
+                if res.status().is_success()
+                    || res.status().is_client_error()
+                        && res.status() != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                if !res.status().is_success() {
+                    tracing::info!(job_id = %report.job, status = %res.status(), "a status report was refused");
+                }
+                let _ = ctx.shared.change(|b| b.outbox.pop_front());
+                backoff.reset();
+            }
+            Ok(res) => {
+                tracing::warn!(status = %res.status(), "status report not taken; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "status report not sent; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn worker_loop(ctx: Ctx) {
+    loop {
+        let next = ctx
+            .shared
+            .read(|b| b.jobs.iter().find(|j| j.phase != Phase::Done).cloned());
+        let Some(job) = next else {
+            ctx.shared.work.notified().await;
+            continue;
+        };
+        if let Err(e) = work(&ctx, &job).await {
+            tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "job failed");
+            let _ = ctx.shared.change(|b| {
+                if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
+                    j.phase = Phase::Done;
+                }
+            });
+            let _ = ctx
+                .shared
+                .report(job.id, "failed", None, Some(&format!("{e:#}")));
+        }
+        let _ = tokio::fs::remove_file(ctx.jobs_dir.join(format!("{}.gcode", job.id))).await;
+    }
+}
+
+fn aborted(ctx: &Ctx, id: Uuid) -> bool {
+    ctx.shared
+        .read(|b| b.jobs.iter().any(|j| j.id == id && j.aborted))
+}
+
+/// Downloads (resuming), checks, prints and reports one job.
+async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
+    if aborted(ctx, job.id) {
+        return stop_aborted(ctx, job);
+    }
+    let file = ctx.jobs_dir.join(format!("{}.gcode", job.id));
+    ctx.shared.report(job.id, "downloading", Some(0.0), None)?;
+    download(ctx, job, &file).await?;
+    if aborted(ctx, job.id) {
+        return stop_aborted(ctx, job);
+    }
+    // Nothing is printed that is not exactly what the relay signed.
+    let digest = sha256_file(&file).await?;
+    anyhow::ensure!(
+        digest == job.sha256,
+        "the downloaded file does not match its SHA-256; not printed"
+    );
+    anyhow::ensure!(
+        verify_job(
+            &ctx.saved.printer.job_signing_key,
+            ctx.saved.printer.printer_id,
+            job.id,
+            job.size,
+            &digest,
+            &job.signature,
+        ),
+        "the job's signature is not the relay's; not printed"
+    );
+    ctx.shared.change(|b| {
+        if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
+            j.phase = Phase::Printing;
+        }
+    })?;
+    let steps = ctx.options.print_steps.max(1);
+    for step in 0..=steps {
+        if aborted(ctx, job.id) {
+            return stop_aborted(ctx, job);
+        }
+        let progress = 100.0 * step as f32 / steps as f32;
+        if step < steps {
+            ctx.shared
+                .report(job.id, "printing", Some(progress), None)?;
+            tokio::time::sleep(ctx.options.print_time / steps).await;
+        }
+    }
+    ctx.shared.change(|b| {
+        if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
+            j.phase = Phase::Done;
+        }
+    })?;
+    ctx.shared.report(job.id, "completed", Some(100.0), None)?;
+    tracing::info!(job_id = %job.id, name = %job.name, "printed");
+    Ok(())
+}
+
+fn stop_aborted(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
+    ctx.shared.change(|b| {
+        if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
+            j.phase = Phase::Done;
+        }
+    })?;
+    ctx.shared
+        .report(job.id, "aborted", None, Some("stopped"))?;
+    tracing::info!(job_id = %job.id, "aborted");
+    Ok(())
+}
+
+/// The whole file, resuming where a broken transfer stopped.
+async fn download(ctx: &Ctx, job: &LocalJob, file: &std::path::Path) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(ctx.options.max_backoff);
+    loop {
+        if aborted(ctx, job.id) || ctx.stop.is_cancelled() {
+            return Ok(());
+        }
+        let have = tokio::fs::metadata(file)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if have >= job.size {
+            return Ok(());
+        }
+        match fetch(ctx, job, file, have).await {
+            Ok(()) => backoff.reset(),
+            Err(Fetch::Fatal(e)) => return Err(e),
+            Err(Fetch::Retry(e)) => {
+                tracing::info!(job_id = %job.id, have, error = %format!("{e:#}"), "download interrupted; resuming");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+enum Fetch {
+    Retry(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+async fn fetch(ctx: &Ctx, job: &LocalJob, file: &std::path::Path, from: u64) -> Result<(), Fetch> {
+    let mut req = ctx
+        .client
+        .get(ctx.url(&format!("/printer/v1/jobs/{}/content", job.id)));
+    if from > 0 {
+        req = req.header("range", format!("bytes={from}-"));
+    }
+    let res = req.send().await.map_err(|e| Fetch::Retry(e.into()))?;
+    let status = res.status();
+    if status == StatusCode::GONE || status == StatusCode::NOT_FOUND {
+        return Err(Fetch::Fatal(anyhow::anyhow!(
+            "the job is no longer to be printed ({status})"
+        )));
+    }
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::INTERNAL_SERVER_ERROR
+    {
+        return Err(Fetch::Fatal(anyhow::anyhow!(
+            "the printer endpoint refused the download ({status})"
+        )));
+    }
+    let resumed = status == StatusCode::PARTIAL_CONTENT;
+    if !(status == StatusCode::OK || resumed) {
+        return Err(Fetch::Retry(anyhow::anyhow!("download answered {status}")));
+    }
+    let mut out = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed)
+        .truncate(!resumed)
+        .open(file)
+        .await
+        .map_err(|e| Fetch::Fatal(e.into()))?;
+    let mut stream = res.bytes_stream();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(bytes)) => out
+                .write_all(&bytes)
+                .await
+                .map_err(|e| Fetch::Fatal(e.into()))?,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = out.sync_all().await;
+                return Err(Fetch::Retry(e.into()));
+            }
+        }
+    }
+    out.sync_all().await.map_err(|e| Fetch::Fatal(e.into()))?;
+    Ok(())
+}
+
+async fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The jobs the printer knows, for tests and diagnostics.
+pub fn local_jobs(state: &StateDir) -> anyhow::Result<Vec<LocalJob>> {
+    let path = state.path().join("book.json");
+    let book: Book = serde_json::from_slice(&std::fs::read(path)?)?;
+    Ok(book.jobs)
+}

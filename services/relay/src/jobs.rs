@@ -1,0 +1,682 @@
+//! Print jobs, for people and apps (scope `print_job.write` to send and abort,
+//! `print_job.read` to look):
+//!
+//! - `POST /relay/v1/printers/{printer}/jobs?name=…` with the file as the streamed body
+//!   (`text/x-gcode` or `application/x-ufp`). Allowed to admins, the person who claimed
+//!   the printer and those it is shared with (directly or through a team). The body is
+//!   never held whole: it is hashed, checked and sealed as it streams to a spool file,
+//!   which then becomes the stored blob. Over `PRINTWORKS_MAX_JOB_BYTES` answers 413,
+//!   and a refused upload leaves nothing behind. An `Idempotency-Key` header makes a
+//!   retried upload return the job it already made.
+//! - `GET /relay/v1/jobs/{job}`, `GET /relay/v1/printers/{printer}/jobs` (paginated),
+//!   `POST /relay/v1/jobs/{job}/abort` (admins, whoever sent it, whoever claimed the
+//!   printer).
+//!
+//! States: `queued → dispatched → downloading → printing → completed | failed |
+//! aborted`, each change kept with its time; a printer's jobs run in the order sent.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt as _;
+use printworks_common::ApiError;
+use printworks_common::audit::{AuditEvent, Outcome};
+use printworks_common::auth::{Auth, Caller, scope};
+use printworks_common::error::Problem;
+use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
+use printworks_org::access::{Membership, membership};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt as _;
+use uuid::Uuid;
+
+use crate::gcode::{Checker, profile_for};
+use crate::seal::{Sealer, new_data_key};
+use crate::{RelayState, ufp};
+
+pub const GCODE: &str = "text/x-gcode";
+pub const UFP: &str = "application/x-ufp";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A printer of an organization, as the relay needs it.
+pub struct PrinterRef {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub model: Option<String>,
+    pub claimed_by: Option<Uuid>,
+}
+
+/// The printer (paired), the caller's membership of its organization, and proof that
+/// the caller may use it (admin, claimer, or shared with them). Anything else is 404.
+pub async fn usable_printer(
+    state: &RelayState,
+    caller: &Caller,
+    printer: Uuid,
+) -> Result<(PrinterRef, Membership), ApiError> {
+    let row: Option<(Uuid, Option<String>, Option<Uuid>)> = sqlx::query_as(
+        "SELECT organization_id, model, claimed_by FROM printers WHERE id = $1 AND unpaired_at IS NULL",
+    )
+    .bind(printer)
+    .fetch_optional(&state.ctx.db)
+    .await?;
+    let (organization_id, model, claimed_by) = row.ok_or_else(ApiError::not_found)?;
+    let m = membership(&state.ctx, organization_id, caller).await?;
+    printworks_org::printers::visible(&state.ctx.db, &m, printer).await?;
+    Ok((
+        PrinterRef {
+            id: printer,
+            organization_id,
+            model,
+            claimed_by,
+        },
+        m,
+    ))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct JobView {
+    id: Uuid,
+    printer_id: Uuid,
+    organization_id: Uuid,
+    name: String,
+    content_type: String,
+    size: i64,
+    #[serde(serialize_with = "serialize_hex")]
+    sha256: Vec<u8>,
+    #[sqlx(rename = "state")]
+    status: String,
+    progress: Option<f32>,
+    message: Option<String>,
+    submitted_by: Option<Uuid>,
+    submitted_by_client: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    finished_at: Option<OffsetDateTime>,
+}
+
+fn serialize_hex<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex(v))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct HistoryEntry {
+    state: String,
+    progress: Option<f32>,
+    message: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+}
+
+#[derive(Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    job: JobView,
+    /// Every change, oldest first (the last 200).
+    history: Vec<HistoryEntry>,
+}
+
+/// The columns of [`JobView`].
+macro_rules! job_columns {
+    () => {
+        "id, printer_id, organization_id, name, content_type, size, sha256, state, progress,
+         message, submitted_by, submitted_by_client, created_at, updated_at, finished_at"
+    };
+}
+
+async fn job_view(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM print_jobs WHERE id = $1 AND state <> 'receiving'"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Records a change in the job's history (in the caller's transaction).
+pub async fn record(
+    conn: &mut sqlx::PgConnection,
+    job: Uuid,
+    state: &str,
+    progress: Option<f32>,
+    message: Option<&str>,
+    at: OffsetDateTime,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO print_job_events (job_id, state, progress, message, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(job)
+        .bind(state)
+        .bind(progress)
+        .bind(message)
+        .bind(at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct Submit {
+    name: Option<String>,
+}
+
+fn job_name(name: Option<&str>) -> Result<String, ApiError> {
+    let name = name.map(str::trim).unwrap_or_default();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name (in the query) must be 1 to 200 characters, without control characters.",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .ok()
+        .filter(|v| (1..=200).contains(&v.len()) && v.bytes().all(|b| (0x21..0x7f).contains(&b)))
+        .ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters.")
+        })?;
+    Ok(Some(v.to_owned()))
+}
+
+fn too_large(max: u64) -> ApiError {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "The request body is too large",
+    )
+    .detail(format!("A print job may be at most {max} bytes."))
+    .into()
+}
+
+/// Removes what a refused or failed upload left: its row (while it is still being
+/// received), then its blob and spool file. A row that became `queued` — a commit that
+/// went through although it reported an error — keeps its blob.
+async fn discard(state: &RelayState, id: Uuid, spool: &std::path::Path, blob_key: &str) {
+    let _ = tokio::fs::remove_file(spool).await;
+    let removed = sqlx::query("DELETE FROM print_jobs WHERE id = $1 AND state = 'receiving'")
+        .bind(id)
+        .execute(&state.ctx.db)
+        .await;
+    match removed {
+        Ok(r) if r.rows_affected() == 0 => {}
+        Ok(_) => {
+            if let Err(e) = state.store.delete(blob_key).await {
+                tracing::warn!(job_id = %id, error = %format!("{e:#}"), "cannot delete the blob of a refused upload");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "cannot delete a refused upload; the cleanup job will")
+        }
+    }
+}
+
+/// Discards an upload that did not finish, however it ended: an error, a refusal, or
+/// the request dropped (the client went away, or the upload timed out).
+struct Upload {
+    state: RelayState,
+    id: Uuid,
+    spool: std::path::PathBuf,
+    blob_key: String,
+    done: bool,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.done {
+            let (state, id, spool, key) = (
+                self.state.clone(),
+                self.id,
+                self.spool.clone(),
+                self.blob_key.clone(),
+            );
+            tokio::spawn(async move { discard(&state, id, &spool, &key).await });
+        }
+    }
+}
+
+/// The stored job this submitter already made with this key, if any.
+async fn replayed(
+    state: &RelayState,
+    printer: Uuid,
+    caller: &Caller,
+    key: &str,
+    request: (&str, &str, Option<u64>),
+) -> Result<Option<Response>, ApiError> {
+    let existing: Option<(Uuid, String, String, String, i64)> = sqlx::query_as(
+        "SELECT id, state, name, content_type, size FROM print_jobs
+         WHERE printer_id = $1 AND coalesce(submitted_by::text, submitted_by_client) = $2 AND idempotency_key = $3",
+    )
+    .bind(printer)
+    .bind(submitter_key(caller))
+    .bind(key)
+    .fetch_optional(&state.ctx.db)
+    .await?;
+    let (name, content_type, length) = request;
+    match existing {
+        None => Ok(None),
+        Some((_, s, ..)) if s == "receiving" => Err(ApiError::conflict(
+            "An upload with this Idempotency-Key is still in progress.",
+        )),
+        Some((_, _, n, ct, size))
+            if n != name
+                || ct != content_type
+                || length.is_some_and(|l| i64::try_from(l).ok() != Some(size)) =>
+        {
+            Err(ApiError::invalid(
+                "This Idempotency-Key was used for another upload (another name, type or size).",
+            ))
+        }
+        Some((id, ..)) => {
+            let job = job_view(&state.ctx.db, id)
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            let mut res = (StatusCode::CREATED, Json(job)).into_response();
+            res.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(Some(res))
+        }
+    }
+}
+
+fn submitter_key(caller: &Caller) -> String {
+    caller
+        .user_id()
+        .map_or_else(|| caller.client_id.clone(), |u| u.to_string())
+}
+
+pub async fn submit(
+    State(state): State<RelayState>,
+    auth: Auth<scope::PrintJobWrite>,
+    client: ClientInfo,
+    Path(printer): Path<Uuid>,
+    Query(q): Query<Submit>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (printer, m) = usable_printer(&state, &auth, printer).await?;
+    let name = job_name(q.name.as_deref())?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+    let content_type = match content_type.as_deref() {
+        Some(GCODE) => GCODE,
+        Some(UFP) => UFP,
+        _ => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail("Send G-code as text/x-gcode or a UFP package as application/x-ufp.")
+            .into());
+        }
+    };
+    let max = state.ctx.settings.relay.max_job_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let key = idempotency_key(&headers)?;
+    if let Some(key) = &key
+        && let Some(res) = replayed(
+            &state,
+            printer.id,
+            &auth,
+            key,
+            (&name, content_type, declared),
+        )
+        .await?
+    {
+        return Ok(res);
+    }
+
+    let ctx = &state.ctx;
+    let id = Uuid::new_v4();
+    let blob_key = format!("jobs/{}/{id}", printer.organization_id);
+    let data_key = new_data_key();
+    let now = ctx.now();
+    // The row first, so that a crash mid-upload leaves something the cleanup finds.
+    let inserted = sqlx::query(
+        "INSERT INTO print_jobs (id, printer_id, organization_id, submitted_by, submitted_by_client,
+                                 idempotency_key, name, content_type, size, sha256, blob_key, key_sealed,
+                                 state, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '', $9, $10, 'receiving', $11, $11)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(printer.id)
+    .bind(printer.organization_id)
+    .bind(auth.user_id())
+    .bind(auth.user_id().is_none().then(|| auth.client_id.clone()))
+    .bind(&key)
+    .bind(&name)
+    .bind(content_type)
+    .bind(&blob_key)
+    .bind(ctx.secrets.seal(&format!("job-key:{id}"), &data_key))
+    .bind(now)
+    .execute(&ctx.db)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        // The same Idempotency-Key raced us.
+        return Err(ApiError::conflict(
+            "An upload with this Idempotency-Key is already in progress.",
+        ));
+    }
+
+    let spool = state.store.spool_dir().join(format!("{id}.sealed"));
+    let mut upload = Upload {
+        state: state.clone(),
+        id,
+        spool: spool.clone(),
+        blob_key: blob_key.clone(),
+        done: false,
+    };
+    let stored = async {
+        let (size, digest) = receive(
+            id,
+            &data_key,
+            &spool,
+            body,
+            content_type,
+            printer.model.as_deref(),
+            max,
+        )
+        .await?;
+        state.store.put_file(&blob_key, &spool).await?;
+        let queued = async {
+            let now = ctx.now();
+            let mut tx = ctx.db.begin().await?;
+            sqlx::query(
+                "UPDATE print_jobs SET state = 'queued', size = $2, sha256 = $3, updated_at = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(i64::try_from(size).unwrap_or(i64::MAX))
+            .bind(&digest[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            record(&mut tx, id, "queued", None, None, now).await?;
+            AuditEvent::new("job.submit", m.audit_actor(), Outcome::Success)
+                .organization(printer.organization_id)
+                .source(client.addr)
+                .target("job", id)
+                .detail("printer_id", printer.id.to_string())
+                .detail("name", name.as_str())
+                .detail("size", size)
+                .detail("sha256", hex(&digest))
+                .write(&mut tx, now)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(())
+        };
+        queued.await?;
+        Ok::<_, ApiError>(size)
+    }
+    .await;
+    // Whatever went wrong, nothing is kept; the answer waits until it is gone.
+    upload.done = true;
+    let size = match stored {
+        Ok(size) => size,
+        Err(e) => {
+            discard(&state, id, &spool, &blob_key).await;
+            return Err(e);
+        }
+    };
+    let job = job_view(&ctx.db, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    tracing::info!(job_id = %id, printer_id = %printer.id, size, "print job queued");
+    Ok((StatusCode::CREATED, Json(job)).into_response())
+}
+
+/// Streams the body into a sealed spool file, hashing and checking it on the way.
+/// Returns its size and SHA-256.
+async fn receive(
+    id: Uuid,
+    data_key: &[u8; 32],
+    spool: &std::path::Path,
+    body: Body,
+    content_type: &str,
+    model: Option<&str>,
+    max: u64,
+) -> Result<(u64, [u8; 32]), ApiError> {
+    let profile = profile_for(model);
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(spool)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let (mut sealer, header) = Sealer::new(data_key, id);
+    let mut out = header;
+    let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut checker = (content_type == GCODE).then(|| Checker::new(profile));
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    loop {
+        let chunk = match stream.try_next().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(_) => return Err(ApiError::bad_request("The upload was interrupted.")),
+        };
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(too_large(max));
+        }
+        hasher.update(&chunk);
+        if let Some(c) = checker.as_mut() {
+            c.feed(&chunk).map_err(ApiError::invalid)?;
+        }
+        sealer.push(&chunk, &mut out).map_err(ApiError::from)?;
+        if out.len() >= 256 * 1024 {
+            file.write_all(&out).await.map_err(anyhow::Error::from)?;
+            out.clear();
+        }
+    }
+    if let Some(c) = checker {
+        c.finish().map_err(ApiError::invalid)?;
+    }
+    sealer.finish(&mut out).map_err(ApiError::from)?;
+    file.write_all(&out).await.map_err(anyhow::Error::from)?;
+    file.sync_all().await.map_err(anyhow::Error::from)?;
+    drop(file);
+    if content_type == UFP {
+        let path = spool.to_path_buf();
+        let key = *data_key;
+        let limit = max.saturating_mul(8);
+        tokio::task::spawn_blocking(move || {
+            let reader = ufp::SealedFile::open(&path, &key, id, size).map_err(|e| e.to_string())?;
+            ufp::check(reader, profile, limit)
+        })
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(ApiError::invalid)?;
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(hasher.finish().as_ref());
+    Ok((size, digest))
+}
+
+pub async fn get(
+    State(state): State<RelayState>,
+    auth: Auth<scope::PrintJobRead>,
+    Path(job): Path<Uuid>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let view = job_view(&state.ctx.db, job)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    usable_printer(&state, &auth, view.printer_id).await?;
+    let mut history: Vec<HistoryEntry> = sqlx::query_as(
+        "SELECT state, progress, message, at FROM print_job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 200",
+    )
+    .bind(job)
+    .fetch_all(&state.ctx.db)
+    .await?;
+    history.reverse();
+    Ok(Json(JobDetail { job: view, history }))
+}
+
+pub async fn list(
+    State(state): State<RelayState>,
+    auth: Auth<scope::PrintJobRead>,
+    Path(printer): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Paginated<JobView>>, ApiError> {
+    usable_printer(&state, &auth, printer).await?;
+    let page = Page::from_query(&q)?;
+    let (after_time, after_id) = page.after.unzip();
+    let rows: Vec<JobView> = sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM print_jobs
+         WHERE printer_id = $1 AND state <> 'receiving'
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    ))
+    .bind(printer)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(page.fetch_limit())
+    .fetch_all(&state.ctx.db)
+    .await?;
+    Ok(Json(page.finish(rows, |j| (j.created_at, j.id))))
+}
+
+pub async fn abort(
+    State(state): State<RelayState>,
+    auth: Auth<scope::PrintJobWrite>,
+    client: ClientInfo,
+    Path(job): Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    let view = job_view(&state.ctx.db, job)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let (printer, m) = usable_printer(&state, &auth, view.printer_id).await?;
+    let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
+        || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
+            && m.user_id().is_none();
+    let claimer = printer.claimed_by.is_some() && printer.claimed_by == m.user_id();
+    if !(m.is_admin() || sender || claimer) {
+        return Err(printworks_org::access::forbidden(
+            "Only admins, whoever sent the job and whoever added the printer can abort it.",
+        ));
+    }
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    let mut tx = ctx.db.begin().await?;
+    let current: String =
+        sqlx::query_scalar("SELECT state FROM print_jobs WHERE id = $1 FOR UPDATE")
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+    let reached_printer = match current.as_str() {
+        "queued" => false,
+        "dispatched" | "downloading" | "printing" => true,
+        _ => return Err(ApiError::conflict(format!("The job is {current} already."))),
+    };
+    sqlx::query(
+        "UPDATE print_jobs SET state = 'aborted', finished_at = $2, updated_at = $2,
+                abort_requested_at = CASE WHEN $3 THEN $2 END
+         WHERE id = $1",
+    )
+    .bind(job)
+    .bind(now)
+    .bind(reached_printer)
+    .execute(&mut *tx)
+    .await?;
+    let by = if m.user_id().is_some() {
+        "aborted by a person"
+    } else {
+        "aborted by an automated client"
+    };
+    record(&mut tx, job, "aborted", None, Some(by), now).await?;
+    AuditEvent::new("job.abort", m.audit_actor(), Outcome::Success)
+        .organization(printer.organization_id)
+        .source(client.addr)
+        .target("job", job)
+        .detail("printer_id", printer.id.to_string())
+        .detail("was", current.as_str())
+        .write(&mut tx, now)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(
+        job_view(&ctx.db, job)
+            .await?
+            .ok_or_else(ApiError::not_found)?,
+    ))
+}
+
+/// Hourly: uploads that never finished (a crash mid-upload) are removed with their
+/// blobs; jobs still active on printers that were unpaired fail; the files of jobs
+/// finished longer ago than `PRINTWORKS_JOB_RETENTION` are deleted (their rows and
+/// history stay). Returns how many things were cleaned.
+pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    let stale: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, blob_key FROM print_jobs WHERE state = 'receiving' AND created_at < $1 LIMIT 1000",
+    )
+    .bind(now - time::Duration::hours(1) - time::Duration::try_from(ctx.settings.relay.upload_timeout)?)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, key) in &stale {
+        let spool = state.store.spool_dir().join(format!("{id}.sealed"));
+        discard(state, *id, &spool, key).await;
+    }
+    let mut tx = ctx.db.begin().await?;
+    let orphaned: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE print_jobs j SET state = 'failed', message = 'the printer was removed', finished_at = $1, updated_at = $1
+         FROM printers p
+         WHERE p.id = j.printer_id AND p.unpaired_at IS NOT NULL
+           AND j.state IN ('queued', 'dispatched', 'downloading', 'printing')
+         RETURNING j.id",
+    )
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &orphaned {
+        record(
+            &mut tx,
+            *id,
+            "failed",
+            None,
+            Some("the printer was removed"),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let expired: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, blob_key FROM print_jobs
+         WHERE finished_at < $1 AND blob_deleted_at IS NULL LIMIT 1000",
+    )
+    .bind(now - time::Duration::try_from(ctx.settings.relay.job_retention)?)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, key) in &expired {
+        state.store.delete(key).await?;
+        sqlx::query("UPDATE print_jobs SET blob_deleted_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&ctx.db)
+            .await?;
+    }
+    Ok(stale.len() + orphaned.len() + expired.len())
+}

@@ -1,0 +1,311 @@
+//! The reference agent printing jobs: end to end with the real binary; two relay
+//! replicas on one database (submitted to one, printed through the other); a printer
+//! offline when the job is sent; a download cut in the middle and resumed with `Range`.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use printworks_agent::run::{RunOptions, local_jobs, run};
+use printworks_common::db::MIGRATOR;
+use reqwest::StatusCode;
+use sqlx::PgPool;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+use super::{gcode, sha256_hex};
+use crate::binary::printworks;
+use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn quick() -> RunOptions {
+    RunOptions {
+        print_time: Duration::from_millis(200),
+        print_steps: 4,
+        max_backoff: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(60),
+    }
+}
+
+/// Runs the in-process agent for `printer` until the returned token is cancelled.
+fn start_agent(app: &TestApp, printer: &TestPrinter, dir: &std::path::Path) -> CancellationToken {
+    let state = printer.state_dir(dir, &app.base);
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move { run(&state, quick(), s).await });
+    stop
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn end_to_end_with_the_real_binary(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("printer");
+
+    // Pair: the agent shows a code, the admin enters it.
+    let mut pair = printworks(dir.path())
+        .env("PRINTWORKS_LOG", "warn")
+        .args([
+            "printer",
+            "pair",
+            "--server",
+            &app.base,
+            "--model",
+            "Ultimaker S5",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = pair.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read the code, then keep reading until the agent is done talking.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)).unwrap())
+            .await
+            .unwrap();
+    let code: String = first["Pairing code: ".len()..]
+        .chars()
+        .take(7)
+        .filter(char::is_ascii_digit)
+        .collect();
+    let printer = app
+        .claim(&token, w.org, &code, "Workshop S5")
+        .await
+        .expect(StatusCode::CREATED)
+        .body["printer_id"]
+        .as_str()
+        .unwrap()
+        .parse::<uuid::Uuid>()
+        .unwrap();
+    assert!(
+        tokio::task::spawn_blocking(move || pair.wait().unwrap())
+            .await
+            .unwrap()
+            .success()
+    );
+
+    // Run it, send a job, see it completed.
+    let mut agent = printworks(dir.path())
+        .env("PRINTWORKS_LOG", "info")
+        .args(["printer", "run", "--print-seconds", "1", "--state-dir"])
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = gcode(2_000);
+    let job = app
+        .submit_job(
+            Some(&token),
+            printer,
+            "bracket.gcode",
+            "text/x-gcode",
+            g.clone(),
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let done = app.wait_for_job(&token, job, "completed", WITHIN).await;
+    assert_eq!(done["sha256"], sha256_hex(&g));
+    assert_eq!(done["progress"], 100.0);
+    // SIGTERM stops it cleanly.
+    let pid = agent.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || agent.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_job_sent_to_one_replica_is_printed_through_another(pool: PgPool) {
+    let a = TestApp::spawn(pool.clone()).await;
+    // The second replica: the same database, master key, CA and blob store.
+    let shared = a.data_dir.path().to_path_buf();
+    let b = TestApp::spawn_with(
+        pool,
+        &printworks::ServiceSet::from_list(&[printworks::Service::Relay]),
+        move |s| {
+            s.data_dir = shared.clone();
+        },
+    )
+    .await;
+    let w = OrgWorld::new(&a).await;
+    let token = a.access_token(&w.admin, ALL_SCOPES).await;
+    let mut printer = a.pair_printer(&token, w.org, "SN-R").await;
+    // The printer holds its connection to replica B.
+    printer.printer_url = format!("https://{}", b.printer_addr.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let stop = start_agent(&a, &printer, &dir.path().join("p"));
+    let g = gcode(500);
+    let job = a
+        .submit_job(
+            Some(&token),
+            printer.id,
+            "across.gcode",
+            "text/x-gcode",
+            g,
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    a.wait_for_job(&token, job, "completed", WITHIN).await;
+    stop.cancel();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_printer_offline_when_the_job_was_sent_prints_it_when_it_connects(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-O").await;
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(
+            app.submit_job(
+                Some(&token),
+                printer.id,
+                &format!("part-{i}.gcode"),
+                "text/x-gcode",
+                gcode(100 + i),
+                None,
+            )
+            .await
+            .expect(StatusCode::CREATED)
+            .id(),
+        );
+    }
+    let queued = app.wait_for_job(&token, jobs[0], "queued", WITHIN).await;
+    assert_eq!(queued["status"], "queued");
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("p");
+    let stop = start_agent(&app, &printer, &state_dir);
+    for job in &jobs {
+        app.wait_for_job(&token, *job, "completed", WITHIN).await;
+    }
+    // In the order sent.
+    let finished: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM print_jobs WHERE printer_id = $1 ORDER BY finished_at, seq",
+    )
+    .bind(printer.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(finished, jobs);
+    let local = local_jobs(&printworks_agent::StateDir::new(&state_dir)).unwrap();
+    assert_eq!(local.len(), 3, "each job once on the printer");
+    stop.cancel();
+}
+
+/// A TCP relay to `upstream` that cuts the first connection which carries more than
+/// `after` bytes towards the client (a network failure in the middle of a download).
+async fn flaky_proxy(upstream: SocketAddr, after: usize) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_flag = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let cut = cut_flag.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut sent = 0usize;
+                    loop {
+                        let n = sr.read(&mut buf).await?;
+                        if n == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        sent += n;
+                        if sent > after && !cut.swap(true, Ordering::SeqCst) {
+                            // Drop both sides mid-transfer.
+                            return Ok(());
+                        }
+                        cw.write_all(&buf[..n]).await?;
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let mut printer = app.pair_printer(&token, w.org, "SN-C").await;
+    let (proxy, cut) = flaky_proxy(app.printer_addr.unwrap(), 200 * 1024).await;
+    printer.printer_url = format!("https://{proxy}");
+    let g = gcode(40_000); // about 1 MB
+    let job = app
+        .submit_job(
+            Some(&token),
+            printer.id,
+            "long.gcode",
+            "text/x-gcode",
+            g.clone(),
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let dir = tempfile::tempdir().unwrap();
+    let stop = start_agent(&app, &printer, &dir.path().join("p"));
+    let done = app.wait_for_job(&token, job, "completed", WITHIN).await;
+    assert!(cut.load(Ordering::SeqCst), "the connection was never cut");
+    let resumed = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["message"].as_str())
+        .find(|m| m.starts_with("download resumed at byte "))
+        .map(str::to_owned);
+    let at: usize = resumed
+        .expect("no resumed download")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(at > 0 && at < g.len(), "{at}");
+    // The printer checked the digest before printing: it completed, so it had exactly
+    // the file that was sent.
+    assert_eq!(done["sha256"], sha256_hex(&g));
+    stop.cancel();
+}

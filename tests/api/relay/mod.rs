@@ -1,0 +1,122 @@
+//! The relay: print jobs sent by people, sealed at rest, queued in PostgreSQL and
+//! streamed to printers over mutual TLS; and the reference agent that prints them.
+
+mod agent;
+mod gcs;
+mod jobs;
+mod printer;
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use serde_json::Value;
+
+/// A little G-code that any model accepts, `lines` lines long.
+pub fn gcode(lines: usize) -> Vec<u8> {
+    let mut g = String::from(";FLAVOR:Griffin\nM104 S210\nM140 S60\nG28\n");
+    for i in 0..lines {
+        g.push_str(&format!(
+            "G1 X{}.{} Y{} E{}.05\n",
+            i % 200,
+            i % 10,
+            (i * 7) % 200,
+            i
+        ));
+    }
+    g.push_str("M104 S0\nM140 S0\n");
+    g.into_bytes()
+}
+
+/// A UFP package (zip) holding `gcode` as 3D/model.gcode, optionally without its
+/// content types part.
+pub fn ufp(gcode: &[u8], with_content_types: bool) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        if with_content_types {
+            zip.start_file("[Content_Types].xml", opts).unwrap();
+            zip.write_all(br#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="gcode" ContentType="text/x-gcode"/></Types>"#).unwrap();
+        }
+        zip.start_file("3D/model.gcode", opts).unwrap();
+        zip.write_all(gcode).unwrap();
+        zip.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    printworks_common::crypto::sha256(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Server-sent events read from a response, one at a time.
+pub struct Events {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    pub fn new(res: reqwest::Response) -> Self {
+        assert_eq!(res.status(), reqwest::StatusCode::OK);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Self {
+            stream: Box::pin(res.bytes_stream()),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event other than a heartbeat: (name, data). `None` when the stream
+    /// ended (or broke) or nothing came within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if name == "heartbeat" || data.is_empty() {
+                    continue;
+                }
+                return Some((
+                    name,
+                    serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                ));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.try_next()).await {
+                Ok(Ok(Some(b))) => self.buf.extend_from_slice(&b),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Whether the stream ends (the server dropped it) within `within`.
+    pub async fn ends_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.try_next()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
