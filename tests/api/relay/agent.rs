@@ -309,3 +309,177 @@ async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
     assert_eq!(done["sha256"], sha256_hex(&g));
     stop.cancel();
 }
+
+/// A TCP relay to `upstream` that can be switched off: while off it drops every
+/// connection it carries and refuses new ones (the printer's network is down).
+async fn switchable_proxy(
+    upstream: SocketAddr,
+) -> (SocketAddr, Arc<AtomicBool>, Arc<tokio::sync::Notify>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let down = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let (d, c) = (down.clone(), cut.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if d.load(Ordering::SeqCst) {
+                continue; // dropped at once
+            }
+            let c = c.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    () = c.notified() => {}
+                }
+            });
+        }
+    });
+    (addr, down, cut)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_printer_that_loses_the_network_mid_print_finishes_and_reports_later(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let mut printer = app.pair_printer(&token, w.org, "SN-N").await;
+    let (proxy, down, cut) = switchable_proxy(app.printer_addr.unwrap()).await;
+    printer.printer_url = format!("https://{proxy}");
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("p");
+    let state = printer.state_dir(&state_dir, &app.base);
+    let stop = CancellationToken::new();
+    let options = RunOptions {
+        print_time: Duration::from_secs(3),
+        ..quick()
+    };
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { run(&state, options, stop).await }
+    });
+    let job = app
+        .submit_job(
+            Some(&token),
+            printer.id,
+            "long-print.gcode",
+            "text/x-gcode",
+            gcode(50),
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    app.wait_for_job(&token, job, "printing", WITHIN).await;
+    // The network goes: every connection of the printer is cut, none gets through.
+    down.store(true, Ordering::SeqCst);
+    cut.notify_waiters();
+    // The print goes on and finishes on the printer...
+    let local = printworks_agent::StateDir::new(&state_dir);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !local_jobs(&local)
+        .unwrap()
+        .iter()
+        .any(|j| j.id == job && j.phase == printworks_agent::run::Phase::Done)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the print stopped with the network"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...while the cloud still thinks it is printing.
+    let seen = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/relay/v1/jobs/{job}"),
+            Some(&token),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(seen.body["status"], "printing");
+    // The network is back: the report arrives.
+    down.store(false, Ordering::SeqCst);
+    app.wait_for_job(&token, job, "completed", WITHIN).await;
+    stop.cancel();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_agent_stops_a_print_that_is_aborted(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-X").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = printer.state_dir(&dir.path().join("p"), &app.base);
+    let stop = CancellationToken::new();
+    let options = RunOptions {
+        print_time: Duration::from_secs(60),
+        print_steps: 60,
+        ..quick()
+    };
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { run(&state, options, stop).await }
+    });
+    let job = app
+        .submit_job(
+            Some(&token),
+            printer.id,
+            "abort-me.gcode",
+            "text/x-gcode",
+            gcode(50),
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let next = app
+        .submit_job(
+            Some(&token),
+            printer.id,
+            "after.gcode",
+            "text/x-gcode",
+            gcode(5),
+            None,
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    app.wait_for_job(&token, job, "printing", WITHIN).await;
+    app.call(
+        reqwest::Method::POST,
+        &format!("/relay/v1/jobs/{job}/abort"),
+        Some(&token),
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
+    // The printer stops, says so, and goes on with the next job.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let acknowledged: bool = sqlx::query_scalar(
+            "SELECT abort_acknowledged_at IS NOT NULL FROM print_jobs WHERE id = $1",
+        )
+        .bind(job)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if acknowledged {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the printer never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.wait_for_job(&token, next, "printing", WITHIN).await;
+    stop.cancel();
+}
