@@ -17,6 +17,7 @@ use futures_util::TryStreamExt as _;
 use printworks_common::ApiError;
 use printworks_common::audit::{GLOBAL_CHAIN, chain_hash};
 use printworks_common::auth::{Auth, scope};
+use printworks_common::crypto::{SecretBox, constant_time_eq};
 use printworks_common::http::{Json, Page, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -293,6 +294,64 @@ fn columns_match(r: &Row, chain: Uuid) -> bool {
 }
 
 #[derive(sqlx::FromRow)]
+struct Checkpoint {
+    chain_index: i64,
+    hash: Vec<u8>,
+    signed_at: OffsetDateTime,
+    mac: Vec<u8>,
+}
+
+/// The signature of a checkpoint: an HMAC under a key derived from the master key.
+pub fn checkpoint_mac(
+    secrets: &SecretBox,
+    chain: Uuid,
+    index: i64,
+    hash: &[u8],
+    signed_at: OffsetDateTime,
+) -> [u8; 32] {
+    let mut message = format!("printworks-audit-checkpoint-v1\n{chain}\n{index}\n").into_bytes();
+    message.extend_from_slice(hash);
+    message.extend_from_slice(format!("\n{}", signed_at.unix_timestamp_nanos() / 1000).as_bytes());
+    secrets.mac("audit-checkpoint", &message)
+}
+
+/// Signs the head of every chain that grew since its last checkpoint. Returns how
+/// many checkpoints were made.
+pub async fn checkpoint(
+    db: &PgPool,
+    secrets: &SecretBox,
+    now: OffsetDateTime,
+) -> sqlx::Result<u64> {
+    // Microseconds: what PostgreSQL keeps, so the signature checks on read.
+    let now = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
+    let heads: Vec<(Uuid, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT c.chain_id, c.last_index, c.last_hash FROM audit_chains c
+         WHERE c.last_index > greatest(c.pruned_through_index, coalesce(
+                 (SELECT max(k.chain_index) FROM audit_checkpoints k WHERE k.chain_id = c.chain_id), 0))",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut made = 0;
+    for (chain, index, hash) in heads {
+        made += sqlx::query(
+            "INSERT INTO audit_checkpoints (chain_id, chain_index, hash, signed_at, mac)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(chain)
+        .bind(index)
+        .bind(&hash)
+        .bind(now)
+        .bind(&checkpoint_mac(secrets, chain, index, &hash, now)[..])
+        .execute(db)
+        .await?
+        .rows_affected();
+    }
+    Ok(made)
+}
+
+#[derive(sqlx::FromRow)]
 struct ChainHead {
     last_index: i64,
     last_hash: Vec<u8>,
@@ -304,7 +363,11 @@ struct ChainHead {
 /// each record's hash is that of its predecessor's hash and its own text, that its
 /// columns say what its text says, that no index is missing or out of place, and that
 /// the chain ends where its head says. Reports the first record that fails.
-pub async fn verify_chain(db: &PgPool, chain: Uuid) -> sqlx::Result<Verification> {
+pub async fn verify_chain(
+    db: &PgPool,
+    secrets: &SecretBox,
+    chain: Uuid,
+) -> sqlx::Result<Verification> {
     let head: Option<ChainHead> = sqlx::query_as(
         "SELECT last_index, last_hash, pruned_through_index, pruned_through_hash FROM audit_chains WHERE chain_id = $1",
     )
@@ -328,6 +391,15 @@ pub async fn verify_chain(db: &PgPool, chain: Uuid) -> sqlx::Result<Verification
     let mut expected_index = pruned_index + 1;
     let mut prev = pruned_hash.unwrap_or_else(|| vec![0u8; 32]);
     let mut checked = 0;
+    let checkpoints: Vec<Checkpoint> = sqlx::query_as(
+        "SELECT chain_index, hash, signed_at, mac FROM audit_checkpoints
+         WHERE chain_id = $1 AND chain_index > $2 ORDER BY chain_index",
+    )
+    .bind(chain)
+    .bind(pruned_index)
+    .fetch_all(db)
+    .await?;
+    let mut pending = checkpoints.iter().peekable();
     let mut rows = sqlx::query_as::<_, Row>(
         "SELECT id, chain_index, occurred_at, organization_id, actor_type, actor_id, source_addr,
                 action, outcome, target_type, target_id, record, prev_hash, hash
@@ -345,6 +417,20 @@ pub async fn verify_chain(db: &PgPool, chain: Uuid) -> sqlx::Result<Verification
             reason: reason.to_owned(),
         }),
     };
+    // A checkpoint that is not ours is a forgery, wherever it is.
+    if let Some(k) = checkpoints.iter().find(|k| {
+        !constant_time_eq(
+            &checkpoint_mac(secrets, chain, k.chain_index, &k.hash, k.signed_at),
+            &k.mac,
+        )
+    }) {
+        return Ok(fail(
+            k.chain_index,
+            None,
+            "a checkpoint does not carry the server's signature (forged or altered)",
+            checked,
+        ));
+    }
     while let Some(r) = rows.try_next().await? {
         if r.chain_index <= pruned_index {
             return Ok(fail(
@@ -386,9 +472,32 @@ pub async fn verify_chain(db: &PgPool, chain: Uuid) -> sqlx::Result<Verification
                 checked,
             ));
         }
+        if let Some(k) = pending.next_if(|k| k.chain_index == r.chain_index)
+            && k.hash != r.hash
+        {
+            return Ok(fail(
+                r.chain_index,
+                Some(r.id),
+                &format!(
+                    "it is not the record signed at {}: the chain was rewritten up to here",
+                    k.signed_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                ),
+                checked,
+            ));
+        }
         checked += 1;
         prev = r.hash;
         expected_index += 1;
+    }
+    if let Some(k) = pending.next() {
+        return Ok(fail(
+            k.chain_index,
+            None,
+            "a signed checkpoint names a record that is no longer there (records removed)",
+            checked,
+        ));
     }
     if expected_index - 1 != last_index || prev != last_hash {
         return Ok(fail(
@@ -407,7 +516,7 @@ pub async fn verify_chain(db: &PgPool, chain: Uuid) -> sqlx::Result<Verification
 }
 
 /// Every chain, the global one first.
-pub async fn verify_all(db: &PgPool) -> sqlx::Result<Vec<Verification>> {
+pub async fn verify_all(db: &PgPool, secrets: &SecretBox) -> sqlx::Result<Vec<Verification>> {
     let chains: Vec<Uuid> = sqlx::query_scalar(
         "SELECT chain_id FROM audit_chains ORDER BY chain_id = $1 DESC, chain_id",
     )
@@ -416,7 +525,7 @@ pub async fn verify_all(db: &PgPool) -> sqlx::Result<Vec<Verification>> {
     .await?;
     let mut out = Vec::new();
     for c in chains {
-        out.push(verify_chain(db, c).await?);
+        out.push(verify_chain(db, secrets, c).await?);
     }
     Ok(out)
 }
@@ -428,7 +537,9 @@ pub async fn verify(
 ) -> Result<Json<Verification>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
-    Ok(Json(verify_chain(&state.ctx.db, org).await?))
+    Ok(Json(
+        verify_chain(&state.ctx.db, &state.ctx.secrets, org).await?,
+    ))
 }
 
 /// Deletes records older than `now - retention` from every chain, oldest first, and
@@ -480,6 +591,11 @@ pub async fn prune(
         .bind(through)
         .fetch_one(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM audit_checkpoints WHERE chain_id = $1 AND chain_index <= $2")
+            .bind(chain)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
         removed +=
             sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND chain_index <= $2")
                 .bind(chain)

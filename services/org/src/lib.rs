@@ -122,24 +122,36 @@ pub fn router(ctx: AppContext) -> anyhow::Result<Router> {
         .with_state(state))
 }
 
-/// Prunes expired audit records hourly (one replica at a time: an advisory lock).
+/// Every five minutes, signs the heads of the audit chains that grew
+/// ([`audit::checkpoint`]); hourly, prunes expired audit records (one replica at a
+/// time: an advisory lock).
 fn spawn_retention(ctx: AppContext) {
     let stop = ctx.shutdown.child_token();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            match audit::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "audit retention pruned old records"),
-                Err(e) => tracing::warn!(error = %e, "audit retention"),
+            if let Err(e) = audit::checkpoint(&ctx.db, &ctx.secrets, ctx.now()).await {
+                tracing::warn!(error = %e, "audit checkpoint");
             }
+            if ticks.is_multiple_of(12) {
+                match audit::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "audit retention pruned old records"),
+                    Err(e) => tracing::warn!(error = %e, "audit retention"),
+                }
+            }
+            ticks += 1;
         }
     });
 }
+
+/// How often the audit chains' heads are signed.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The user's role in the organization, read now (never from a token).
 pub async fn role_of(

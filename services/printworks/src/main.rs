@@ -185,7 +185,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: AuditAction::Verify,
         } => {
             let pool = db::connect(&settings, &database_url).await?;
-            let results = printworks_org::verify_all(&pool).await?;
+            let secrets = SecretBox::from_settings(&settings)?;
+            let results = printworks_org::verify_all(&pool, &secrets).await?;
             pool.close().await;
             if report_verification(&results) {
                 Ok(())

@@ -645,3 +645,118 @@ async fn the_export_can_be_verified_by_anyone(pool: PgPool) {
         prev = hash;
     }
 }
+
+/// What a superuser could do that hashes alone cannot catch: rewrite a record and
+/// recompute every hash after it, and the chain head. The signed checkpoints catch it.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_consistently_rewritten_chain_is_caught_by_its_signed_checkpoints(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let org = w.org;
+    let teams = format!("/org/v1/organizations/{org}/teams");
+    for i in 0..4 {
+        app.call(
+            Method::POST,
+            &teams,
+            Some(&w.admin_token),
+            Some(&json!({"name": format!("T{i}")})),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    }
+    // The head (record 5) is signed; two more records follow it.
+    let secrets = printworks_common::crypto::SecretBox::from_settings(
+        &crate::helpers::test_settings(app.data_dir.path()),
+    )
+    .unwrap();
+    let made = printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+        .await
+        .unwrap();
+    assert!(made >= 1);
+    for i in 4..6 {
+        app.call(
+            Method::POST,
+            &teams,
+            Some(&w.admin_token),
+            Some(&json!({"name": format!("T{i}")})),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    }
+    assert_eq!(verify(&app, &w, org).await["ok"], true);
+
+    // Record 3 says another team name; every hash from there on is recomputed, and so
+    // is the head: the hash chain alone is consistent again.
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT chain_index, record FROM audit_events WHERE chain_id = $1 ORDER BY chain_index",
+    )
+    .bind(org)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut prev: Vec<u8> =
+        sqlx::query_scalar("SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_index = 2")
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    for (index, record) in rows.into_iter().filter(|(i, _)| *i >= 3) {
+        let record = if index == 3 {
+            record.replace("\"T1\"", "\"Nothing to see\"")
+        } else {
+            record
+        };
+        let hash = printworks_common::audit::chain_hash(&prev, &record).to_vec();
+        sqlx::query("UPDATE audit_events SET record = $3, prev_hash = $4, hash = $5 WHERE chain_id = $1 AND chain_index = $2")
+            .bind(org)
+            .bind(index)
+            .bind(&record)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_chains SET last_hash = $2 WHERE chain_id = $1")
+        .bind(org)
+        .bind(&prev)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let v = verify(&app, &w, org).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_bad_record"]["chain_index"], 5, "{v}");
+    assert!(
+        v["first_bad_record"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rewritten"),
+        "{v}"
+    );
+    let (cli_ok, out) = cli_verify(&app);
+    assert!(!cli_ok, "{out}");
+
+    // Nor can the checkpoint be re-signed without the master key.
+    as_superuser(
+        &app.db,
+        "UPDATE audit_checkpoints SET hash = (SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_index = $2) WHERE chain_id = $1 AND chain_index = $2",
+        org,
+        5,
+    )
+    .await;
+    let v = verify(&app, &w, org).await;
+    assert!(
+        v["first_bad_record"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{v}"
+    );
+}
