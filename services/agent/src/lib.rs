@@ -96,6 +96,16 @@ pub async fn pair(
     mut show_code: impl FnMut(&str, Duration),
 ) -> anyhow::Result<Saved> {
     let server = server.trim_end_matches('/');
+    // Over plain HTTP, someone in the middle could hand the printer another CA and
+    // another job-signing key. Fine on this machine; not across a network.
+    if let Ok(url) = url::Url::parse(server)
+        && url.scheme() == "http"
+        && !url.host_str().is_some_and(|h| {
+            h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+        })
+    {
+        tracing::warn!(%server, "pairing over plain HTTP: the credentials could be swapped in transit; use https");
+    }
     let (key, csr_pem) = new_key_and_csr()?;
     let body = json!({
         "serial": info.serial,
@@ -194,56 +204,89 @@ struct Renewed {
     certificate_pem: String,
 }
 
+/// Whether `certificate_pem` is for `key` (the public key in it is the key's).
+fn certificate_is_for(certificate_pem: &str, key: &KeyPair) -> bool {
+    x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| {
+            pem.parse_x509()
+                .ok()
+                .map(|c| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+        })
+        .unwrap_or(false)
+}
+
+async fn renew_over_tls(saved: &Saved, csr_pem: &str) -> anyhow::Result<Renewed> {
+    let res = printer_client(saved)?
+        .post(format!(
+            "{}/printer/v1/certificate",
+            saved.printer.printer_url
+        ))
+        .json(&json!({ "csr_pem": csr_pem }))
+        .send()
+        .await
+        .context("cannot reach the printer endpoint")?;
+    if res.status() != StatusCode::CREATED {
+        return Err(problem(res)
+            .await
+            .context("renewal over the printer endpoint"));
+    }
+    Ok(res.json().await?)
+}
+
+async fn renew_with_secret(saved: &Saved, csr_pem: &str) -> anyhow::Result<Renewed> {
+    let http = reqwest::Client::new();
+    let base = format!(
+        "{}/pairing/v1/printers/{}",
+        saved.printer.server_url, saved.printer.printer_id
+    );
+    let res = http.post(format!("{base}/challenge")).send().await?;
+    if res.status() != StatusCode::CREATED {
+        return Err(problem(res).await.context("asking for a renewal challenge"));
+    }
+    let challenge: Value = res.json().await?;
+    let challenge = challenge["challenge"].as_str().context("no challenge")?;
+    let proof = renewal_proof(
+        &saved.shared_secret,
+        saved.printer.printer_id,
+        challenge,
+        &csr_der(csr_pem)?,
+    );
+    let res = http
+        .post(format!("{base}/certificate"))
+        .json(&json!({ "challenge": challenge, "proof": proof, "csr_pem": csr_pem }))
+        .send()
+        .await?;
+    if res.status() != StatusCode::CREATED {
+        return Err(problem(res).await.context("renewal with the shared secret"));
+    }
+    Ok(res.json().await?)
+}
+
 /// A new certificate (and key): over the printer endpoint while the current
-/// certificate is valid at `now`, else with the shared secret. Saves and returns them.
+/// certificate looks valid at `now`; with the shared secret after it expired — or when
+/// the printer endpoint will not renew it (it retired after a renewal whose answer was
+/// lost, say, or the saved key and certificate no longer match). The answer is checked
+/// to be for the new key before anything is saved.
 pub async fn renew(state: &StateDir, now: time::OffsetDateTime) -> anyhow::Result<Saved> {
     let saved = state.load()?;
     let (key, csr_pem) = new_key_and_csr()?;
     let valid = certificate_expiry(&saved).is_ok_and(|t| t > now + time::Duration::minutes(1));
-    let renewed: Renewed = if valid {
-        let res = printer_client(&saved)?
-            .post(format!(
-                "{}/printer/v1/certificate",
-                saved.printer.printer_url
-            ))
-            .json(&json!({ "csr_pem": csr_pem }))
-            .send()
-            .await
-            .context("cannot reach the printer endpoint")?;
-        if res.status() != StatusCode::CREATED {
-            return Err(problem(res)
-                .await
-                .context("renewal over the printer endpoint"));
+    let renewed = if valid {
+        match renew_over_tls(&saved, &csr_pem).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "renewal over the printer endpoint failed; using the shared secret");
+                renew_with_secret(&saved, &csr_pem).await?
+            }
         }
-        res.json().await?
     } else {
-        let http = reqwest::Client::new();
-        let base = format!(
-            "{}/pairing/v1/printers/{}",
-            saved.printer.server_url, saved.printer.printer_id
-        );
-        let res = http.post(format!("{base}/challenge")).send().await?;
-        if res.status() != StatusCode::CREATED {
-            return Err(problem(res).await.context("asking for a renewal challenge"));
-        }
-        let challenge: Value = res.json().await?;
-        let challenge = challenge["challenge"].as_str().context("no challenge")?;
-        let proof = renewal_proof(
-            &saved.shared_secret,
-            saved.printer.printer_id,
-            challenge,
-            &csr_der(&csr_pem)?,
-        );
-        let res = http
-            .post(format!("{base}/certificate"))
-            .json(&json!({ "challenge": challenge, "proof": proof, "csr_pem": csr_pem }))
-            .send()
-            .await?;
-        if res.status() != StatusCode::CREATED {
-            return Err(problem(res).await.context("renewal with the shared secret"));
-        }
-        res.json().await?
+        renew_with_secret(&saved, &csr_pem).await?
     };
+    anyhow::ensure!(
+        certificate_is_for(&renewed.certificate_pem, &key),
+        "the renewed certificate is not for the key that asked; not saved"
+    );
     state.save_certificate(&key.serialize_pem(), &renewed.certificate_pem)?;
     state.load()
 }

@@ -118,7 +118,33 @@ impl Shared {
         progress: Option<f32>,
         message: Option<&str>,
     ) -> anyhow::Result<()> {
+        self.push(job, false, state, progress, message)
+    }
+
+    /// The job is over on the printer: marked done and its last report queued in one
+    /// write, so a crash between the two cannot lose the report.
+    fn finish(
+        &self,
+        job: Uuid,
+        state: &str,
+        progress: Option<f32>,
+        message: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.push(job, true, state, progress, message)
+    }
+
+    fn push(
+        &self,
+        job: Uuid,
+        done: bool,
+        state: &str,
+        progress: Option<f32>,
+        message: Option<&str>,
+    ) -> anyhow::Result<()> {
         self.change(|b| {
+            if done && let Some(j) = b.jobs.iter_mut().find(|j| j.id == job) {
+                j.phase = Phase::Done;
+            }
             b.outbox.push_back(Report {
                 job,
                 state: state.to_owned(),
@@ -397,14 +423,9 @@ async fn worker_loop(ctx: Ctx) {
         };
         if let Err(e) = work(&ctx, &job).await {
             tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "job failed");
-            let _ = ctx.shared.change(|b| {
-                if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
-                    j.phase = Phase::Done;
-                }
-            });
             let _ = ctx
                 .shared
-                .report(job.id, "failed", None, Some(&format!("{e:#}")));
+                .finish(job.id, "failed", None, Some(&format!("{e:#}")));
         }
         let _ = tokio::fs::remove_file(ctx.jobs_dir.join(format!("{}.gcode", job.id))).await;
     }
@@ -460,24 +481,14 @@ async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
             tokio::time::sleep(ctx.options.print_time / steps).await;
         }
     }
-    ctx.shared.change(|b| {
-        if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
-            j.phase = Phase::Done;
-        }
-    })?;
-    ctx.shared.report(job.id, "completed", Some(100.0), None)?;
+    ctx.shared.finish(job.id, "completed", Some(100.0), None)?;
     tracing::info!(job_id = %job.id, name = %job.name, "printed");
     Ok(())
 }
 
 fn stop_aborted(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
-    ctx.shared.change(|b| {
-        if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
-            j.phase = Phase::Done;
-        }
-    })?;
     ctx.shared
-        .report(job.id, "aborted", None, Some("stopped"))?;
+        .finish(job.id, "aborted", None, Some("stopped"))?;
     tracing::info!(job_id = %job.id, "aborted");
     Ok(())
 }

@@ -6,8 +6,9 @@
 //! and keeps the chain verifiable.
 //!
 //! What an admin sees: the organization's chain, and the events of no organization
-//! (logins, MFA and password changes, sessions) of its current members since they
-//! joined.
+//! about the people themselves (logins, sessions, MFA and password changes) of its
+//! current members since they joined — not what they did with other organizations'
+//! apps (consents, tokens), which is theirs and those organizations' business.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -70,7 +71,9 @@ macro_rules! org_events {
         concat!(
             "SELECT ", $columns, " FROM audit_events e
              WHERE (e.organization_id = $1
-                    OR (e.organization_id IS NULL AND e.actor_type = 'user' AND EXISTS (
+                    OR (e.organization_id IS NULL AND e.actor_type = 'user'
+                        AND split_part(e.action, '.', 1) IN ('session', 'totp', 'password', 'user')
+                        AND EXISTS (
                           SELECT 1 FROM organization_members m
                           WHERE m.organization_id = $1 AND m.user_id::text = e.actor_id
                             AND m.created_at <= e.occurred_at)))
@@ -173,6 +176,9 @@ pub async fn export(
         .into_response())
 }
 
+/// One page of the export at a time, each read with a connection taken from the pool
+/// for the query alone: a client that reads slowly (or not at all) holds no database
+/// connection, only the page in memory.
 fn async_stream(
     db: PgPool,
     org: Uuid,
@@ -182,52 +188,89 @@ fn async_stream(
     actor_id: Option<String>,
     action: Option<String>,
 ) -> impl futures_util::Stream<Item = Result<String, std::io::Error>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
-    tokio::spawn(async move {
-        let rows = sqlx::query_as::<_, (Uuid, i64, String, Vec<u8>, Vec<u8>)>(org_events!(
-            "e.chain_id, e.chain_index, e.record, e.prev_hash, e.hash",
-            "ORDER BY e.occurred_at, e.chain_id, e.chain_index"
-        ))
-        .bind(org)
-        .bind(from)
-        .bind(to)
-        .bind(actor_type)
-        .bind(actor_id)
-        .bind(action)
-        .fetch(&db)
-        .map_err(std::io::Error::other);
-        futures_util::pin_mut!(rows);
+    const PAGE: usize = 500;
+    struct Export {
+        db: PgPool,
+        org: Uuid,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+        actor_type: Option<String>,
+        actor_id: Option<String>,
+        action: Option<String>,
+        after: Option<(OffsetDateTime, Uuid, i64)>,
+        lines: std::collections::VecDeque<String>,
+        done: bool,
+    }
+    type ExportRow = (OffsetDateTime, Uuid, i64, String, Vec<u8>, Vec<u8>);
+    let start = Export {
+        db,
+        org,
+        from,
+        to,
+        actor_type,
+        actor_id,
+        action,
+        after: None,
+        lines: std::collections::VecDeque::new(),
+        done: false,
+    };
+    futures_util::stream::unfold(start, |mut e| async move {
         loop {
-            let item = match rows.try_next().await {
-                Ok(Some((chain, index, record, prev, hash))) => Ok(format!(
-                    "{}\n",
-                    serde_json::json!({
-                        "chain_id": chain,
-                        "chain_index": index,
-                        "record": record,
-                        "prev_hash": hex(&prev),
-                        "hash": hex(&hash),
-                    })
-                )),
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "audit export");
-                    Err(e)
+            if let Some(line) = e.lines.pop_front() {
+                return Some((Ok(line), e));
+            }
+            if e.done {
+                return None;
+            }
+            let (after_time, after_chain, after_index) = match e.after {
+                Some((t, c, i)) => (Some(t), Some(c), Some(i)),
+                None => (None, None, None),
+            };
+            let page: Result<Vec<ExportRow>, sqlx::Error> = sqlx::query_as(org_events!(
+                "e.occurred_at, e.chain_id, e.chain_index, e.record, e.prev_hash, e.hash",
+                "AND ($7::timestamptz IS NULL OR (e.occurred_at, e.chain_id, e.chain_index) > ($7, $8, $9))
+                 ORDER BY e.occurred_at, e.chain_id, e.chain_index LIMIT 500"
+            ))
+            .bind(e.org)
+            .bind(e.from)
+            .bind(e.to)
+            .bind(&e.actor_type)
+            .bind(&e.actor_id)
+            .bind(&e.action)
+            .bind(after_time)
+            .bind(after_chain)
+            .bind(after_index)
+            .fetch_all(&e.db)
+            .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::error!(error = %err, "audit export");
+                    e.done = true;
+                    return Some((Err(std::io::Error::other(err)), e));
                 }
             };
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                break;
+            e.done = page.len() < PAGE;
+            if let Some((t, c, i, ..)) = page.last() {
+                e.after = Some((*t, *c, *i));
             }
+            e.lines.extend(
+                page.into_iter()
+                    .map(|(_, chain, index, record, prev, hash)| {
+                        format!(
+                            "{}\n",
+                            serde_json::json!({
+                                "chain_id": chain,
+                                "chain_index": index,
+                                "record": record,
+                                "prev_hash": hex(&prev),
+                                "hash": hex(&hash),
+                            })
+                        )
+                    }),
+            );
         }
-    });
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -298,25 +341,61 @@ struct Checkpoint {
     chain_index: i64,
     hash: Vec<u8>,
     signed_at: OffsetDateTime,
+    prev_index: i64,
     mac: Vec<u8>,
 }
 
-/// The signature of a checkpoint: an HMAC under a key derived from the master key.
+impl Checkpoint {
+    fn signed(&self, secrets: &SecretBox, chain: Uuid) -> bool {
+        constant_time_eq(
+            &checkpoint_mac(
+                secrets,
+                chain,
+                self.chain_index,
+                &self.hash,
+                self.signed_at,
+                self.prev_index,
+            ),
+            &self.mac,
+        )
+    }
+}
+
+/// The signature of a checkpoint: an HMAC, under a key derived from the master key, of
+/// the chain, the record's index and hash, the time, and the previous checkpoint's index
+/// (so that checkpoints form a chain of their own).
 pub fn checkpoint_mac(
     secrets: &SecretBox,
     chain: Uuid,
     index: i64,
     hash: &[u8],
     signed_at: OffsetDateTime,
+    prev_index: i64,
 ) -> [u8; 32] {
-    let mut message = format!("printworks-audit-checkpoint-v1\n{chain}\n{index}\n").into_bytes();
+    let mut message = format!("printworks-audit-checkpoint-v2\n{chain}\n{index}\n").into_bytes();
     message.extend_from_slice(hash);
-    message.extend_from_slice(format!("\n{}", signed_at.unix_timestamp_nanos() / 1000).as_bytes());
+    message.extend_from_slice(
+        format!(
+            "\n{}\n{prev_index}",
+            signed_at.unix_timestamp_nanos() / 1000
+        )
+        .as_bytes(),
+    );
     secrets.mac("audit-checkpoint", &message)
 }
 
-/// Signs the head of every chain that grew since its last checkpoint. Returns how
-/// many checkpoints were made.
+/// One read-only transaction that sees the whole chain as of one moment.
+async fn snapshot(db: &PgPool) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Signs the head of every chain that grew since its last checkpoint — but only after
+/// checking the records since that checkpoint: a chain that no longer verifies is not
+/// signed (and is reported in the log). Returns how many checkpoints were made.
 pub async fn checkpoint(
     db: &PgPool,
     secrets: &SecretBox,
@@ -326,24 +405,82 @@ pub async fn checkpoint(
     let now = now
         .replace_nanosecond(now.nanosecond() / 1000 * 1000)
         .unwrap_or(now);
-    let heads: Vec<(Uuid, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT c.chain_id, c.last_index, c.last_hash FROM audit_chains c
+    let chains: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT c.chain_id FROM audit_chains c
          WHERE c.last_index > greatest(c.pruned_through_index, coalesce(
                  (SELECT max(k.chain_index) FROM audit_checkpoints k WHERE k.chain_id = c.chain_id), 0))",
     )
     .fetch_all(db)
     .await?;
     let mut made = 0;
-    for (chain, index, hash) in heads {
-        made += sqlx::query(
-            "INSERT INTO audit_checkpoints (chain_id, chain_index, hash, signed_at, mac)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    for chain in chains {
+        let mut tx = snapshot(db).await?;
+        let head: Option<ChainHead> = sqlx::query_as(
+            "SELECT last_index, last_hash, pruned_through_index, pruned_through_hash
+             FROM audit_chains WHERE chain_id = $1",
         )
         .bind(chain)
-        .bind(index)
-        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(head) = head else { continue };
+        let last: Option<Checkpoint> = sqlx::query_as(
+            "SELECT chain_index, hash, signed_at, prev_index, mac FROM audit_checkpoints
+             WHERE chain_id = $1 ORDER BY chain_index DESC LIMIT 1",
+        )
+        .bind(chain)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Where the records to check start: the last checkpoint, or the chain's start.
+        let (from_index, from_hash, prev_index) = match &last {
+            Some(k) if !k.signed(secrets, chain) => {
+                tracing::error!(%chain, index = k.chain_index, "audit checkpoint with a bad signature; not signing this chain");
+                continue;
+            }
+            Some(k) => (k.chain_index, k.hash.clone(), k.chain_index),
+            None if head.pruned_through_index == 0 => (0, vec![0u8; 32], 0),
+            None => {
+                tracing::error!(%chain, "audit chain pruned without a checkpoint; not signing it");
+                continue;
+            }
+        };
+        let rows: Vec<(i64, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT chain_index, record, prev_hash, hash FROM audit_events
+             WHERE chain_id = $1 AND chain_index > $2 AND chain_index <= $3 ORDER BY chain_index",
+        )
+        .bind(chain)
+        .bind(from_index)
+        .bind(head.last_index)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut prev = from_hash;
+        let mut expected = from_index + 1;
+        let mut sound = true;
+        for (index, record, prev_hash, hash) in &rows {
+            if *index != expected
+                || *prev_hash != prev
+                || chain_hash(prev_hash, record)[..] != hash[..]
+            {
+                sound = false;
+                break;
+            }
+            prev = hash.clone();
+            expected += 1;
+        }
+        if !sound || expected - 1 != head.last_index || prev != head.last_hash {
+            tracing::error!(%chain, "audit chain does not verify since its last checkpoint; not signing it");
+            continue;
+        }
+        drop(tx);
+        made += sqlx::query(
+            "INSERT INTO audit_checkpoints (chain_id, chain_index, hash, signed_at, prev_index, mac)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(chain)
+        .bind(head.last_index)
+        .bind(&head.last_hash)
         .bind(now)
-        .bind(&checkpoint_mac(secrets, chain, index, &hash, now)[..])
+        .bind(prev_index)
+        .bind(&checkpoint_mac(secrets, chain, head.last_index, &head.last_hash, now, prev_index)[..])
         .execute(db)
         .await?
         .rows_affected();
@@ -359,54 +496,28 @@ struct ChainHead {
     pruned_through_hash: Option<Vec<u8>>,
 }
 
-/// Walks a chain from its start (or the last pruned record) to its head, checking that
-/// each record's hash is that of its predecessor's hash and its own text, that its
-/// columns say what its text says, that no index is missing or out of place, and that
-/// the chain ends where its head says. Reports the first record that fails.
+/// What the verifier knows of retention, to tell a chain pruned by it from one whose
+/// recent records were cut away: records are pruned only up to a checkpoint signed
+/// longer than `retention` before `now`.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionRule {
+    pub now: OffsetDateTime,
+    pub retention: std::time::Duration,
+}
+
+/// Walks a chain, as of one moment, from its start (or the signed checkpoint retention
+/// pruned it to) to its head, checking that each record's hash is that of its
+/// predecessor's hash and its own text, that its columns say what its text says, that
+/// no index is missing or out of place, that the chain passes through every signed
+/// checkpoint (whose signatures, and links from one to the next, must check), and that
+/// it ends where its head says. Reports the first record that fails.
 pub async fn verify_chain(
     db: &PgPool,
     secrets: &SecretBox,
     chain: Uuid,
+    rule: RetentionRule,
 ) -> sqlx::Result<Verification> {
-    let head: Option<ChainHead> = sqlx::query_as(
-        "SELECT last_index, last_hash, pruned_through_index, pruned_through_hash FROM audit_chains WHERE chain_id = $1",
-    )
-    .bind(chain)
-    .fetch_optional(db)
-    .await?;
-    let Some(ChainHead {
-        last_index,
-        last_hash,
-        pruned_through_index: pruned_index,
-        pruned_through_hash: pruned_hash,
-    }) = head
-    else {
-        return Ok(Verification {
-            chain_id: chain,
-            ok: true,
-            records_checked: 0,
-            first_bad_record: None,
-        });
-    };
-    let mut expected_index = pruned_index + 1;
-    let mut prev = pruned_hash.unwrap_or_else(|| vec![0u8; 32]);
-    let mut checked = 0;
-    let checkpoints: Vec<Checkpoint> = sqlx::query_as(
-        "SELECT chain_index, hash, signed_at, mac FROM audit_checkpoints
-         WHERE chain_id = $1 AND chain_index > $2 ORDER BY chain_index",
-    )
-    .bind(chain)
-    .bind(pruned_index)
-    .fetch_all(db)
-    .await?;
-    let mut pending = checkpoints.iter().peekable();
-    let mut rows = sqlx::query_as::<_, Row>(
-        "SELECT id, chain_index, occurred_at, organization_id, actor_type, actor_id, source_addr,
-                action, outcome, target_type, target_id, record, prev_hash, hash
-         FROM audit_events WHERE chain_id = $1 ORDER BY chain_index",
-    )
-    .bind(chain)
-    .fetch(db);
+    let mut tx = snapshot(db).await?;
     let fail = |index: i64, id: Option<Uuid>, reason: &str, checked: i64| Verification {
         chain_id: chain,
         ok: false,
@@ -417,20 +528,102 @@ pub async fn verify_chain(
             reason: reason.to_owned(),
         }),
     };
-    // A checkpoint that is not ours is a forgery, wherever it is.
-    if let Some(k) = checkpoints.iter().find(|k| {
-        !constant_time_eq(
-            &checkpoint_mac(secrets, chain, k.chain_index, &k.hash, k.signed_at),
-            &k.mac,
+    let head: Option<ChainHead> = sqlx::query_as(
+        "SELECT last_index, last_hash, pruned_through_index, pruned_through_hash FROM audit_chains WHERE chain_id = $1",
+    )
+    .bind(chain)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(ChainHead {
+        last_index,
+        last_hash,
+        pruned_through_index: pruned_index,
+        pruned_through_hash: pruned_hash,
+    }) = head
+    else {
+        let leftovers: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_events WHERE chain_id = $1)
+                 OR EXISTS (SELECT 1 FROM audit_checkpoints WHERE chain_id = $1)",
         )
-    }) {
-        return Ok(fail(
-            k.chain_index,
-            None,
-            "a checkpoint does not carry the server's signature (forged or altered)",
-            checked,
-        ));
+        .bind(chain)
+        .fetch_one(&mut *tx)
+        .await?;
+        if leftovers {
+            return Ok(fail(
+                0,
+                None,
+                "the chain's head is gone (its records remain)",
+                0,
+            ));
+        }
+        return Ok(Verification {
+            chain_id: chain,
+            ok: true,
+            records_checked: 0,
+            first_bad_record: None,
+        });
+    };
+    let checkpoints: Vec<Checkpoint> = sqlx::query_as(
+        "SELECT chain_index, hash, signed_at, prev_index, mac FROM audit_checkpoints
+         WHERE chain_id = $1 AND chain_index >= $2 ORDER BY chain_index",
+    )
+    .bind(chain)
+    .bind(pruned_index)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Every checkpoint is ours, and each names the one before it.
+    let mut previous: Option<i64> = None;
+    for k in &checkpoints {
+        if !k.signed(secrets, chain) {
+            return Ok(fail(
+                k.chain_index,
+                None,
+                "a checkpoint does not carry the server's signature (forged or altered)",
+                0,
+            ));
+        }
+        // The first names none (or, in a pruned chain, one pruned away).
+        let linked = match previous {
+            Some(p) => k.prev_index == p,
+            None => pruned_index > 0 || k.prev_index == 0,
+        };
+        if !linked {
+            return Ok(fail(
+                k.chain_index,
+                None,
+                "signed checkpoints before this one were removed",
+                0,
+            ));
+        }
+        previous = Some(k.chain_index);
     }
+    // A pruned chain starts at a signed checkpoint older than the retention period.
+    let mut pending = checkpoints.iter().peekable();
+    if pruned_index > 0 {
+        let cutoff =
+            rule.now - time::Duration::try_from(rule.retention).unwrap_or(time::Duration::ZERO);
+        let anchored = pending
+            .next_if(|k| k.chain_index == pruned_index)
+            .is_some_and(|k| Some(&k.hash) == pruned_hash.as_ref() && k.signed_at < cutoff);
+        if !anchored {
+            return Ok(fail(
+                pruned_index,
+                None,
+                "the chain's start was moved: it does not begin at a signed checkpoint older than the retention period",
+                0,
+            ));
+        }
+    }
+    let mut expected_index = pruned_index + 1;
+    let mut prev = pruned_hash.unwrap_or_else(|| vec![0u8; 32]);
+    let mut checked = 0;
+    let mut rows = sqlx::query_as::<_, Row>(
+        "SELECT id, chain_index, occurred_at, organization_id, actor_type, actor_id, source_addr,
+                action, outcome, target_type, target_id, record, prev_hash, hash
+         FROM audit_events WHERE chain_id = $1 ORDER BY chain_index",
+    )
+    .bind(chain)
+    .fetch(&mut *tx);
     while let Some(r) = rows.try_next().await? {
         if r.chain_index <= pruned_index {
             return Ok(fail(
@@ -515,17 +708,25 @@ pub async fn verify_chain(
     })
 }
 
-/// Every chain, the global one first.
-pub async fn verify_all(db: &PgPool, secrets: &SecretBox) -> sqlx::Result<Vec<Verification>> {
+/// Every chain (also one whose head was removed), the global one first.
+pub async fn verify_all(
+    db: &PgPool,
+    secrets: &SecretBox,
+    rule: RetentionRule,
+) -> sqlx::Result<Vec<Verification>> {
     let chains: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT chain_id FROM audit_chains ORDER BY chain_id = $1 DESC, chain_id",
+        "SELECT chain_id FROM (
+             SELECT chain_id FROM audit_chains
+             UNION SELECT DISTINCT chain_id FROM audit_events
+             UNION SELECT DISTINCT chain_id FROM audit_checkpoints) c
+         ORDER BY chain_id = $1 DESC, chain_id",
     )
     .bind(GLOBAL_CHAIN)
     .fetch_all(db)
     .await?;
     let mut out = Vec::new();
     for c in chains {
-        out.push(verify_chain(db, secrets, c).await?);
+        out.push(verify_chain(db, secrets, c, rule).await?);
     }
     Ok(out)
 }
@@ -537,61 +738,60 @@ pub async fn verify(
 ) -> Result<Json<Verification>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
+    let rule = RetentionRule {
+        now: state.ctx.now(),
+        retention: state.ctx.settings.org.audit_retention,
+    };
     Ok(Json(
-        verify_chain(&state.ctx.db, &state.ctx.secrets, org).await?,
+        verify_chain(&state.ctx.db, &state.ctx.secrets, org, rule).await?,
     ))
 }
 
-/// Deletes records older than `now - retention` from every chain, oldest first, and
-/// records each chain's new starting point (the last pruned record's index and hash).
-/// Only the oldest run of records is pruned, so the rest stays a verifiable chain.
-/// Returns how many records were removed.
+/// Deletes records older than `now - retention`, chain by chain, each in its own short
+/// transaction (audit writes to other chains go on). A chain is pruned up to its newest
+/// signed checkpoint older than the cutoff — never past one — and that checkpoint stays
+/// as the chain's new start, from which verification continues. Returns how many
+/// records were removed.
 pub async fn prune(
     db: &PgPool,
     now: OffsetDateTime,
     retention: std::time::Duration,
 ) -> sqlx::Result<u64> {
     let cutoff = now - time::Duration::try_from(retention).unwrap_or(time::Duration::days(365));
-    let mut tx = db.begin().await?;
-    // One pruner at a time, across replicas.
-    let got: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtext('printworks.audit_retention'))",
+    let chains: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT c.chain_id, max(k.chain_index) FROM audit_chains c
+             JOIN audit_checkpoints k ON k.chain_id = c.chain_id
+             WHERE k.signed_at < $1 AND k.chain_index > c.pruned_through_index
+             GROUP BY c.chain_id",
     )
-    .fetch_one(&mut *tx)
+    .bind(cutoff)
+    .fetch_all(db)
     .await?;
-    if !got {
-        return Ok(0);
-    }
-    sqlx::query("SET LOCAL printworks.audit_retention = 'on'")
-        .execute(&mut *tx)
-        .await?;
-    let chains: Vec<(Uuid, i64)> =
-        sqlx::query_as("SELECT chain_id, pruned_through_index FROM audit_chains FOR UPDATE")
-            .fetch_all(&mut *tx)
-            .await?;
     let mut removed = 0;
-    for (chain, pruned) in chains {
-        // The last index of the oldest run of records older than the cutoff.
-        let through: Option<i64> = sqlx::query_scalar(
-            "SELECT max(chain_index) FROM audit_events
-             WHERE chain_id = $1 AND chain_index > $2 AND occurred_at < $3
-               AND chain_index < coalesce((SELECT min(chain_index) FROM audit_events
-                                           WHERE chain_id = $1 AND occurred_at >= $3), 9223372036854775807)",
+    for (chain, through) in chains {
+        let mut tx = db.begin().await?;
+        sqlx::query("SET LOCAL printworks.audit_retention = 'on'")
+            .execute(&mut *tx)
+            .await?;
+        // The chain's row lock orders pruners across replicas; one that waited
+        // finds the work done and moves nothing backwards.
+        let pruned: i64 = sqlx::query_scalar(
+            "SELECT pruned_through_index FROM audit_chains WHERE chain_id = $1 FOR UPDATE",
         )
         .bind(chain)
-        .bind(pruned)
-        .bind(cutoff)
         .fetch_one(&mut *tx)
         .await?;
-        let Some(through) = through else { continue };
+        if pruned >= through {
+            continue;
+        }
         let hash: Vec<u8> = sqlx::query_scalar(
-            "SELECT hash FROM audit_events WHERE chain_id = $1 AND chain_index = $2",
+            "SELECT hash FROM audit_checkpoints WHERE chain_id = $1 AND chain_index = $2",
         )
         .bind(chain)
         .bind(through)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM audit_checkpoints WHERE chain_id = $1 AND chain_index <= $2")
+        sqlx::query("DELETE FROM audit_checkpoints WHERE chain_id = $1 AND chain_index < $2")
             .bind(chain)
             .bind(through)
             .execute(&mut *tx)
@@ -603,13 +803,15 @@ pub async fn prune(
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        sqlx::query("UPDATE audit_chains SET pruned_through_index = $2, pruned_through_hash = $3 WHERE chain_id = $1")
+        sqlx::query(
+                "UPDATE audit_chains SET pruned_through_index = $2, pruned_through_hash = $3 WHERE chain_id = $1",
+            )
             .bind(chain)
             .bind(through)
             .bind(&hash)
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     Ok(removed)
 }

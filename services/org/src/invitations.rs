@@ -19,6 +19,10 @@ use uuid::Uuid;
 use crate::access::{forbidden, membership};
 use crate::{OrgState, mail};
 
+/// Invitations an organization may have waiting at once (each one sends an e-mail to
+/// an address of the inviter's choosing: this is not a mailing service).
+pub const MAX_PENDING: i64 = 100;
+
 #[derive(Deserialize)]
 pub struct Invite {
     email: String,
@@ -65,6 +69,19 @@ pub async fn create(
     if already {
         return Err(ApiError::conflict("This person is already a member."));
     }
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM invitations
+         WHERE organization_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .bind(org)
+    .bind(state.ctx.now())
+    .fetch_one(&state.ctx.db)
+    .await?;
+    if pending >= MAX_PENDING {
+        return Err(ApiError::conflict(format!(
+            "At most {MAX_PENDING} invitations may wait at once; revoke some first."
+        )));
+    }
     let token = random_token();
     let id = Uuid::new_v4();
     let now = state.ctx.now();
@@ -103,6 +120,7 @@ pub async fn create(
     );
     mail::enqueue(
         &mut tx,
+        &state.ctx.secrets,
         email.as_str(),
         &format!("Invitation to {org_name} on Printworks"),
         &body,

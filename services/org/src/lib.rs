@@ -123,8 +123,8 @@ pub fn router(ctx: AppContext) -> anyhow::Result<Router> {
 }
 
 /// Every five minutes, signs the heads of the audit chains that grew
-/// ([`audit::checkpoint`]); hourly, prunes expired audit records (one replica at a
-/// time: an advisory lock).
+/// ([`audit::checkpoint`]); hourly, prunes expired audit records (replicas doing it
+/// at once are ordered by each chain's row lock).
 fn spawn_retention(ctx: AppContext) {
     let stop = ctx.shutdown.child_token();
     tokio::spawn(async move {
@@ -203,4 +203,4 @@ impl OrgDirectory for Directory {
 }
 
 /// Kept for the binary's `audit verify` command.
-pub use audit::{Verification, verify_all};
+pub use audit::{RetentionRule, Verification, verify_all};

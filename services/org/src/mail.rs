@@ -1,8 +1,10 @@
 //! E-mail that must not be lost: written to the `email_outbox` table in the transaction
-//! of what it announces, then handed to a [`MailSender`] by a worker that retries with
-//! growing pauses until the sender takes it. Several replicas may run the worker: rows
-//! are claimed with `FOR UPDATE SKIP LOCKED`. Delivery is at least once (a crash between
-//! the hand-over and the commit sends again), never zero times.
+//! of what it announces (its body sealed with the master key: it may carry a token),
+//! then handed to a [`MailSender`] by a worker that retries with growing pauses until
+//! the sender takes it, or gives up after [`MAX_ATTEMPTS`]. Several replicas may run the
+//! worker: rows are claimed with `FOR UPDATE SKIP LOCKED` and a lease. Delivery is at
+//! least once (a crash between the hand-over and the record sends again), never zero
+//! times. A sent message's body is erased.
 //!
 //! Senders: SMTP (`PRINTWORKS_SMTP_URL`, through lettre with rustls), or for development
 //! a file per message under `<data dir>/mail/` (owner-only: messages carry invitation
@@ -15,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use printworks_account::BoxFuture;
 use printworks_common::AppContext;
+use printworks_common::crypto::SecretBox;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -31,9 +34,15 @@ pub trait MailSender: Send + Sync + 'static {
     ) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
-/// Queues a message (in the caller's transaction).
+fn sealing_context(id: Uuid) -> String {
+    format!("email:{id}")
+}
+
+/// Queues a message (in the caller's transaction). The body is sealed with the master
+/// key: it may carry a token.
 pub async fn enqueue(
     conn: &mut PgConnection,
+    secrets: &SecretBox,
     to: &str,
     subject: &str,
     body: &str,
@@ -41,13 +50,13 @@ pub async fn enqueue(
 ) -> sqlx::Result<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO email_outbox (id, to_address, subject, body, created_at, next_attempt_at)
+        "INSERT INTO email_outbox (id, to_address, subject, body_sealed, created_at, next_attempt_at)
          VALUES ($1, $2, $3, $4, $5, $5)",
     )
     .bind(id)
     .bind(to)
     .bind(subject)
-    .bind(body)
+    .bind(secrets.seal(&sealing_context(id), body.as_bytes()))
     .bind(now)
     .execute(conn)
     .await?;
@@ -61,49 +70,104 @@ pub fn backoff(attempts: i32) -> time::Duration {
     time::Duration::seconds(secs.min(3600))
 }
 
+/// Attempts before a message is given up on (about a day of retries).
+pub const MAX_ATTEMPTS: i32 = 30;
+/// How long a claimed message is left to its worker before another may try it.
+const LEASE: time::Duration = time::Duration::minutes(5);
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: Uuid,
+    to_address: String,
+    subject: String,
+    body_sealed: Option<Vec<u8>>,
+    body: Option<String>,
+    attempts: i32,
+}
+
 /// Sends what is due now, at most `batch` messages. Returns how many were sent.
+///
+/// Messages are claimed with a lease (`FOR UPDATE SKIP LOCKED`, committed at once) and
+/// sent outside any transaction, so a slow mail server holds no database connection;
+/// a worker that dies mid-send leaves the message to be tried again when the lease
+/// ends (at least once, never zero times).
 pub async fn deliver_due(
     ctx: &AppContext,
     sender: &dyn MailSender,
     batch: i64,
 ) -> anyhow::Result<usize> {
     let now = ctx.now();
-    let mut tx = ctx.db.begin().await?;
-    let due: Vec<(Uuid, String, String, String, i32)> = sqlx::query_as(
-        "SELECT id, to_address, subject, body, attempts FROM email_outbox
-         WHERE sent_at IS NULL AND next_attempt_at <= $1
-         ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    let due: Vec<Due> = sqlx::query_as(
+        "UPDATE email_outbox SET next_attempt_at = $3
+         WHERE id IN (SELECT id FROM email_outbox
+                      WHERE sent_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= $1
+                      ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, to_address, subject, body_sealed, body, attempts",
     )
     .bind(now)
     .bind(batch)
-    .fetch_all(&mut *tx)
+    .bind(now + LEASE)
+    .fetch_all(&ctx.db)
     .await?;
     let mut sent = 0;
-    for (id, to, subject, body, attempts) in due {
-        match sender.send(&to, &subject, &body).await {
+    for Due {
+        id,
+        to_address: to,
+        subject,
+        body_sealed: sealed,
+        body: plain,
+        attempts,
+    } in due
+    {
+        let body = match (sealed, plain) {
+            (Some(sealed), _) => ctx
+                .secrets
+                .open(&sealing_context(id), &sealed)
+                .and_then(|b| String::from_utf8(b).ok()),
+            (None, plain) => plain,
+        };
+        let result = match &body {
+            Some(body) => sender.send(&to, &subject, body).await,
+            None => Err(anyhow::anyhow!("the message's body does not open")),
+        };
+        match result {
             Ok(()) => {
-                sqlx::query("UPDATE email_outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1")
-                    .bind(id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE email_outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL,
+                            body = NULL, body_sealed = NULL
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&ctx.db)
+                .await?;
                 sent += 1;
             }
             Err(e) => {
                 let error: String = format!("{e:#}").chars().take(500).collect();
-                tracing::warn!(message_id = %id, attempts = attempts + 1, error = %error, "e-mail not sent; will retry");
+                let give_up = attempts + 1 >= MAX_ATTEMPTS || body.is_none();
+                if give_up {
+                    tracing::error!(message_id = %id, attempts = attempts + 1, error = %error, "e-mail given up on");
+                } else {
+                    tracing::warn!(message_id = %id, attempts = attempts + 1, error = %error, "e-mail not sent; will retry");
+                }
                 sqlx::query(
-                    "UPDATE email_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+                    "UPDATE email_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
+                            gave_up_at = CASE WHEN $4 THEN $5 END,
+                            body = CASE WHEN $4 THEN NULL ELSE body END,
+                            body_sealed = CASE WHEN $4 THEN NULL ELSE body_sealed END
+                     WHERE id = $1",
                 )
                 .bind(id)
                 .bind(now + backoff(attempts))
                 .bind(error)
-                .execute(&mut *tx)
+                .bind(give_up)
+                .bind(now)
+                .execute(&ctx.db)
                 .await?;
             }
         }
     }
-    tx.commit().await?;
     Ok(sent)
 }
 

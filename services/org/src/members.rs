@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::OrgState;
-use crate::access::{forbidden, membership};
+use crate::access::{Membership, forbidden, membership};
 
 #[derive(Serialize)]
 pub struct MemberView {
@@ -81,6 +81,71 @@ async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Resu
     .await
 }
 
+/// The caller's standing, read again under the organization's lock: someone removed or
+/// demoted a moment ago cannot act on a membership read before.
+async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
+    let Some(user) = m.user_id() else {
+        return Ok(());
+    };
+    let role: Option<String> = sqlx::query_scalar(
+        "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
+    )
+    .bind(m.org)
+    .bind(user)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match role.as_deref() {
+        Some("admin") => Ok(()),
+        Some(_) => Err(forbidden("This needs the admin role.")),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+/// What a person who is no longer an admin (removed, left or demoted) had granted in
+/// the organization is withdrawn with it: the OAuth clients they registered (which may
+/// act with an admin's role) and the invitations they sent that are still pending.
+/// Each withdrawal is audited.
+async fn withdraw_grants(
+    conn: &mut PgConnection,
+    m: &Membership,
+    user: Uuid,
+    source: Option<std::net::IpAddr>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    for client in printworks_account::oauth::clients::registered_by(&mut *conn, m.org, user).await?
+    {
+        printworks_account::oauth::clients::revoke(&mut *conn, &client, now).await?;
+        AuditEvent::new("oauth_client.revoke", m.audit_actor(), Outcome::Success)
+            .organization(m.org)
+            .source(source)
+            .target("oauth_client", &client)
+            .detail("reason", reason)
+            .write(&mut *conn, now)
+            .await?;
+    }
+    let invitations: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE invitations SET revoked_at = $3
+         WHERE organization_id = $1 AND invited_by = $2 AND accepted_at IS NULL AND revoked_at IS NULL
+         RETURNING id",
+    )
+    .bind(m.org)
+    .bind(user)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    for id in invitations {
+        AuditEvent::new("invitation.revoke", m.audit_actor(), Outcome::Success)
+            .organization(m.org)
+            .source(source)
+            .target("invitation", id)
+            .detail("reason", reason)
+            .write(&mut *conn, now)
+            .await?;
+    }
+    Ok(())
+}
+
 fn last_admin() -> ApiError {
     ApiError::conflict("This is the organization's last admin. Make someone else an admin first.")
 }
@@ -104,6 +169,7 @@ pub async fn change_role(
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let admins = lock_and_count_admins(&mut tx, org).await?;
+    still_admin(&mut tx, &m).await?;
     let old: Option<String> = sqlx::query_scalar(
         "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
     )
@@ -135,6 +201,17 @@ pub async fn change_role(
             .detail("to", new.as_str())
             .write(&mut tx, now)
             .await?;
+        if old == Role::Admin {
+            withdraw_grants(
+                &mut tx,
+                &m,
+                user,
+                client.addr,
+                "registrar_no_longer_admin",
+                now,
+            )
+            .await?;
+        }
     }
     tx.commit().await?;
     Ok(Json(
@@ -156,6 +233,9 @@ pub async fn remove(
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let admins = lock_and_count_admins(&mut tx, org).await?;
+    if !leaving {
+        still_admin(&mut tx, &m).await?;
+    }
     let role: Option<String> = sqlx::query_scalar(
         "DELETE FROM organization_members WHERE organization_id = $1 AND user_id = $2 RETURNING role",
     )
@@ -208,6 +288,7 @@ pub async fn remove(
     .detail("role", role)
     .write(&mut tx, now)
     .await?;
+    withdraw_grants(&mut tx, &m, user, client.addr, "registrar_left", now).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

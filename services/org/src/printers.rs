@@ -37,13 +37,13 @@ pub struct PrinterView {
 }
 
 /// The printers of $1 the caller may see: all for admins ($2 = 'admin'), else those
-/// claimed by $3 or shared with $3 or a team of $3.
+/// claimed by $3 (while not a guest) or shared with $3 or a team of $3.
 macro_rules! visible_printers {
     ($tail:literal) => {
         concat!(
             "SELECT p.id, p.name, p.model, p.serial, p.claimed_by, p.created_at FROM printers p
              WHERE p.organization_id = $1 AND p.unpaired_at IS NULL
-               AND ($2 = 'admin' OR p.claimed_by = $3 OR EXISTS (
+               AND ($2 = 'admin' OR ($2 <> 'guest' AND p.claimed_by = $3) OR EXISTS (
                    SELECT 1 FROM printer_shares s WHERE s.printer_id = p.id
                      AND ((s.grantee_type = 'user' AND s.grantee_id = $3)
                        OR (s.grantee_type = 'team' AND s.grantee_id IN

@@ -186,7 +186,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let pool = db::connect(&settings, &database_url).await?;
             let secrets = SecretBox::from_settings(&settings)?;
-            let results = printworks_org::verify_all(&pool, &secrets).await?;
+            let rule = printworks_org::RetentionRule {
+                now: SystemClock.now(),
+                retention: settings.org.audit_retention,
+            };
+            let results = printworks_org::verify_all(&pool, &secrets, rule).await?;
             pool.close().await;
             if report_verification(&results) {
                 Ok(())

@@ -572,7 +572,10 @@ pub async fn abort(
     let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
         || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
             && m.user_id().is_none();
-    let claimer = printer.claimed_by.is_some() && printer.claimed_by == m.user_id();
+    // The person who added the printer, while they may still change printers.
+    let claimer = printer.claimed_by.is_some()
+        && printer.claimed_by == m.user_id()
+        && m.require_writer().is_ok();
     if !(m.is_admin() || sender || claimer) {
         return Err(printworks_org::access::forbidden(
             "Only admins, whoever sent the job and whoever added the printer can abort it.",

@@ -313,10 +313,16 @@ async fn as_superuser(db: &PgPool, sql: &'static str, org: Uuid, index: i64) {
 
 /// Runs `printworks audit verify` against the test's database.
 fn cli_verify(app: &TestApp) -> (bool, String) {
+    cli_verify_with(app, "365d")
+}
+
+/// The CLI judges pruning by the real clock and its own retention setting.
+fn cli_verify_with(app: &TestApp, retention: &str) -> (bool, String) {
     let url = app.db.connect_options().to_url_lossy().to_string();
     let out = crate::binary::printworks(app.data_dir.path())
         .env("DATABASE_URL", url)
         .env("PRINTWORKS_LOG", "warn")
+        .env("PRINTWORKS_AUDIT_RETENTION", retention)
         .args(["audit", "verify"])
         .output()
         .unwrap();
@@ -525,6 +531,10 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
     let org = w.org;
+    let secrets = printworks_common::crypto::SecretBox::from_settings(
+        &crate::helpers::test_settings(app.data_dir.path()),
+    )
+    .unwrap();
     let teams = format!("/org/v1/organizations/{org}/teams");
     for i in 0..3 {
         app.call(
@@ -536,6 +546,10 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
         .await
         .expect(StatusCode::CREATED);
     }
+    // Signed now (the org's record 4 is the head)...
+    printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+        .await
+        .unwrap();
     app.clock.advance(time::Duration::days(300));
     let w = OrgWorld {
         admin_token: app
@@ -553,15 +567,17 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
         .await
         .expect(StatusCode::CREATED);
     }
+    // ...and 300 days later.
+    printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+        .await
+        .unwrap();
     app.clock.advance(time::Duration::days(100));
-    // 400 days after the first records, 100 after the newest: the first four go.
-    let removed = printworks_org::audit::prune(
-        &app.db,
-        app.now(),
-        std::time::Duration::from_secs(365 * 86400),
-    )
-    .await
-    .unwrap();
+    // 400 days after the first records, 100 after the newest: the first four go, up to
+    // the checkpoint older than the retention period, which stays as the chain's start.
+    let year = std::time::Duration::from_secs(365 * 86400);
+    let removed = printworks_org::audit::prune(&app.db, app.now(), year)
+        .await
+        .unwrap();
     assert!(removed >= 4, "{removed}");
     let left: Vec<String> = sqlx::query_scalar(
         "SELECT record::json ->> 'action' FROM audit_events WHERE organization_id = $1 ORDER BY chain_index",
@@ -571,15 +587,20 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
     .await
     .unwrap();
     assert_eq!(left, vec!["team.create", "team.create"]);
+    let start: i64 =
+        sqlx::query_scalar("SELECT pruned_through_index FROM audit_chains WHERE chain_id = $1")
+            .bind(org)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(start, 4);
     // Pruning again removes nothing; every chain still verifies, here and in the CLI.
-    let again = printworks_org::audit::prune(
-        &app.db,
-        app.now(),
-        std::time::Duration::from_secs(365 * 86400),
-    )
-    .await
-    .unwrap();
-    assert_eq!(again, 0);
+    assert_eq!(
+        printworks_org::audit::prune(&app.db, app.now(), year)
+            .await
+            .unwrap(),
+        0
+    );
     let w = OrgWorld {
         admin_token: app
             .access_token(&app.relogin(&w.admin).await, ORG_SCOPES)
@@ -589,12 +610,105 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
     let v = verify(&app, &w, org).await;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["records_checked"], 2);
-    let (ok, out) = cli_verify(&app);
+    let (ok, out) = cli_verify_with(&app, "1s");
     assert!(ok, "{out}");
-    // A record deleted below the pruned point cannot pose as pruned.
-    as_superuser(&app.db, "DELETE FROM audit_events WHERE organization_id = $1 AND chain_index = (SELECT min(chain_index) FROM audit_events WHERE organization_id = $1) AND $2 = $2", org, 0).await;
+
+    // Moving the start forward, to cut recent records away "as retention", is caught:
+    // the start must be a checkpoint older than the retention period.
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND chain_index <= 6")
+        .bind(org)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_chains SET pruned_through_index = 6,
+                pruned_through_hash = (SELECT hash FROM audit_checkpoints WHERE chain_id = $1 AND chain_index = 6)
+         WHERE chain_id = $1",
+    )
+    .bind(org)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     let v = verify(&app, &w, org).await;
     assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["first_bad_record"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("start was moved"),
+        "{v}"
+    );
+}
+
+/// The head and the checkpoints are part of what is checked: removing either shows.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn removing_the_head_or_a_checkpoint_is_reported(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let org = w.org;
+    let secrets = printworks_common::crypto::SecretBox::from_settings(
+        &crate::helpers::test_settings(app.data_dir.path()),
+    )
+    .unwrap();
+    let teams = format!("/org/v1/organizations/{org}/teams");
+    for i in 0..3 {
+        app.call(
+            Method::POST,
+            &teams,
+            Some(&w.admin_token),
+            Some(&json!({"name": format!("T{i}")})),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+        printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+            .await
+            .unwrap();
+    }
+    assert_eq!(verify(&app, &w, org).await["ok"], true);
+    // A checkpoint from the middle.
+    as_superuser(
+        &app.db,
+        "DELETE FROM audit_checkpoints WHERE chain_id = $1 AND chain_index = $2",
+        org,
+        3,
+    )
+    .await;
+    let v = verify(&app, &w, org).await;
+    assert!(
+        v["first_bad_record"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("checkpoints before this one were removed"),
+        "{v}"
+    );
+    // The head itself.
+    as_superuser(
+        &app.db,
+        "DELETE FROM audit_chains WHERE chain_id = $1 AND $2 = $2",
+        org,
+        0,
+    )
+    .await;
+    let v = verify(&app, &w, org).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["first_bad_record"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("head is gone"),
+        "{v}"
+    );
+    let (ok, out) = cli_verify(&app);
+    assert!(
+        !ok && out.contains(&format!("chain {org}: BROKEN")),
+        "{out}"
+    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -443,9 +443,11 @@ async fn secrets_are_not_cached_and_a_demoted_claimer_cannot_unpair(pool: PgPool
     .await
     .expect(StatusCode::OK);
     let path = format!("/org/v1/organizations/{}/printers/{}", w.org, printer.id);
+    // Demoted to guest, the claimer no longer even sees the printer (it was not shared
+    // with them).
     app.call(Method::DELETE, &path, Some(&w.member_token), None)
         .await
-        .expect(StatusCode::FORBIDDEN);
+        .expect(StatusCode::NOT_FOUND);
     app.call(Method::DELETE, &path, Some(&w.admin_token), None)
         .await
         .expect(StatusCode::NO_CONTENT);

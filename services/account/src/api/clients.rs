@@ -369,16 +369,7 @@ async fn revoke(
     require_admin(&state, org, person.user_id).await?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
-    sqlx::query("UPDATE oauth_clients SET revoked_at = $2 WHERE id = $1")
-        .bind(&client_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE oauth_refresh_tokens SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL")
-        .bind(&client_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    crate::oauth::clients::revoke(&mut tx, &client_id, now).await?;
     AuditEvent::new(
         "oauth_client.revoke",
         Actor::User(person.user_id),

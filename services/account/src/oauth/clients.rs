@@ -8,7 +8,7 @@ use axum::http::header;
 use base64::Engine as _;
 use printworks_common::auth::ScopeSet;
 use printworks_common::crypto::{constant_time_eq, token_digest};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use url::Url;
 use uuid::Uuid;
@@ -206,6 +206,42 @@ pub async fn authenticate(db: &PgPool, p: &Presented) -> Result<Client, OAuthErr
         (None, None) => Ok(client),
         _ => Err(OAuthError::invalid_client(p.via_basic)),
     }
+}
+
+/// Revokes a client and every refresh token it holds (in the caller's transaction). Its
+/// access tokens stop working for its organization at once (the organization's routes
+/// check the client), and for everything else within their lifetime.
+pub async fn revoke(
+    conn: &mut PgConnection,
+    client_id: &str,
+    now: OffsetDateTime,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE oauth_clients SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(client_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE oauth_refresh_tokens SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL")
+        .bind(client_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The live clients of `organization` that `user` registered.
+pub async fn registered_by(
+    conn: &mut PgConnection,
+    organization: Uuid,
+    user: Uuid,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT id FROM oauth_clients WHERE organization_id = $1 AND created_by = $2 AND revoked_at IS NULL",
+    )
+    .bind(organization)
+    .bind(user)
+    .fetch_all(conn)
+    .await
 }
 
 #[cfg(test)]
