@@ -69,29 +69,34 @@ pub async fn create(
     if already {
         return Err(ApiError::conflict("This person is already a member."));
     }
+    let token = random_token();
+    let id = Uuid::new_v4();
+    let now = state.ctx.now();
+    let ttl = time::Duration::try_from(state.ctx.settings.org.invitation_ttl)
+        .unwrap_or(time::Duration::days(7));
+    let mut tx = state.ctx.db.begin().await?;
+    // Under the organization's lock: the cap holds against concurrent invitations,
+    // and an admin demoted or removed a moment ago (whose pending invitations were
+    // withdrawn under the same lock) cannot add one after.
+    let org_name: String =
+        sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1 FOR UPDATE")
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await?;
+    crate::members::still_admin(&mut tx, &m).await?;
     let pending: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM invitations
          WHERE organization_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
     )
     .bind(org)
-    .bind(state.ctx.now())
-    .fetch_one(&state.ctx.db)
+    .bind(now)
+    .fetch_one(&mut *tx)
     .await?;
     if pending >= MAX_PENDING {
         return Err(ApiError::conflict(format!(
             "At most {MAX_PENDING} invitations may wait at once; revoke some first."
         )));
     }
-    let token = random_token();
-    let id = Uuid::new_v4();
-    let now = state.ctx.now();
-    let ttl = time::Duration::try_from(state.ctx.settings.org.invitation_ttl)
-        .unwrap_or(time::Duration::days(7));
-    let org_name: String = sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
-        .bind(org)
-        .fetch_one(&state.ctx.db)
-        .await?;
-    let mut tx = state.ctx.db.begin().await?;
     let invitation: InvitationView = sqlx::query_as(
         "INSERT INTO invitations (id, organization_id, email, role, token_hash, invited_by, created_at, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

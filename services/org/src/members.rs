@@ -83,7 +83,7 @@ async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Resu
 
 /// The caller's standing, read again under the organization's lock: someone removed or
 /// demoted a moment ago cannot act on a membership read before.
-async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
+pub(crate) async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
     let Some(user) = m.user_id() else {
         return Ok(());
     };
@@ -288,7 +288,12 @@ pub async fn remove(
     .detail("role", role)
     .write(&mut tx, now)
     .await?;
-    withdraw_grants(&mut tx, &m, user, client.addr, "registrar_left", now).await?;
+    let reason = if leaving {
+        "registrar_left"
+    } else {
+        "registrar_removed"
+    };
+    withdraw_grants(&mut tx, &m, user, client.addr, reason, now).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -229,6 +229,55 @@ async fn invitations_expire_after_seven_days_and_can_be_revoked(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn an_organization_has_at_most_a_hundred_invitations_waiting(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let mut first = None;
+    for i in 0..printworks_org::invitations::MAX_PENDING {
+        let id = invite(&app, &w, &format!("person{i}@example.com"), "guest")
+            .await
+            .expect(StatusCode::CREATED)
+            .id();
+        first.get_or_insert(id);
+    }
+    let full = invite(&app, &w, "one-more@example.com", "guest")
+        .await
+        .expect(StatusCode::CONFLICT);
+    assert!(full.body["detail"].as_str().unwrap().contains("revoke"));
+    // Revoking one makes room; so does time (expired invitations do not count).
+    app.call(
+        Method::DELETE,
+        &format!(
+            "/org/v1/organizations/{}/invitations/{}",
+            w.org,
+            first.unwrap()
+        ),
+        Some(&w.admin_token),
+        None,
+    )
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    invite(&app, &w, "one-more@example.com", "guest")
+        .await
+        .expect(StatusCode::CREATED);
+    invite(&app, &w, "two-more@example.com", "guest")
+        .await
+        .expect(StatusCode::CONFLICT);
+    app.clock.advance(time::Duration::days(8));
+    let admin_token = app
+        .access_token(&app.relogin(&w.admin).await, ORG_SCOPES)
+        .await;
+    app.call(
+        Method::POST,
+        &format!("/org/v1/organizations/{}/invitations", w.org),
+        Some(&admin_token),
+        Some(&json!({"email": "two-more@example.com", "role": "guest"})),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn bad_invitations_are_refused(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
@@ -366,13 +415,66 @@ async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
         *sender.sent.lock().unwrap(),
         vec![("ada@example.com".to_owned(), "Hello".to_owned())]
     );
-    let sent: bool =
-        sqlx::query_scalar("SELECT sent_at IS NOT NULL FROM email_outbox WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert!(sent);
+    // Sent: marked so, and the body (an invitation token) is no longer kept.
+    let (sent, kept): (bool, bool) = sqlx::query_as(
+        "SELECT sent_at IS NOT NULL, body IS NOT NULL OR body_sealed IS NOT NULL
+         FROM email_outbox WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(sent && !kept);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn mail_that_cannot_be_sent_is_given_up_on_after_a_day_of_retries(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone()).unwrap();
+    let sender = FlakySender::default();
+    *sender.down.lock().unwrap() = true;
+    let mut conn = pool.acquire().await.unwrap();
+    let id = mail::enqueue(
+        &mut conn,
+        &ctx.secrets,
+        "nobody@example.com",
+        "Hello",
+        "Body",
+        clock_now(&clock),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let state = || async {
+        sqlx::query_as::<_, (i32, bool, bool)>(
+            "SELECT attempts, gave_up_at IS NOT NULL, body_sealed IS NOT NULL
+             FROM email_outbox WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let mut waited = time::Duration::ZERO;
+    for attempt in 1..=mail::MAX_ATTEMPTS {
+        mail::deliver_due(&ctx, &sender, 10).await.unwrap();
+        let (attempts, gave_up, kept) = state().await;
+        assert_eq!(attempts, attempt);
+        assert_eq!(gave_up, attempt == mail::MAX_ATTEMPTS);
+        assert_eq!(
+            kept, !gave_up,
+            "the body goes when the message is given up on"
+        );
+        let pause = mail::backoff(attempt - 1);
+        clock.advance(pause);
+        waited += pause;
+    }
+    assert!(waited > time::Duration::hours(20) && waited < time::Duration::days(2));
+    // Given up: never tried again, even much later.
+    clock.advance(time::Duration::days(30));
+    mail::deliver_due(&ctx, &sender, 10).await.unwrap();
+    assert_eq!(state().await, (mail::MAX_ATTEMPTS, true, false));
 }
 
 fn clock_now(clock: &ManualClock) -> time::OffsetDateTime {

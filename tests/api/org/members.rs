@@ -7,8 +7,9 @@ use printworks_common::db::MIGRATOR;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
+use uuid::Uuid;
 
-use crate::helpers::{OrgWorld, TestApp};
+use crate::helpers::{OrgWorld, TestApp, TestUser};
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_role_change_takes_effect_on_the_next_request(pool: PgPool) {
@@ -337,4 +338,156 @@ async fn bad_member_changes_are_refused(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(role, "member");
+}
+
+/// Registers a `client_credentials` client in `org` with `user`'s session; returns its
+/// id and secret.
+async fn register_robot(app: &TestApp, user: &TestUser, org: Uuid) -> (String, String) {
+    let res = user
+        .browser
+        .post(app.url("/account/v1/clients"))
+        .json(&json!({
+            "organization_id": org,
+            "name": "Robot",
+            "type": "confidential",
+            "scopes": ["printer.read"],
+            "grant_types": ["client_credentials"],
+            "role": "admin",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let c: serde_json::Value = res.json().await.unwrap();
+    (
+        c["client_id"].as_str().unwrap().to_owned(),
+        c["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn robot_token_status(app: &TestApp, (id, secret): &(String, String)) -> StatusCode {
+    app.client
+        .post(app.url("/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_admin_who_is_demoted_removed_or_leaves_takes_their_apps_and_invitations_along(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let org = w.org;
+    let admin = Some(w.admin_token.as_str());
+    let member_path = format!("/org/v1/organizations/{org}/members/{}", w.member.id);
+    let invitations = format!("/org/v1/organizations/{org}/invitations");
+    let app = &app;
+    let set_role = |role: &'static str| {
+        let body = json!({"role": role});
+        let path = member_path.clone();
+        async move { app.call(Method::PATCH, &path, admin, Some(&body)).await }
+    };
+    let pending = || async {
+        app.call(Method::GET, &invitations, admin, None)
+            .await
+            .expect(StatusCode::OK)
+            .body["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    // The admin's own robot is not touched by what happens to the other admin.
+    let admins_robot = register_robot(app, &w.admin, org).await;
+
+    // Demoted: their robot and their pending invitation go.
+    set_role("admin").await.expect(StatusCode::OK);
+    let robot = register_robot(app, &w.member, org).await;
+    assert_eq!(robot_token_status(app, &robot).await, StatusCode::OK);
+    app.call(
+        Method::POST,
+        &invitations,
+        Some(&w.member_token),
+        Some(&json!({"email": "newcomer@example.com", "role": "admin"})),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    assert_eq!(pending().await, 1);
+    set_role("member").await.expect(StatusCode::OK);
+    assert_eq!(
+        robot_token_status(app, &robot).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(pending().await, 0);
+
+    // A change that keeps them an admin withdraws nothing.
+    set_role("admin").await.expect(StatusCode::OK);
+    let kept = register_robot(app, &w.member, org).await;
+    set_role("admin").await.expect(StatusCode::OK);
+    assert_eq!(robot_token_status(app, &kept).await, StatusCode::OK);
+
+    // Removed: the same.
+    let robot = register_robot(app, &w.member, org).await;
+    app.call(Method::DELETE, &member_path, admin, None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(
+        robot_token_status(app, &robot).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        robot_token_status(app, &kept).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Leaving of their own accord: the same.
+    app.add_member(org, &w.member, "admin").await;
+    let robot = register_robot(app, &w.member, org).await;
+    let token = app
+        .access_token(&w.member, crate::helpers::ORG_SCOPES)
+        .await;
+    app.call(Method::DELETE, &member_path, Some(&token), None)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert_eq!(
+        robot_token_status(app, &robot).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    assert_eq!(robot_token_status(app, &admins_robot).await, StatusCode::OK);
+    // Each withdrawal is in the audit log with its reason.
+    let withdrawn: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT action, record::jsonb #>> '{details,reason}' FROM audit_events
+         WHERE organization_id = $1 AND action IN ('oauth_client.revoke', 'invitation.revoke')
+         ORDER BY chain_index",
+    )
+    .bind(org)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let no_longer = Some("registrar_no_longer_admin".to_owned());
+    assert_eq!(
+        withdrawn,
+        vec![
+            ("oauth_client.revoke".to_owned(), no_longer.clone()),
+            ("invitation.revoke".to_owned(), no_longer),
+            (
+                "oauth_client.revoke".to_owned(),
+                Some("registrar_removed".to_owned())
+            ),
+            (
+                "oauth_client.revoke".to_owned(),
+                Some("registrar_removed".to_owned())
+            ),
+            (
+                "oauth_client.revoke".to_owned(),
+                Some("registrar_left".to_owned())
+            ),
+        ]
+    );
 }

@@ -156,3 +156,40 @@ async fn the_agent_pairs_keeps_its_credentials_and_is_recognised(pool: PgPool) {
             .unwrap();
     assert_eq!(issued, 1);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_agent_renews_with_its_secret_when_the_printer_endpoint_cannot_be_reached(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let mut printer = app.pair_printer(&w.admin_token, w.org, "SN-F").await;
+    // The printer endpoint it knows is gone (a closed port): the certificate is still
+    // valid, but renewal over mutual TLS cannot happen.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    printer.printer_url = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let state = printer.state_dir(&dir.path().join("p"), &app.base);
+    let before = state.load().unwrap();
+
+    let after = printworks_agent::renew(&state, app.now()).await.unwrap();
+    assert_ne!(after.certificate_pem, before.certificate_pem);
+    assert_ne!(
+        after.key_pem, before.key_pem,
+        "a fresh key with each renewal"
+    );
+    assert_eq!(state.load().unwrap().certificate_pem, after.certificate_pem);
+    let issued: Vec<String> = sqlx::query_scalar(
+        "SELECT issued_by FROM printer_certificates WHERE printer_id = $1 ORDER BY issued_at, issued_by",
+    )
+    .bind(printer.id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        issued,
+        ["pairing", "secret"],
+        "through the shared-secret route"
+    );
+}
