@@ -14,7 +14,10 @@ CREATE TABLE audit_checkpoints (
     -- so one removed from the middle is noticed.
     prev_index  bigint      NOT NULL,
     mac         bytea       NOT NULL,
-    PRIMARY KEY (chain_id, chain_index)
+    PRIMARY KEY (chain_id, chain_index),
+    -- One successor per checkpoint: of two replicas signing at once from the same
+    -- checkpoint, the second one's row is not written (no fork in the chain).
+    UNIQUE (chain_id, prev_index)
 );
 
 CREATE TRIGGER audit_checkpoints_no_update_or_delete

@@ -7,3 +7,5 @@ ALTER TABLE email_outbox
     ADD COLUMN gave_up_at  timestamptz;
 DROP INDEX email_outbox_due;
 CREATE INDEX email_outbox_due ON email_outbox (next_attempt_at) WHERE sent_at IS NULL AND gave_up_at IS NULL;
+-- Messages already sent keep no body either.
+UPDATE email_outbox SET body = NULL WHERE sent_at IS NOT NULL;

@@ -44,6 +44,15 @@ pub trait OrgDirectory: Send + Sync + 'static {
         organization_id: Uuid,
         user_id: Uuid,
     ) -> BoxFuture<'_, anyhow::Result<Option<Role>>>;
+    /// The user's role, read on `conn` after taking the organization's row lock there
+    /// (held until that transaction ends): membership changes wait for it, so what the
+    /// caller then writes cannot slip past a demotion that withdraws it.
+    fn role_locked<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        organization_id: Uuid,
+        user_id: Uuid,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Role>>>;
     /// The organization's name, to show on the consent page.
     fn name(&self, organization_id: Uuid) -> BoxFuture<'_, anyhow::Result<Option<String>>>;
 }

@@ -83,6 +83,30 @@ impl Membership {
         self.role == Role::Admin
     }
 
+    /// The caller's role read again on `conn` (inside a transaction that holds the
+    /// organization's lock): `None` if they no longer belong — a person removed, a
+    /// client revoked.
+    pub async fn current_role(&self, conn: &mut sqlx::PgConnection) -> sqlx::Result<Option<Role>> {
+        let role: Option<Option<String>> = match &self.who {
+            Who::User(id) => sqlx::query_scalar(
+                "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
+            )
+            .bind(self.org)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(Some),
+            Who::Client(id) => sqlx::query_scalar(
+                "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(self.org)
+            .fetch_optional(&mut *conn)
+            .await?,
+        };
+        Ok(role.flatten().as_deref().and_then(Role::parse))
+    }
+
     pub fn require_admin(&self) -> Result<Admin<'_>, ApiError> {
         if self.role == Role::Admin {
             Ok(Admin(self))

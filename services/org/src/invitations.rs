@@ -22,6 +22,9 @@ use crate::{OrgState, mail};
 /// Invitations an organization may have waiting at once (each one sends an e-mail to
 /// an address of the inviter's choosing: this is not a mailing service).
 pub const MAX_PENDING: i64 = 100;
+/// Invitations an organization may send in 24 hours, revoked ones included (revoking
+/// and inviting again would otherwise send mail without end).
+pub const MAX_PER_DAY: i64 = 200;
 
 #[derive(Deserialize)]
 pub struct Invite {
@@ -57,6 +60,9 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let admin = m.require_admin()?;
+    // A person invites: the invitation names them, and goes when they stop being an
+    // admin. (An automated client's invitation would outlive any accountable person.)
+    m.require_person()?;
     let email = Email::parse(&req.email).map_err(ApiError::invalid)?;
     let role = Role::parse(&req.role)
         .ok_or_else(|| ApiError::invalid("role must be admin, member or guest."))?;
@@ -84,18 +90,28 @@ pub async fn create(
             .fetch_one(&mut *tx)
             .await?;
     crate::members::still_admin(&mut tx, &m).await?;
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM invitations
-         WHERE organization_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
+    let (pending, today, oldest): (i64, i64, Option<OffsetDateTime>) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2),
+                count(*) FILTER (WHERE created_at > $3),
+                min(created_at) FILTER (WHERE created_at > $3)
+         FROM invitations WHERE organization_id = $1",
     )
     .bind(org)
     .bind(now)
+    .bind(now - time::Duration::days(1))
     .fetch_one(&mut *tx)
     .await?;
     if pending >= MAX_PENDING {
         return Err(ApiError::conflict(format!(
             "At most {MAX_PENDING} invitations may wait at once; revoke some first."
         )));
+    }
+    if today >= MAX_PER_DAY {
+        // When the oldest of the day's invitations leaves the 24-hour window.
+        let wait = oldest.map_or(time::Duration::HOUR, |t| t + time::Duration::days(1) - now);
+        return Err(ApiError::too_many_requests(
+            std::time::Duration::try_from(wait).unwrap_or(std::time::Duration::from_secs(60)),
+        ));
     }
     let invitation: InvitationView = sqlx::query_as(
         "INSERT INTO invitations (id, organization_id, email, role, token_hash, invited_by, created_at, expires_at)
@@ -237,17 +253,15 @@ pub async fn accept(
         return Err(gone());
     }
     let now = state.ctx.now();
-    let mut tx = state.ctx.db.begin().await?;
-    let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
-        "SELECT id, organization_id, email, role FROM invitations
-         WHERE token_hash = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2
-         FOR UPDATE",
+    let found: Option<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT id, organization_id, email FROM invitations
+         WHERE token_hash = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2",
     )
     .bind(token_digest(&req.token))
     .bind(now)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&state.ctx.db)
     .await?;
-    let Some((id, org, email, role)) = row else {
+    let Some((id, org, email)) = found else {
         return Err(gone());
     };
     let me = printworks_account::directory::profile(&state.ctx.db, user_id)
@@ -264,10 +278,26 @@ pub async fn accept(
             .await?;
         return Err(forbidden("This invitation is addressed to someone else."));
     }
+    // The organization's lock first, then the invitation's (the order member changes,
+    // which withdraw invitations, take them in), and the invitation read again: it
+    // may have been used, revoked or withdrawn meanwhile.
+    let mut tx = state.ctx.db.begin().await?;
     sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
         .bind(org)
         .execute(&mut *tx)
         .await?;
+    let role: Option<String> = sqlx::query_scalar(
+        "SELECT role FROM invitations
+         WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+         FOR UPDATE",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(role) = role else {
+        return Err(gone());
+    };
     let joined = sqlx::query(
         "INSERT INTO organization_members (organization_id, user_id, role, created_at)
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

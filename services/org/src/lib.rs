@@ -190,6 +190,28 @@ impl OrgDirectory for Directory {
         Box::pin(async move { Ok(role_of(&self.db, organization_id, user_id).await?) })
     }
 
+    fn role_locked<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        organization_id: Uuid,
+        user_id: Uuid,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Role>>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
+                .bind(organization_id)
+                .execute(&mut *conn)
+                .await?;
+            let role: Option<String> = sqlx::query_scalar(
+                "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok(role.as_deref().and_then(Role::parse))
+        })
+    }
+
     fn name(&self, organization_id: Uuid) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
         Box::pin(async move {
             Ok(

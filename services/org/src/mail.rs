@@ -72,8 +72,10 @@ pub fn backoff(attempts: i32) -> time::Duration {
 
 /// Attempts before a message is given up on (about a day of retries).
 pub const MAX_ATTEMPTS: i32 = 30;
-/// How long a claimed message is left to its worker before another may try it.
-const LEASE: time::Duration = time::Duration::minutes(5);
+/// How long one message is left to its worker before another may try it (the SMTP
+/// sender gives up on a command after 20 s); a batch's lease is this times its size,
+/// since its messages are sent one after another.
+const LEASE_PER_MESSAGE: time::Duration = time::Duration::minutes(1);
 
 #[derive(sqlx::FromRow)]
 struct Due {
@@ -97,6 +99,7 @@ pub async fn deliver_due(
     batch: i64,
 ) -> anyhow::Result<usize> {
     let now = ctx.now();
+    let lease = now + LEASE_PER_MESSAGE * i32::try_from(batch.clamp(1, 1000)).unwrap_or(1);
     let due: Vec<Due> = sqlx::query_as(
         "UPDATE email_outbox SET next_attempt_at = $3
          WHERE id IN (SELECT id FROM email_outbox
@@ -106,7 +109,7 @@ pub async fn deliver_due(
     )
     .bind(now)
     .bind(batch)
-    .bind(now + LEASE)
+    .bind(lease)
     .fetch_all(&ctx.db)
     .await?;
     let mut sent = 0;
@@ -135,7 +138,7 @@ pub async fn deliver_due(
                 sqlx::query(
                     "UPDATE email_outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL,
                             body = NULL, body_sealed = NULL
-                     WHERE id = $1",
+                     WHERE id = $1 AND sent_at IS NULL",
                 )
                 .bind(id)
                 .bind(now)
@@ -156,13 +159,14 @@ pub async fn deliver_due(
                             gave_up_at = CASE WHEN $4 THEN $5 END,
                             body = CASE WHEN $4 THEN NULL ELSE body END,
                             body_sealed = CASE WHEN $4 THEN NULL ELSE body_sealed END
-                     WHERE id = $1",
+                     WHERE id = $1 AND next_attempt_at = $6 AND sent_at IS NULL",
                 )
                 .bind(id)
                 .bind(now + backoff(attempts))
                 .bind(error)
                 .bind(give_up)
                 .bind(now)
+                .bind(lease)
                 .execute(&ctx.db)
                 .await?;
             }
@@ -192,7 +196,7 @@ impl Outbox {
         let wake = self.wake.clone();
         tokio::spawn(async move {
             loop {
-                match deliver_due(&ctx, sender.as_ref(), 20).await {
+                match deliver_due(&ctx, sender.as_ref(), 10).await {
                     Ok(n) if n > 0 => continue,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "e-mail worker"),

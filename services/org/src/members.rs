@@ -84,18 +84,8 @@ async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Resu
 /// The caller's standing, read again under the organization's lock: someone removed or
 /// demoted a moment ago cannot act on a membership read before.
 pub(crate) async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
-    let Some(user) = m.user_id() else {
-        return Ok(());
-    };
-    let role: Option<String> = sqlx::query_scalar(
-        "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
-    )
-    .bind(m.org)
-    .bind(user)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match role.as_deref() {
-        Some("admin") => Ok(()),
+    match m.current_role(conn).await? {
+        Some(Role::Admin) => Ok(()),
         Some(_) => Err(forbidden("This needs the admin role.")),
         None => Err(ApiError::not_found()),
     }

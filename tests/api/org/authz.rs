@@ -612,6 +612,29 @@ async fn automated_clients_act_with_the_role_their_admin_chose(pool: PgPool) {
             .unwrap();
     assert_eq!(actor, ("client".to_owned(), id.to_owned()));
 
+    // Even with the admin role, a client invites no one: an invitation names the
+    // person who sent it.
+    sqlx::query("UPDATE oauth_clients SET role = 'admin' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let refused = app
+        .call(
+            Method::POST,
+            &format!("/org/v1/organizations/{org}/invitations"),
+            token,
+            Some(&json!({"email": "someone@example.com", "role": "guest"})),
+        )
+        .await
+        .expect(reqwest::StatusCode::FORBIDDEN);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs a person")
+    );
+
     // Demoted to guest by its admin: the next request is a guest's.
     sqlx::query("UPDATE oauth_clients SET role = 'guest' WHERE id = $1")
         .bind(id)

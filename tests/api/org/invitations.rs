@@ -278,6 +278,108 @@ async fn an_organization_has_at_most_a_hundred_invitations_waiting(pool: PgPool)
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn revoking_and_inviting_again_is_limited_per_day(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    // The day's invitations so far, all revoked (written directly: the point is the
+    // count, and two hundred requests would only make the test slow).
+    let now = app.now();
+    for i in 0..printworks_org::invitations::MAX_PER_DAY - 1 {
+        sqlx::query(
+            "INSERT INTO invitations (id, organization_id, email, role, token_hash, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, 'guest', $4, $5, $6, $5)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(w.org)
+        .bind(format!("p{i}@example.com"))
+        .bind(uuid::Uuid::new_v4().as_bytes().to_vec())
+        .bind(now - time::Duration::hours(23) + time::Duration::seconds(i))
+        .bind(now + time::Duration::days(6))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    invite(&app, &w, "last@example.com", "guest")
+        .await
+        .expect(StatusCode::CREATED);
+    let res = invite(&app, &w, "over@example.com", "guest")
+        .await
+        .expect(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.body["type"], "urn:printworks:problem:rate-limited");
+    // An hour later the oldest of the day has left the window.
+    app.clock
+        .advance(time::Duration::hours(1) + time::Duration::seconds(1));
+    let admin_token = app
+        .access_token(&app.relogin(&w.admin).await, ORG_SCOPES)
+        .await;
+    app.call(
+        Method::POST,
+        &format!("/org/v1/organizations/{}/invitations", w.org),
+        Some(&admin_token),
+        Some(&json!({"email": "over@example.com", "role": "guest"})),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    // Nothing was mailed for the refused one.
+    let mailed: i64 = sqlx::query_scalar("SELECT count(*) FROM email_outbox")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(mailed, 2);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn accepting_while_the_inviter_is_demoted_ends_one_way_or_the_other(pool: PgPool) {
+    // Accepting locks the organization, then the invitation; a demotion withdraws the
+    // inviter's invitations under the same organization lock. Run together many
+    // times, each pair ends cleanly: the person joined (the invitation was used before
+    // the withdrawal) or did not (withdrawn first) — never a 500 or a deadlock.
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let member_path = format!("/org/v1/organizations/{}/members/{}", w.org, w.member.id);
+    let app = &app;
+    let set_role = |role: &'static str| {
+        let body = json!({"role": role});
+        let (path, token) = (member_path.clone(), w.admin_token.clone());
+        async move {
+            app.call(Method::PATCH, &path, Some(&token), Some(&body))
+                .await
+        }
+    };
+    for round in 0..8 {
+        set_role("admin").await.expect(StatusCode::OK);
+        let invitee = app.new_user(&format!("invitee{round}")).await;
+        let invitee_token = app.access_token(&invitee, ORG_SCOPES).await;
+        let sent = app
+            .call(
+                Method::POST,
+                &format!("/org/v1/organizations/{}/invitations", w.org),
+                Some(&w.member_token),
+                Some(&json!({"email": invitee.email, "role": "guest"})),
+            )
+            .await
+            .expect(StatusCode::CREATED);
+        let token = sent.body["token"].as_str().unwrap().to_owned();
+        let (accepted, demoted) =
+            tokio::join!(accept(app, &invitee_token, &token), set_role("member"));
+        demoted.expect(StatusCode::OK);
+        match accepted.status {
+            StatusCode::OK | StatusCode::NOT_FOUND => {}
+            other => panic!("accepting answered {other}: {}", accepted.body),
+        }
+        let member: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM organization_members WHERE organization_id = $1 AND user_id = $2)",
+        )
+        .bind(w.org)
+        .bind(invitee.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        assert_eq!(member, accepted.status == StatusCode::OK);
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn bad_invitations_are_refused(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;

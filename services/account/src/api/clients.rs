@@ -91,7 +91,11 @@ where
 /// 404 unless the user belongs to the organization (other tenants learn nothing); 403
 /// when they do but are not an admin.
 async fn require_admin(state: &AccountState, org: Uuid, user: Uuid) -> Result<(), ApiError> {
-    match state.orgs.role(org, user).await? {
+    admin_only(state.orgs.role(org, user).await?)
+}
+
+fn admin_only(role: Option<Role>) -> Result<(), ApiError> {
+    match role {
         Some(Role::Admin) => Ok(()),
         Some(_) => Err(Problem::new(
             StatusCode::FORBIDDEN,
@@ -262,6 +266,14 @@ async fn register(
     let secret = (!c.public).then(random_token);
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
+    // Again under the organization's lock: an admin demoted a moment ago (whose
+    // clients were withdrawn then) registers nothing after.
+    admin_only(
+        state
+            .orgs
+            .role_locked(&mut tx, req.organization_id, person.user_id)
+            .await?,
+    )?;
     let client: Client = sqlx::query_as(concat!(
         "INSERT INTO oauth_clients (id, organization_id, name, client_type, secret_hash, redirect_uris,
                                     scopes, grant_types, role, first_party, created_by, created_at)
