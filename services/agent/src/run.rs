@@ -586,12 +586,7 @@ async fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
         }
         ctx.update(&buf[..n]);
     }
-    Ok(ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(printworks_common::crypto::hex(ctx.finish().as_ref()))
 }
 
 /// The jobs the printer knows, for tests and diagnostics.

@@ -68,6 +68,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
+/// Lower-case hex, as digests and fingerprints are shown.
+pub fn hex(data: &[u8]) -> String {
+    use std::fmt::Write as _;
+    data.iter()
+        .fold(String::with_capacity(data.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 pub fn base64url(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }

@@ -183,15 +183,20 @@ impl From<Problem> for ApiError {
     }
 }
 
+/// The database is down or saturated: the client may retry (503, not 500).
+fn is_outage(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+    )
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        // A database that is down or saturated stays a 503 however it was wrapped.
-        let unavailable = e.chain().any(|cause| {
-            matches!(
-                cause.downcast_ref::<sqlx::Error>(),
-                Some(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
-            )
-        });
+        // An outage stays a 503 however it was wrapped.
+        let unavailable = e
+            .chain()
+            .any(|cause| cause.downcast_ref::<sqlx::Error>().is_some_and(is_outage));
         if unavailable {
             Self::Unavailable(e)
         } else {
@@ -203,10 +208,7 @@ impl From<anyhow::Error> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            // The database is down or saturated: the client may retry.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable(e.into())
-            }
+            e if is_outage(&e) => Self::Unavailable(e.into()),
             // A NUL character in text (PostgreSQL refuses it): the input was bad, whatever
             // route let it through.
             sqlx::Error::Database(d) if d.code().as_deref() == Some(NUL_IN_TEXT) => {

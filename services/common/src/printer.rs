@@ -39,7 +39,7 @@ impl std::fmt::Debug for Credentials {
 /// What the renewal proof is an HMAC of: the printer, the server's challenge and the
 /// digest of the CSR, so that a proof cannot be replayed or moved to another CSR.
 pub fn renewal_message(printer_id: Uuid, challenge: &str, csr_der: &[u8]) -> Vec<u8> {
-    let digest: String = sha256(csr_der).iter().map(|b| format!("{b:02x}")).collect();
+    let digest = crate::crypto::hex(&sha256(csr_der));
     format!("printworks-renew-v1\n{printer_id}\n{challenge}\n{digest}").into_bytes()
 }
 

@@ -483,8 +483,6 @@ impl Settings {
         }
     }
 
-    /// The database to use: `DATABASE_URL`, or else the URL the embedded cluster left in
-    /// the data directory.
     /// Where printers reach the printer endpoint: PRINTWORKS_PRINTER_URL, or https:// and
     /// the listener's address.
     pub fn printer_url(&self) -> String {
@@ -494,6 +492,8 @@ impl Settings {
         }
     }
 
+    /// The database to use: `DATABASE_URL`, or else the URL the embedded cluster left in
+    /// the data directory.
     pub fn resolve_database_url(&self) -> Result<DatabaseUrl, String> {
         if let Some(url) = &self.database_url {
             return Ok(url.clone());

@@ -18,7 +18,7 @@ use futures_util::TryStreamExt as _;
 use printworks_common::ApiError;
 use printworks_common::audit::{GLOBAL_CHAIN, chain_hash};
 use printworks_common::auth::{Auth, scope};
-use printworks_common::crypto::{SecretBox, constant_time_eq};
+use printworks_common::crypto::{SecretBox, constant_time_eq, hex};
 use printworks_common::http::{Json, Page, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -271,10 +271,6 @@ fn async_stream(
             );
         }
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first record that breaks a chain, and how.

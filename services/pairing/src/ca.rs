@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use printworks_common::Settings;
-use printworks_common::crypto::{random_bytes, sha256};
+use printworks_common::crypto::{hex, random_bytes, sha256};
 use printworks_common::settings::ensure_private_dir;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -53,10 +53,6 @@ pub struct Issued {
     pub fingerprint: [u8; 32],
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 128 random bits, positive and without a leading zero byte.

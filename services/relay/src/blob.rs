@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures_util::Stream;
-use printworks_account::BoxFuture;
+use futures_util::future::BoxFuture;
 use printworks_common::settings::ensure_private_dir;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 

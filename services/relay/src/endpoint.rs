@@ -288,10 +288,6 @@ impl PrinterEndpoint {
         self.listener.local_addr()
     }
 
-    pub fn connections(&self) -> Arc<Connections> {
-        self.connections.clone()
-    }
-
     /// Accepts connections until the context's shutdown; then stops accepting, lets
     /// requests in flight finish for the grace period, and returns.
     pub async fn run(self) {

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
 use google_cloud_storage::client::Storage;
 use google_cloud_storage::model_ext::ReadRange;
-use printworks_account::BoxFuture;
 use printworks_common::settings::ensure_private_dir;
 
 use crate::blob::{BlobStore, ByteStream};

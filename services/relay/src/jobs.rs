@@ -23,6 +23,7 @@ use futures_util::TryStreamExt as _;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
 use printworks_common::auth::{Auth, Caller, scope};
+use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use printworks_org::access::{Membership, membership};
@@ -37,10 +38,6 @@ use crate::{RelayState, ufp};
 
 pub const GCODE: &str = "text/x-gcode";
 pub const UFP: &str = "application/x-ufp";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A printer of an organization, as the relay needs it.
 pub struct PrinterRef {

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
+use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
 use printworks_common::http::{Json, Path};
 use printworks_common::printer::sign_job;
@@ -41,10 +42,6 @@ use crate::{Printer, RelayState};
 
 /// Download resumptions recorded in a job's history, at most.
 const MAX_RESUMES_RECORDED: i64 = 20;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// What one event stream has sent, so that a wake-up sends only what is new.
 struct Feed {

@@ -82,13 +82,4 @@ impl<T: Clone> Registry<T> {
     pub fn printers(&self) -> Vec<Uuid> {
         self.lock().keys().copied().collect()
     }
-
-    /// How many entries in all.
-    pub fn len(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

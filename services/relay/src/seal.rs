@@ -37,11 +37,6 @@ pub fn chunk_span(size: u64, index: u64) -> (u64, u64) {
     (HEADER + index * (CHUNK + TAG), plain + TAG)
 }
 
-/// The sealed size of a file of `size` bytes.
-pub fn sealed_size(size: u64) -> u64 {
-    HEADER + size + chunks(size) * TAG
-}
-
 fn key(data_key: &[u8; 32]) -> LessSafeKey {
     #[allow(clippy::expect_used)]
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, data_key).expect("a 32-byte AES key"))
@@ -194,6 +189,11 @@ mod tests {
         }
         s.finish(&mut out).unwrap();
         out
+    }
+
+    /// The sealed size of a file of `size` bytes.
+    fn sealed_size(size: u64) -> u64 {
+        HEADER + size + chunks(size) * TAG
     }
 
     fn open_all(key: &[u8; 32], job: Uuid, size: u64, blob: &[u8]) -> Result<Vec<u8>, OpenError> {
