@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::listen::{Follower, Next};
 use crate::registry::Registry;
 
 /// How often waiting work is looked for, whatever the hints said.
@@ -58,41 +59,12 @@ async fn sweep(ctx: &AppContext, wakers: &Wakers) {
 
 /// Listens for hints and sweeps, until `stop`.
 pub async fn run(ctx: AppContext, wakers: Arc<Wakers>, stop: CancellationToken) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&ctx.db).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "dispatch cannot listen; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "dispatch cannot listen; retrying");
-            continue;
-        }
-        // Whatever was hinted while nobody listened.
-        sweep(&ctx, &wakers).await;
-        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => sweep(&ctx, &wakers).await,
-                n = listener.recv() => match n {
-                    Ok(n) => {
-                        if let Ok(printer) = Uuid::parse_str(n.payload()) {
-                            wake(&wakers, printer);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dispatch lost its listener; reconnecting");
-                        break;
-                    }
-                },
-            }
+    let mut follow = Follower::new(&ctx, "dispatch", CHANNEL, SWEEP_INTERVAL, &stop);
+    while let Some(next) = follow.next().await {
+        match next {
+            Next::Sweep => sweep(&ctx, &wakers).await,
+            Next::Hint(Some(printer)) => wake(&wakers, printer),
+            Next::Hint(None) => {}
         }
     }
 }

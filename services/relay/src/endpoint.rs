@@ -36,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::listen::{Follower, Next};
 use crate::registry::Registry;
 
 /// How often every open connection's certificate is checked again.
@@ -201,48 +202,21 @@ async fn watch_revocations(
     connections: Arc<Connections>,
     stop: CancellationToken,
 ) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&ctx.db).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "revocation watcher cannot connect; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
+    let mut follow = Follower::new(
+        &ctx,
+        "revocation watcher",
+        REVOKED_CHANNEL,
+        SWEEP_INTERVAL,
+        &stop,
+    );
+    while let Some(next) = follow.next().await {
+        // A sweep rechecks every connection; a hint, that printer's.
+        let printer = match next {
+            Next::Sweep => None,
+            Next::Hint(printer) => printer,
         };
-        if let Err(e) = listener.listen(REVOKED_CHANNEL).await {
-            tracing::warn!(error = %e, "revocation watcher cannot listen; retrying");
-            continue;
-        }
-        // Whatever was revoked while nobody listened.
-        if let Err(e) = recheck(&ctx, &connections, None).await {
-            tracing::warn!(error = %e, "revocation sweep");
-        }
-        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-        sweep.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = sweep.tick() => {
-                    if let Err(e) = recheck(&ctx, &connections, None).await {
-                        tracing::warn!(error = %e, "revocation sweep");
-                    }
-                }
-                n = listener.recv() => match n {
-                    Ok(n) => {
-                        let printer = uuid::Uuid::parse_str(n.payload()).ok();
-                        if let Err(e) = recheck(&ctx, &connections, printer).await {
-                            tracing::warn!(error = %e, "revocation check");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "revocation watcher lost its connection; reconnecting");
-                        break;
-                    }
-                },
-            }
+        if let Err(e) = recheck(&ctx, &connections, printer).await {
+            tracing::warn!(error = %e, "revocation check");
         }
     }
 }

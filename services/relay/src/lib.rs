@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod gcode;
 pub mod gcs;
 pub mod jobs;
+mod listen;
 pub mod printer_api;
 pub mod registry;
 pub mod seal;
