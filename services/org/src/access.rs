@@ -12,6 +12,7 @@ use printworks_common::audit;
 use printworks_common::auth::{Caller, Role, Subject};
 use printworks_common::error::Problem;
 use printworks_common::{ApiError, AppContext};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// A caller's standing in one organization.
@@ -86,25 +87,11 @@ impl Membership {
     /// The caller's role read again on `conn` (inside a transaction that holds the
     /// organization's lock): `None` if they no longer belong — a person removed, a
     /// client revoked.
-    pub async fn current_role(&self, conn: &mut sqlx::PgConnection) -> sqlx::Result<Option<Role>> {
-        let role: Option<Option<String>> = match &self.who {
-            Who::User(id) => sqlx::query_scalar(
-                "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
-            )
-            .bind(self.org)
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(Some),
-            Who::Client(id) => sqlx::query_scalar(
-                "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(self.org)
-            .fetch_optional(&mut *conn)
-            .await?,
-        };
-        Ok(role.flatten().as_deref().and_then(Role::parse))
+    pub async fn current_role(&self, conn: &mut PgConnection) -> sqlx::Result<Option<Role>> {
+        match &self.who {
+            Who::User(id) => crate::role_of(conn, self.org, *id).await,
+            Who::Client(id) => client_role(conn, self.org, id).await,
+        }
     }
 
     pub fn require_admin(&self) -> Result<Admin<'_>, ApiError> {
@@ -153,17 +140,8 @@ pub async fn membership(
             if *organization_id != org {
                 return Err(ApiError::not_found());
             }
-            let role: Option<Option<String>> = sqlx::query_scalar(
-                "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
-            )
-            .bind(&caller.client_id)
-            .bind(org)
-            .fetch_optional(&ctx.db)
-            .await?;
-            let role = role
-                .flatten()
-                .as_deref()
-                .and_then(Role::parse)
+            let role = client_role(&ctx.db, org, &caller.client_id)
+                .await?
                 .ok_or_else(ApiError::not_found)?;
             Ok(Membership {
                 org,
@@ -171,5 +149,43 @@ pub async fn membership(
                 who: Who::Client(caller.client_id.clone()),
             })
         }
+    }
+}
+
+/// The role a client acting on its own holds in `org`: `None` if it is revoked, of
+/// another organization, or acts for people only.
+async fn client_role(
+    db: impl sqlx::PgExecutor<'_>,
+    org: Uuid,
+    client_id: &str,
+) -> sqlx::Result<Option<Role>> {
+    let role: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .bind(org)
+    .fetch_optional(db)
+    .await?;
+    Ok(role.flatten().as_deref().and_then(Role::parse))
+}
+
+/// Takes the organization's row lock for the rest of the transaction on `conn`. Every
+/// change to who belongs, with which role, and to what admins granted (invitations,
+/// clients) takes it first, so such changes happen one after another.
+pub async fn lock_org(conn: &mut PgConnection, org: Uuid) -> sqlx::Result<()> {
+    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
+        .bind(org)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The caller's standing, read again under the organization's lock: someone removed or
+/// demoted (or a client revoked) a moment ago cannot act on a membership read before.
+pub async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
+    match m.current_role(conn).await? {
+        Some(Role::Admin) => Ok(()),
+        Some(_) => Err(forbidden("This needs the admin role.")),
+        None => Err(ApiError::not_found()),
     }
 }

@@ -89,7 +89,7 @@ pub async fn create(
             .bind(org)
             .fetch_one(&mut *tx)
             .await?;
-    crate::members::still_admin(&mut tx, &m).await?;
+    crate::access::still_admin(&mut tx, &m).await?;
     let (pending, today, oldest): (i64, i64, Option<OffsetDateTime>) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2),
                 count(*) FILTER (WHERE created_at > $3),
@@ -282,10 +282,7 @@ pub async fn accept(
     // which withdraw invitations, take them in), and the invitation read again: it
     // may have been used, revoked or withdrawn meanwhile.
     let mut tx = state.ctx.db.begin().await?;
-    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
-        .bind(org)
-        .execute(&mut *tx)
-        .await?;
+    crate::access::lock_org(&mut tx, org).await?;
     let role: Option<String> = sqlx::query_scalar(
         "SELECT role FROM invitations
          WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2

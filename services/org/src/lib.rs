@@ -11,6 +11,7 @@ pub mod members;
 pub mod organizations;
 pub mod printers;
 pub mod projects;
+pub mod shares;
 pub mod teams;
 
 use std::time::Duration;
@@ -153,9 +154,10 @@ fn spawn_retention(ctx: AppContext) {
 /// How often the audit chains' heads are signed.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
-/// The user's role in the organization, read now (never from a token).
+/// The user's role in the organization, read now (never from a token), on the pool or
+/// inside a transaction.
 pub async fn role_of(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     organization_id: Uuid,
     user_id: Uuid,
 ) -> sqlx::Result<Option<Role>> {
@@ -197,18 +199,8 @@ impl OrgDirectory for Directory {
         user_id: Uuid,
     ) -> BoxFuture<'a, anyhow::Result<Option<Role>>> {
         Box::pin(async move {
-            sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
-                .bind(organization_id)
-                .execute(&mut *conn)
-                .await?;
-            let role: Option<String> = sqlx::query_scalar(
-                "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
-            )
-            .bind(organization_id)
-            .bind(user_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            Ok(role.as_deref().and_then(Role::parse))
+            access::lock_org(&mut *conn, organization_id).await?;
+            Ok(role_of(&mut *conn, organization_id, user_id).await?)
         })
     }
 

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::OrgState;
-use crate::access::{Membership, forbidden, membership};
+use crate::access::{Membership, forbidden, lock_org, membership, still_admin};
 
 #[derive(Serialize)]
 pub struct MemberView {
@@ -69,26 +69,13 @@ pub async fn list(
 
 /// Locks the organization (serialising membership changes) and counts its admins.
 async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Result<i64> {
-    sqlx::query("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE")
-        .bind(org)
-        .execute(&mut *conn)
-        .await?;
+    lock_org(&mut *conn, org).await?;
     sqlx::query_scalar(
         "SELECT count(*) FROM organization_members WHERE organization_id = $1 AND role = 'admin'",
     )
     .bind(org)
     .fetch_one(&mut *conn)
     .await
-}
-
-/// The caller's standing, read again under the organization's lock: someone removed or
-/// demoted a moment ago cannot act on a membership read before.
-pub(crate) async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
-    match m.current_role(conn).await? {
-        Some(Role::Admin) => Ok(()),
-        Some(_) => Err(forbidden("This needs the admin role.")),
-        None => Err(ApiError::not_found()),
-    }
 }
 
 /// What a person who is no longer an admin (removed, left or demoted) had granted in
@@ -160,16 +147,8 @@ pub async fn change_role(
     let mut tx = state.ctx.db.begin().await?;
     let admins = lock_and_count_admins(&mut tx, org).await?;
     still_admin(&mut tx, &m).await?;
-    let old: Option<String> = sqlx::query_scalar(
-        "SELECT role FROM organization_members WHERE organization_id = $1 AND user_id = $2",
-    )
-    .bind(org)
-    .bind(user)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let old = old
-        .as_deref()
-        .and_then(Role::parse)
+    let old = crate::role_of(&mut *tx, org, user)
+        .await?
         .ok_or_else(ApiError::not_found)?;
     if old == Role::Admin && new != Role::Admin && admins <= 1 {
         return Err(last_admin());

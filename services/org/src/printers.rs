@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::OrgState;
 use crate::access::{Membership, membership};
-use crate::teams::{Grantee, check_grantee};
+use crate::shares::{Grantee, Shared, check_grantee, remove_share};
 
 #[derive(Serialize, sqlx::FromRow)]
 pub struct PrinterView {
@@ -230,31 +230,18 @@ pub async fn unshare(
     Path((org, printer, kind, grantee)): Path<(Uuid, Uuid, String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    let writer = m.require_writer()?;
+    m.require_writer()?;
     visible(&state.ctx.db, &m, printer).await?;
-    let now = state.ctx.now();
-    let mut tx = state.ctx.db.begin().await?;
-    let removed = sqlx::query(
-        "DELETE FROM printer_shares WHERE printer_id = $1 AND grantee_type = $2 AND grantee_id = $3",
+    remove_share(
+        &state,
+        &m,
+        client.addr,
+        Shared::Printer,
+        printer,
+        &kind,
+        grantee,
     )
-    .bind(printer)
-    .bind(&kind)
-    .bind(grantee)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if removed == 0 {
-        return Err(ApiError::not_found());
-    }
-    AuditEvent::new("printer.unshare", writer.audit_actor(), Outcome::Success)
-        .organization(org)
-        .source(client.addr)
-        .target("printer", printer)
-        .detail("grantee", format!("{kind}:{grantee}"))
-        .write(&mut tx, now)
-        .await?;
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 /// The security settings of a printer; version 0 means never set (firewall off, no PIN).

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::OrgState;
 use crate::access::{Membership, forbidden, membership};
 use crate::organizations::checked_name;
-use crate::teams::check_grantee;
+use crate::shares::{Shared, check_grantee, remove_share};
 
 #[derive(Serialize, sqlx::FromRow)]
 pub struct ProjectView {
@@ -315,27 +315,14 @@ pub async fn unshare(
     let m = membership(&state.ctx, org, &auth).await?;
     let current = visible(&state, &m, project).await?;
     require_edit(&current)?;
-    let now = state.ctx.now();
-    let mut tx = state.ctx.db.begin().await?;
-    let removed = sqlx::query(
-        "DELETE FROM project_shares WHERE project_id = $1 AND grantee_type = $2 AND grantee_id = $3",
+    remove_share(
+        &state,
+        &m,
+        client.addr,
+        Shared::Project,
+        project,
+        &kind,
+        grantee,
     )
-    .bind(project)
-    .bind(&kind)
-    .bind(grantee)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if removed == 0 {
-        return Err(ApiError::not_found());
-    }
-    AuditEvent::new("project.unshare", m.audit_actor(), Outcome::Success)
-        .organization(org)
-        .source(client.addr)
-        .target("project", project)
-        .detail("grantee", format!("{kind}:{grantee}"))
-        .write(&mut tx, now)
-        .await?;
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }

@@ -9,7 +9,7 @@ use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
 use printworks_common::auth::{Auth, scope};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -273,45 +273,4 @@ pub async fn remove_member(
         .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-pub struct Grantee {
-    pub grantee_type: String,
-    pub grantee_id: Uuid,
-}
-
-/// Checks that a share's grantee is a member of `org` or a team of `org`.
-pub async fn check_grantee(
-    state: &OrgState,
-    org: Uuid,
-    kind: &str,
-    id: Uuid,
-) -> Result<&'static str, ApiError> {
-    match kind {
-        "user" => {
-            if crate::role_of(&state.ctx.db, org, id).await?.is_none() {
-                return Err(ApiError::invalid(
-                    "Share with members of the organization only.",
-                ));
-            }
-            Ok("user")
-        }
-        "team" => {
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM teams WHERE id = $1 AND organization_id = $2)",
-            )
-            .bind(id)
-            .bind(org)
-            .fetch_one(&state.ctx.db)
-            .await?;
-            if !exists {
-                return Err(ApiError::invalid(
-                    "Share with teams of the organization only.",
-                ));
-            }
-            Ok("team")
-        }
-        _ => Err(ApiError::invalid("grantee_type must be user or team.")),
-    }
 }
