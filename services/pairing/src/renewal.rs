@@ -241,12 +241,6 @@ pub async fn renew_over_tls(
 ) -> Result<Renewed, ApiError> {
     let checked = csr::check(csr_pem).map_err(|e| ApiError::invalid(e.to_string()))?;
     let now = ctx.now();
-    let issued = ca.issue_printer(
-        &checked.public_key,
-        who.printer_id,
-        now,
-        ctx.settings.printers.printer_cert_ttl,
-    )?;
     let mut tx = ctx.db.begin().await?;
     // One renewal a minute is plenty; more is a loop or an abuse of a stolen key.
     let recent: bool = sqlx::query_scalar(
@@ -262,6 +256,13 @@ pub async fn renew_over_tls(
             60,
         )));
     }
+    // Signed only once the request is let through.
+    let issued = ca.issue_printer(
+        &checked.public_key,
+        who.printer_id,
+        now,
+        ctx.settings.printers.printer_cert_ttl,
+    )?;
     // The certificate that asked retires soon after its successor exists: long enough
     // to store the new one and reconnect, not long enough to live on beside it.
     sqlx::query(
