@@ -69,7 +69,7 @@ async fn serve_test_routes(pool: PgPool) -> Served {
         .route("/internal", get(fails_internally))
         .route("/sql", get(bad_sql))
         .with_state(ctx.clone());
-    let app = apply_common_layers(routes, &ctx);
+    let app = apply_common_layers(routes, &ctx, &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();

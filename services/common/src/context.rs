@@ -1,8 +1,6 @@
 //! The state every service is built from.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -26,9 +24,6 @@ pub struct AppContext {
     pub secrets: SecretBox,
     /// Cancelled when the process stops: background tasks watch it.
     pub shutdown: CancellationToken,
-    /// Routes (by their matched path) that may take longer than the request timeout,
-    /// e.g. an upload of a print job. See [`AppContext::allow_longer`].
-    route_timeouts: Arc<std::sync::RwLock<HashMap<String, Duration>>>,
 }
 
 impl AppContext {
@@ -48,31 +43,7 @@ impl AppContext {
             tokens,
             secrets,
             shutdown: CancellationToken::new(),
-            route_timeouts: Arc::default(),
         })
-    }
-
-    /// Lets `method` requests to `route` (a matched path such as
-    /// `/relay/v1/printers/{printer}/jobs`) take up to `timeout` instead of the request
-    /// timeout. Every other route and method keeps `PRINTWORKS_REQUEST_TIMEOUT`.
-    pub fn allow_longer(&self, method: &str, route: &str, timeout: Duration) {
-        self.route_timeouts
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(format!("{method} {route}"), timeout);
-    }
-
-    /// How long a `method` request to `route` may take.
-    pub fn timeout_for(&self, method: &str, route: Option<&str>) -> Duration {
-        route
-            .and_then(|r| {
-                self.route_timeouts
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(&format!("{method} {r}"))
-                    .copied()
-            })
-            .unwrap_or(self.settings.request_timeout)
     }
 
     /// The current time from the injected clock.

@@ -109,10 +109,12 @@ pub async fn router(
         let ca = ca.context("the pairing service needs the printer CA")?;
         app = app.merge(printworks_pairing::router(ctx.clone(), ca.clone()));
     }
+    let mut longer = Vec::new();
     if let Some(relay) = relay {
         app = app.merge(printworks_relay::router(relay.clone()));
+        longer = printworks_relay::longer_routes(&ctx.settings);
     }
-    Ok(apply_common_layers(app, ctx))
+    Ok(apply_common_layers(app, ctx, &longer))
 }
 
 /// The services, bound to their listener and ready to run.

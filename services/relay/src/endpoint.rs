@@ -247,6 +247,7 @@ impl PrinterEndpoint {
                 .route("/", axum::routing::any(refused))
                 .route("/{*path}", axum::routing::any(refused)),
             &ctx,
+            &[],
         );
         Ok(Self {
             listener,

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
+use axum::http::Method;
 use axum::routing::{get, post};
-use printworks_common::http::{ClientInfo, Json, apply_common_layers, service_index};
-use printworks_common::{ApiError, AppContext};
+use printworks_common::http::{ClientInfo, Json, LongerRoute, apply_common_layers, service_index};
+use printworks_common::{ApiError, AppContext, Settings};
 use printworks_pairing::PrinterCa;
 use printworks_pairing::renewal::{Renewed, renew_over_tls};
 use serde::Deserialize;
@@ -90,13 +91,18 @@ impl RelayState {
     }
 }
 
-/// The public routes (people and apps).
+/// The public routes that may take longer than the request timeout: a job's upload.
+pub fn longer_routes(settings: &Settings) -> Vec<LongerRoute> {
+    vec![LongerRoute {
+        method: Method::POST,
+        route: UPLOAD_ROUTE,
+        timeout: settings.relay.upload_timeout,
+    }]
+}
+
+/// The public routes (people and apps); [`longer_routes`] names those of them allowed
+/// longer than the request timeout.
 pub fn router(state: RelayState) -> Router {
-    state.ctx.allow_longer(
-        "POST",
-        UPLOAD_ROUTE,
-        state.ctx.settings.relay.upload_timeout,
-    );
     let api = Router::new()
         .route(
             "/printers/{printer}/jobs",
@@ -139,7 +145,7 @@ pub fn printer_router(state: RelayState) -> Router {
             post(printer_api::settings_applied),
         )
         .with_state(state);
-    apply_common_layers(routes, &ctx)
+    apply_common_layers(routes, &ctx, &[])
 }
 
 /// Binds the printer endpoint on `listener` with the printers' routes.

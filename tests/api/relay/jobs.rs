@@ -459,3 +459,67 @@ async fn another_organizations_jobs_and_printers_are_404_everywhere(pool: PgPool
         .unwrap();
     assert_eq!(state, "queued");
 }
+
+/// A body that sends `first`, waits `pause`, then sends `rest`: a slow client.
+fn trickle(first: Vec<u8>, pause: std::time::Duration, rest: Vec<u8>) -> reqwest::Body {
+    let parts = futures_util::stream::unfold(0, move |step| {
+        let (first, rest) = (first.clone(), rest.clone());
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                1 => {
+                    tokio::time::sleep(pause).await;
+                    Some((Ok(rest), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(parts)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_upload_may_take_longer_than_the_request_timeout(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &printworks::ServiceSet::all(), |s| {
+        s.request_timeout = std::time::Duration::from_secs(2);
+        s.relay.upload_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-SLOW").await;
+    let pause = std::time::Duration::from_secs(3);
+
+    // An upload from a slow connection: past the request timeout, within its own.
+    let g = gcode(2000);
+    let (first, rest) = g.split_at(g.len() / 2);
+    let res = app
+        .client
+        .post(app.url(&format!("/relay/v1/printers/{}/jobs", printer.id)))
+        .query(&[("name", "slow.gcode")])
+        .header("content-type", "text/x-gcode")
+        .bearer_auth(&token)
+        .body(trickle(first.to_vec(), pause, rest.to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let job: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(job["size"], g.len());
+
+    // The same slowness on an ordinary route is cut off at the request timeout.
+    let res = app
+        .client
+        .post(app.url("/org/v1/organizations"))
+        .header("content-type", "application/json")
+        .bearer_auth(&token)
+        .body(trickle(
+            b"{\"name\": ".to_vec(),
+            pause,
+            b"\"Slow Lab\"}".to_vec(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}

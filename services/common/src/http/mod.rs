@@ -9,8 +9,8 @@
 //!    refusal by a layer or an extractor, a panic) rewritten into one, so clients see a
 //!    single error format;
 //! 4. panics caught and answered 500 without their message;
-//! 5. a timeout (503; a route may be allowed longer, see
-//!    [`AppContext::allow_longer`]) and a body size limit (413) on every route;
+//! 5. a timeout (503; a route may be allowed longer, see [`LongerRoute`]) and a body
+//!    size limit (413) on every route;
 //! 6. security headers on every response (`nosniff`, no referrer, no framing, a
 //!    restrictive default CSP, HSTS when the public URL is https).
 
@@ -21,12 +21,13 @@ mod json;
 mod ratelimit;
 
 use std::any::Any;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -53,13 +54,28 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// A route that may take longer than the request timeout (an upload streaming to
+/// storage): `method` requests to `route`, a matched path such as
+/// `/relay/v1/printers/{printer}/jobs`.
+#[derive(Clone, Debug)]
+pub struct LongerRoute {
+    pub method: Method,
+    pub route: &'static str,
+    pub timeout: Duration,
+}
+
 /// Wraps `router` (all routes and the fallback) in the shared layers and gives it the
-/// problem+json 404 fallback. Call once, on the whole application.
-pub fn apply_common_layers(router: Router, ctx: &AppContext) -> Router {
+/// problem+json 404 fallback. Call once, on the whole application. Every request has
+/// `PRINTWORKS_REQUEST_TIMEOUT`, but those of `longer`.
+pub fn apply_common_layers(router: Router, ctx: &AppContext, longer: &[LongerRoute]) -> Router {
+    let deadlines = Deadlines {
+        default: ctx.settings.request_timeout,
+        longer: longer.into(),
+    };
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(ctx.settings.max_body_bytes))
-        .layer(middleware::from_fn_with_state(ctx.clone(), deadline))
+        .layer(middleware::from_fn_with_state(deadlines, deadline))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(ctx.clone(), request_context))
 }
@@ -72,14 +88,24 @@ where
     get(move || async move { Json(serde_json::json!({ "service": name, "version": version })) })
 }
 
+#[derive(Clone)]
+struct Deadlines {
+    default: Duration,
+    longer: Arc<[LongerRoute]>,
+}
+
 /// Every request is answered within the request timeout (or its route's own, see
-/// [`AppContext::allow_longer`]), else 503. The response body may stream on after.
-async fn deadline(State(ctx): State<AppContext>, req: Request, next: Next) -> Response {
+/// [`LongerRoute`]), else 503. The response body may stream on after.
+async fn deadline(State(d): State<Deadlines>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let limit = ctx.timeout_for(req.method().as_str(), route);
+    let limit = d
+        .longer
+        .iter()
+        .find(|l| Some(l.route) == route && l.method == req.method())
+        .map_or(d.default, |l| l.timeout);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
         Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
