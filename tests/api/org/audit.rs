@@ -610,7 +610,10 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
     let v = verify(&app, &w, org).await;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["records_checked"], 2);
-    let (ok, out) = cli_verify_with(&app, "1s");
+    // The CLI reads the system clock, which the test's clock does not move: with a
+    // retention shorter than the time since the test began (the signing of the start
+    // checkpoint), that checkpoint counts as old enough, as 400 days did above.
+    let (ok, out) = cli_verify_with(&app, "1ms");
     assert!(ok, "{out}");
 
     // Moving the start forward, to cut recent records away "as retention", is caught:
