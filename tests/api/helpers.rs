@@ -332,6 +332,21 @@ impl TestApp {
             req = req.json(body);
         }
         let res = req.send().await.expect("request reaches the server");
+        Answer::checked(&method, path, res).await
+    }
+}
+
+/// A checked response: its status and JSON body (`null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// Reads `res` to the end and checks it against the OpenAPI document (status
+    /// documented, body valid) for `method` and `path`.
+    async fn checked(method: &Method, path: &str, res: reqwest::Response) -> Self {
         let status = res.status();
         let content_type = res
             .headers()
@@ -344,19 +359,10 @@ impl TestApp {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        crate::openapi::spec().check(&method, path, status, content_type.as_deref(), &body);
-        Answer { status, body }
+        crate::openapi::spec().check(method, path, status, content_type.as_deref(), &body);
+        Self { status, body }
     }
-}
 
-/// A checked response: its status and JSON body (`null` when empty).
-#[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub body: Value,
-}
-
-impl Answer {
     /// The `id` field of the body.
     pub fn id(&self) -> Uuid {
         Uuid::parse_str(self.body["id"].as_str().expect("id")).expect("uuid")
@@ -516,20 +522,30 @@ impl TestApp {
             req = req.header("idempotency-key", k);
         }
         let res = req.send().await.expect("upload reaches the server");
-        let status = res.status();
-        let ct = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = res.text().await.expect("body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        crate::openapi::spec().check(&Method::POST, &path, status, ct.as_deref(), &body);
-        Answer { status, body }
+        Answer::checked(&Method::POST, &path, res).await
+    }
+
+    /// `PATCH …/members/{user} {role}` with `token` (an admin's, to succeed).
+    pub async fn set_role(&self, token: &str, org: Uuid, user: Uuid, role: &str) -> Answer {
+        self.call(
+            Method::PATCH,
+            &format!("/org/v1/organizations/{org}/members/{user}"),
+            Some(token),
+            Some(&serde_json::json!({ "role": role })),
+        )
+        .await
+    }
+
+    /// A G-code job sent with `token`, without an idempotency key.
+    pub async fn submit_gcode(
+        &self,
+        token: &str,
+        printer: Uuid,
+        name: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        self.submit_job(Some(token), printer, name, "text/x-gcode", body, None)
+            .await
     }
 
     /// Waits (at most `within`) for the job to reach `state`, watching it as its

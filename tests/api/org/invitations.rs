@@ -336,16 +336,7 @@ async fn accepting_while_the_inviter_is_demoted_ends_one_way_or_the_other(pool: 
     // the withdrawal) or did not (withdrawn first) — never a 500 or a deadlock.
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
-    let member_path = format!("/org/v1/organizations/{}/members/{}", w.org, w.member.id);
-    let app = &app;
-    let set_role = |role: &'static str| {
-        let body = json!({"role": role});
-        let (path, token) = (member_path.clone(), w.admin_token.clone());
-        async move {
-            app.call(Method::PATCH, &path, Some(&token), Some(&body))
-                .await
-        }
-    };
+    let set_role = |role| app.set_role(&w.admin_token, w.org, w.member.id, role);
     for round in 0..8 {
         set_role("admin").await.expect(StatusCode::OK);
         let invitee = app.new_user(&format!("invitee{round}")).await;
@@ -361,7 +352,7 @@ async fn accepting_while_the_inviter_is_demoted_ends_one_way_or_the_other(pool: 
             .expect(StatusCode::CREATED);
         let token = sent.body["token"].as_str().unwrap().to_owned();
         let (accepted, demoted) =
-            tokio::join!(accept(app, &invitee_token, &token), set_role("member"));
+            tokio::join!(accept(&app, &invitee_token, &token), set_role("member"));
         demoted.expect(StatusCode::OK);
         match accepted.status {
             StatusCode::OK | StatusCode::NOT_FOUND => {}

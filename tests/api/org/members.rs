@@ -387,11 +387,7 @@ async fn an_admin_who_is_demoted_removed_or_leaves_takes_their_apps_and_invitati
     let member_path = format!("/org/v1/organizations/{org}/members/{}", w.member.id);
     let invitations = format!("/org/v1/organizations/{org}/invitations");
     let app = &app;
-    let set_role = |role: &'static str| {
-        let body = json!({"role": role});
-        let path = member_path.clone();
-        async move { app.call(Method::PATCH, &path, admin, Some(&body)).await }
-    };
+    let set_role = |role| app.set_role(&w.admin_token, org, w.member.id, role);
     let pending = || async {
         app.call(Method::GET, &invitations, admin, None)
             .await

@@ -288,14 +288,9 @@ async fn projects_are_edited_by_owners_and_edit_shares_and_guests_touch_only_the
     .expect(StatusCode::FORBIDDEN);
 
     // A guest who owns a project (made while a member) still edits and shares it.
-    app.call(
-        Method::PATCH,
-        &format!("/org/v1/organizations/{org}/members/{}", w.member.id),
-        Some(&w.admin_token),
-        Some(&json!({"role": "guest"})),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.set_role(&w.admin_token, org, w.member.id, "guest")
+        .await
+        .expect(StatusCode::OK);
     patch(&w.member_token, members).await.expect(StatusCode::OK);
     share(
         &w.member_token,

@@ -434,14 +434,9 @@ async fn secrets_are_not_cached_and_a_demoted_claimer_cannot_unpair(pool: PgPool
     assert_eq!(res.headers()["cache-control"], "no-store");
 
     let printer = app.pair_printer(&w.member_token, w.org, "SN-D").await;
-    app.call(
-        Method::PATCH,
-        &format!("/org/v1/organizations/{}/members/{}", w.org, w.member.id),
-        Some(&w.admin_token),
-        Some(&json!({"role": "guest"})),
-    )
-    .await
-    .expect(StatusCode::OK);
+    app.set_role(&w.admin_token, w.org, w.member.id, "guest")
+        .await
+        .expect(StatusCode::OK);
     let path = format!("/org/v1/organizations/{}/printers/{}", w.org, printer.id);
     // Demoted to guest, the claimer no longer even sees the printer (it was not shared
     // with them).

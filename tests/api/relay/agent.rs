@@ -108,14 +108,7 @@ async fn end_to_end_with_the_real_binary(pool: PgPool) {
         .unwrap();
     let g = gcode(2_000);
     let job = app
-        .submit_job(
-            Some(&token),
-            printer,
-            "bracket.gcode",
-            "text/x-gcode",
-            g.clone(),
-            None,
-        )
+        .submit_gcode(&token, printer, "bracket.gcode", g.clone())
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -159,14 +152,7 @@ async fn a_job_sent_to_one_replica_is_printed_through_another(pool: PgPool) {
     let stop = start_agent(&a, &printer, &dir.path().join("p"));
     let g = gcode(500);
     let job = a
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "across.gcode",
-            "text/x-gcode",
-            g,
-            None,
-        )
+        .submit_gcode(&token, printer.id, "across.gcode", g)
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -183,13 +169,11 @@ async fn a_printer_offline_when_the_job_was_sent_prints_it_when_it_connects(pool
     let mut jobs = Vec::new();
     for i in 0..3 {
         jobs.push(
-            app.submit_job(
-                Some(&token),
+            app.submit_gcode(
+                &token,
                 printer.id,
                 &format!("part-{i}.gcode"),
-                "text/x-gcode",
                 gcode(100 + i),
-                None,
             )
             .await
             .expect(StatusCode::CREATED)
@@ -274,14 +258,7 @@ async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
     printer.printer_url = format!("https://{proxy}");
     let g = gcode(40_000); // about 1 MB
     let job = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "long.gcode",
-            "text/x-gcode",
-            g.clone(),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "long.gcode", g.clone())
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -364,14 +341,7 @@ async fn a_printer_that_loses_the_network_mid_print_finishes_and_reports_later(p
         async move { run(&state, options, stop).await }
     });
     let job = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "long-print.gcode",
-            "text/x-gcode",
-            gcode(50),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "long-print.gcode", gcode(50))
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -429,26 +399,12 @@ async fn the_agent_stops_a_print_that_is_aborted(pool: PgPool) {
         async move { run(&state, options, stop).await }
     });
     let job = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "abort-me.gcode",
-            "text/x-gcode",
-            gcode(50),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "abort-me.gcode", gcode(50))
         .await
         .expect(StatusCode::CREATED)
         .id();
     let next = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "after.gcode",
-            "text/x-gcode",
-            gcode(5),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "after.gcode", gcode(5))
         .await
         .expect(StatusCode::CREATED)
         .id();

@@ -87,14 +87,7 @@ async fn a_job_is_kept_sealed_in_the_bucket_and_printed_from_it(pool: PgPool) {
     let printer = app.pair_printer(&token, w.org, "SN-G").await;
     let g = gcode(5_000);
     let job = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "cloud.gcode",
-            "text/x-gcode",
-            g.clone(),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "cloud.gcode", g.clone())
         .await
         .expect(StatusCode::CREATED)
         .id();

@@ -391,14 +391,7 @@ async fn another_organizations_jobs_and_printers_are_404_everywhere(pool: PgPool
     let a_printer = app.pair_printer(&admin, w.org, "SN-A").await;
     let b_printer = app.pair_printer(&outsider, w.other_org, "SN-B").await;
     let job = app
-        .submit_job(
-            Some(&admin),
-            a_printer.id,
-            "a.gcode",
-            "text/x-gcode",
-            gcode(5),
-            None,
-        )
+        .submit_gcode(&admin, a_printer.id, "a.gcode", gcode(5))
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -420,16 +413,9 @@ async fn another_organizations_jobs_and_printers_are_404_everywhere(pool: PgPool
             "{method} {path}"
         );
     }
-    app.submit_job(
-        Some(&outsider),
-        a_printer.id,
-        "b.gcode",
-        "text/x-gcode",
-        gcode(1),
-        None,
-    )
-    .await
-    .expect(StatusCode::NOT_FOUND);
+    app.submit_gcode(&outsider, a_printer.id, "b.gcode", gcode(1))
+        .await
+        .expect(StatusCode::NOT_FOUND);
     // Nor may another organization's printer fetch it.
     let res = b_printer
         .client()

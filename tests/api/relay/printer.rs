@@ -50,26 +50,12 @@ async fn a_printer_gets_signed_jobs_in_order_downloads_them_and_reports(pool: Pg
     let first = gcode(10_000); // over three 64 KiB chunks
     let second = gcode(3);
     let job1 = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "first.gcode",
-            "text/x-gcode",
-            first.clone(),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "first.gcode", first.clone())
         .await
         .expect(StatusCode::CREATED)
         .id();
     let job2 = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "second.gcode",
-            "text/x-gcode",
-            second,
-            None,
-        )
+        .submit_gcode(&token, printer.id, "second.gcode", second)
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -217,14 +203,7 @@ async fn aborts_before_and_after_the_printer_has_the_job(pool: PgPool) {
     let token = app.access_token(&w.admin, ALL_SCOPES).await;
     let printer = app.pair_printer(&token, w.org, "SN-2").await;
     let queued = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "never.gcode",
-            "text/x-gcode",
-            gcode(3),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "never.gcode", gcode(3))
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -240,14 +219,7 @@ async fn aborts_before_and_after_the_printer_has_the_job(pool: PgPool) {
     let mut ev = events(&printer).await;
     assert_eq!(ev.next(WAIT).await.unwrap().0, "settings");
     let sent = app
-        .submit_job(
-            Some(&token),
-            printer.id,
-            "later.gcode",
-            "text/x-gcode",
-            gcode(3),
-            None,
-        )
+        .submit_gcode(&token, printer.id, "later.gcode", gcode(3))
         .await
         .expect(StatusCode::CREATED)
         .id();
@@ -308,17 +280,10 @@ async fn a_tampered_stored_file_is_refused_not_sent(pool: PgPool) {
     let mut jobs = Vec::new();
     for name in ["first-chunk.gcode", "later-chunk.gcode"] {
         jobs.push(
-            app.submit_job(
-                Some(&token),
-                printer.id,
-                name,
-                "text/x-gcode",
-                big.clone(),
-                None,
-            )
-            .await
-            .expect(StatusCode::CREATED)
-            .id(),
+            app.submit_gcode(&token, printer.id, name, big.clone())
+                .await
+                .expect(StatusCode::CREATED)
+                .id(),
         );
     }
     let blob = |job: uuid::Uuid| {
@@ -440,14 +405,7 @@ async fn an_unpaired_printer_is_cut_off(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     // And no more jobs for it.
-    app.submit_job(
-        Some(&token),
-        printer.id,
-        "x.gcode",
-        "text/x-gcode",
-        gcode(1),
-        None,
-    )
-    .await
-    .expect(StatusCode::NOT_FOUND);
+    app.submit_gcode(&token, printer.id, "x.gcode", gcode(1))
+        .await
+        .expect(StatusCode::NOT_FOUND);
 }
