@@ -45,6 +45,12 @@ pub struct TestApp {
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
+/// Settings that believe `X-Forwarded-For` from 127.0.0.1, so a test can speak from
+/// many addresses ([`TestApp::call_from`]).
+pub fn trusting_loopback_proxy(s: &mut Settings) {
+    s.trusted_proxies = vec!["127.0.0.1/32".parse().expect("loopback network")];
+}
+
 /// Settings for a test: defaults, the given data directory, no practical per-address
 /// rate limit (every test client is 127.0.0.1; the limit has its own test).
 pub fn test_settings(data_dir: &Path) -> Settings {
@@ -324,7 +330,23 @@ impl TestApp {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Answer {
+        self.call_from(None, method, path, token, body).await
+    }
+
+    /// [`TestApp::call`] as if from `addr` (`X-Forwarded-For`, believed when the app
+    /// trusts 127.0.0.1 as a proxy: see [`trusting_loopback_proxy`]).
+    pub async fn call_from(
+        &self,
+        addr: Option<&str>,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
         let mut req = self.client.request(method.clone(), self.url(path));
+        if let Some(addr) = addr {
+            req = req.header("x-forwarded-for", addr);
+        }
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -420,6 +442,12 @@ impl TestPrinter {
     }
 }
 
+/// The DER of a CSR in PEM.
+pub fn csr_der(csr_pem: &str) -> Vec<u8> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).expect("CSR PEM");
+    pem.contents
+}
+
 /// A fresh ECDSA P-256 key and a CSR for it (PEM), as a printer makes them.
 pub fn printer_key_and_csr() -> (rcgen::KeyPair, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
@@ -435,13 +463,70 @@ pub fn printer_key_and_csr() -> (rcgen::KeyPair, String) {
 impl TestApp {
     /// `POST /pairing/v1/requests` as a printer.
     pub async fn request_pairing(&self, serial: &str, csr_pem: &str) -> Answer {
-        let body = json!({
+        self.request_pairing_with(serial, csr_pem, None).await
+    }
+
+    /// `POST /pairing/v1/requests` as a printer, proving its previous identity when
+    /// `previous` is given (`{printer_id, challenge, proof}`).
+    pub async fn request_pairing_with(
+        &self,
+        serial: &str,
+        csr_pem: &str,
+        previous: Option<Value>,
+    ) -> Answer {
+        let mut body = json!({
             "serial": serial,
             "model": "Ultimaker S5",
             "firmware_version": "9.1.2",
             "csr_pem": csr_pem,
         });
+        if let Some(previous) = previous {
+            body["previous"] = previous;
+        }
         self.call(Method::POST, "/pairing/v1/requests", None, Some(&body))
+            .await
+    }
+
+    /// A challenge for proving `printer`'s shared secret.
+    pub async fn printer_challenge(&self, printer: Uuid) -> String {
+        let res = self
+            .call(
+                Method::POST,
+                &format!("/pairing/v1/printers/{printer}/challenge"),
+                None,
+                None,
+            )
+            .await
+            .expect(StatusCode::CREATED);
+        res.body["challenge"]
+            .as_str()
+            .expect("challenge")
+            .to_owned()
+    }
+
+    /// `previous` for a pairing request with `csr_pem`: a fresh challenge and the proof
+    /// of `printer`'s shared secret over it and the CSR.
+    pub async fn repair_previous(&self, printer: &TestPrinter, csr_pem: &str) -> Value {
+        let challenge = self.printer_challenge(printer.id).await;
+        let proof = printworks_common::printer::repair_proof(
+            &printer.shared_secret,
+            printer.id,
+            &challenge,
+            &csr_der(csr_pem),
+        );
+        json!({ "printer_id": printer.id, "challenge": challenge, "proof": proof })
+    }
+
+    /// Pairs `printer` again, proving it is the same printer (its shared secret), into
+    /// its organization, claimed with `token`.
+    pub async fn repair_printer(&self, token: &str, printer: &TestPrinter) -> TestPrinter {
+        let (key, csr) = printer_key_and_csr();
+        let previous = self.repair_previous(printer, &csr).await;
+        let req = self
+            .request_pairing_with("SN-again", &csr, Some(previous))
+            .await
+            .expect(StatusCode::CREATED);
+        self.finish_pairing(token, printer.org, &req, key, "Printer again")
             .await
     }
 
@@ -468,8 +553,21 @@ impl TestApp {
             .request_pairing(serial, &csr)
             .await
             .expect(StatusCode::CREATED);
+        self.finish_pairing(token, org, &req, key, serial).await
+    }
+
+    /// Claims a pairing request `req` (made with `key`'s CSR) into `org` with `token`
+    /// under `name`, and collects the printer's credentials.
+    pub async fn finish_pairing(
+        &self,
+        token: &str,
+        org: Uuid,
+        req: &Answer,
+        key: rcgen::KeyPair,
+        name: &str,
+    ) -> TestPrinter {
         let code = req.body["code"].as_str().expect("code");
-        self.claim(token, org, code, serial)
+        self.claim(token, org, code, name)
             .await
             .expect(StatusCode::CREATED);
         let got = self

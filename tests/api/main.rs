@@ -12,6 +12,7 @@ mod tls;
 mod account;
 mod binary;
 mod errors;
+mod hardening;
 mod health;
 mod openapi;
 mod org;

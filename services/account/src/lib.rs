@@ -16,8 +16,6 @@ pub mod session;
 pub mod tokens;
 pub mod totp;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -33,7 +31,7 @@ use printworks_common::throttle::Throttle;
 pub const NAME: &str = "account";
 pub const PREFIX: &str = "/account/v1";
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use printworks_common::hooks::BoxFuture;
 
 /// What the account service needs to know about organizations, which the org service
 /// owns. The binary passes the org crate's implementation.

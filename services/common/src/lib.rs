@@ -9,6 +9,7 @@
 //! - [`auth`]: the scope catalogue, access-token verification and the `Auth<scope>`
 //!   extractor every service uses.
 //! - [`audit`]: the hash-chained audit log writer every service calls.
+//! - [`hooks`]: what one service does when another changes what it depends on.
 //! - [`printer`]: what printers and the cloud say to each other (credentials, renewal proofs).
 //! - [`crypto`]: random tokens, digests, constant-time comparison, sealing at rest.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
@@ -22,6 +23,7 @@ pub mod context;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod hooks;
 pub mod http;
 pub mod metrics;
 pub mod printer;

@@ -56,6 +56,27 @@ pub fn renewal_proof(
     ))
 }
 
+/// What a re-pairing printer's proof is an HMAC of: the printer it was, the server's
+/// challenge and the digest of the CSR it asks to be paired with. Only a request carrying
+/// such a proof re-pairs that printer under the same identity.
+pub fn repair_message(printer_id: Uuid, challenge: &str, csr_der: &[u8]) -> Vec<u8> {
+    let digest = crate::crypto::hex(&sha256(csr_der));
+    format!("printworks-repair-v1\n{printer_id}\n{challenge}\n{digest}").into_bytes()
+}
+
+/// The re-pairing proof a printer sends: base64url of HMAC-SHA256(shared secret, message).
+pub fn repair_proof(
+    shared_secret: &str,
+    printer_id: Uuid,
+    challenge: &str,
+    csr_der: &[u8],
+) -> String {
+    base64url(&hmac_sha256(
+        shared_secret.as_bytes(),
+        &repair_message(printer_id, challenge, csr_der),
+    ))
+}
+
 /// The relay's job-signing key, derived from the master key: every replica with the
 /// same master key signs alike, and nothing more is stored.
 pub fn job_signing_key(secrets: &SecretBox) -> Ed25519KeyPair {

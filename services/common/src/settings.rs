@@ -240,6 +240,17 @@ pub struct PrinterSettings {
     /// Most pairing requests waiting for a claim at once (all printers); more answer 503.
     #[arg(long, global = true, env = "PRINTWORKS_PAIRING_MAX_PENDING", value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub pairing_max_pending: u32,
+
+    /// Most pairing requests waiting at once from one network (IPv4 /24, IPv6 /48), so
+    /// that one network cannot fill PRINTWORKS_PAIRING_MAX_PENDING; more answer 429.
+    #[arg(long, global = true, env = "PRINTWORKS_PAIRING_MAX_PENDING_PER_NETWORK", value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub pairing_max_pending_per_network: u32,
+
+    /// Wrong pairing codes the whole service accepts in any ten minutes from claims that
+    /// do not name the printer's serial; once spent, a claim must name it. Each wrong
+    /// code finds a given waiting printer with probability 1 in 10^6 (docs/security.md).
+    #[arg(long, global = true, env = "PRINTWORKS_PAIRING_GUESS_BUDGET", value_name = "N", default_value = "80", value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub pairing_guess_budget: u32,
 }
 
 impl PrinterSettings {
@@ -254,6 +265,8 @@ impl PrinterSettings {
             printer_tls_key: None,
             printer_cert_ttl: parse_duration("90d").expect("default"),
             pairing_max_pending: 10_000,
+            pairing_max_pending_per_network: 100,
+            pairing_guess_budget: 80,
         }
     }
 }

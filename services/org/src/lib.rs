@@ -14,6 +14,7 @@ pub mod projects;
 pub mod shares;
 pub mod teams;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,6 +23,7 @@ use printworks_account::password::PasswordHasher;
 use printworks_account::{BoxFuture, OrgDirectory};
 use printworks_common::AppContext;
 use printworks_common::auth::{Role, Scope};
+use printworks_common::hooks::PrinterJobs;
 use printworks_common::http::service_index;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -35,6 +37,8 @@ pub struct OrgState {
     /// Argon2id for printer PINs (the same cost as passwords).
     pub pins: PasswordHasher,
     pub outbox: mail::Outbox,
+    /// The relay's print jobs, failed when a printer leaves.
+    pub jobs: Arc<dyn PrinterJobs>,
 }
 
 impl FromRef<OrgState> for AppContext {
@@ -103,10 +107,11 @@ routes! {
 
 /// The org service's routes; starts its e-mail worker and the audit retention job,
 /// which stop with the process.
-pub fn router(ctx: AppContext) -> anyhow::Result<Router> {
+pub fn router(ctx: AppContext, jobs: Arc<dyn PrinterJobs>) -> anyhow::Result<Router> {
     let state = OrgState {
         pins: PasswordHasher::from_settings(&ctx.settings.account)?,
         outbox: mail::Outbox::default(),
+        jobs,
         ctx,
     };
     let sender = mail::sender_from_settings(&state.ctx)?;
@@ -205,14 +210,7 @@ impl OrgDirectory for Directory {
     }
 
     fn name(&self, organization_id: Uuid) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
-        Box::pin(async move {
-            Ok(
-                sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
-                    .bind(organization_id)
-                    .fetch_optional(&self.db)
-                    .await?,
-            )
-        })
+        Box::pin(async move { Ok(organizations::name_of(&self.db, organization_id).await?) })
     }
 }
 

@@ -49,6 +49,14 @@ pub fn checked_name(input: &str, what: &str) -> Result<String, ApiError> {
     Ok(name.to_owned())
 }
 
+/// The organization's name, for other services (on a pool or in a transaction).
+pub async fn name_of(db: impl sqlx::PgExecutor<'_>, org: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
+        .bind(org)
+        .fetch_optional(db)
+        .await
+}
+
 pub async fn create(
     State(state): State<OrgState>,
     auth: Auth<scope::OrganizationWrite>,

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
-use printworks_common::auth::{Auth, scope};
+use printworks_common::auth::{Auth, Role, scope};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -93,6 +93,76 @@ pub async fn register(
     Ok(id)
 }
 
+/// Takes the printer's row lock (for the rest of the transaction on `conn`) if it is
+/// still paired: `false` if it is not. What changes a printer's credentials or its
+/// owner takes it first, so such changes happen one after another.
+pub async fn lock_paired(conn: &mut PgConnection, printer: Uuid) -> sqlx::Result<bool> {
+    Ok(sqlx::query_scalar::<_, i32>(
+        "SELECT 1 FROM printers WHERE id = $1 AND unpaired_at IS NULL FOR UPDATE",
+    )
+    .bind(printer)
+    .fetch_optional(conn)
+    .await?
+    .is_some())
+}
+
+/// Whether a caller of `role` (the person `who`, when a person) may remove a printer
+/// that `claimed_by` added: admins, and the person who added it while they may still
+/// change printers (not a guest).
+pub fn may_remove(role: Role, who: Option<Uuid>, claimed_by: Option<Uuid>) -> bool {
+    role == Role::Admin || (role == Role::Member && who.is_some() && who == claimed_by)
+}
+
+/// Takes the organization's lock and then the printer's (held for the rest of the
+/// transaction on `conn`), reads the caller's role again under them, and answers whether
+/// the caller may remove — or pair again — the printer now: 404 if it is gone or the
+/// caller no longer belongs, 403 if their role does not allow it.
+pub async fn lock_for_removal(
+    conn: &mut PgConnection,
+    m: &Membership,
+    printer: Uuid,
+) -> Result<(), ApiError> {
+    crate::access::lock_org(&mut *conn, m.org).await?;
+    let role = m
+        .current_role(&mut *conn)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let claimed_by: Option<Option<Uuid>> = sqlx::query_scalar(
+        "SELECT claimed_by FROM printers
+         WHERE id = $1 AND organization_id = $2 AND unpaired_at IS NULL FOR UPDATE",
+    )
+    .bind(printer)
+    .bind(m.org)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let claimed_by = claimed_by.ok_or_else(ApiError::not_found)?;
+    if !may_remove(role, m.user_id(), claimed_by) {
+        return Err(crate::access::forbidden(
+            "Only admins and the person who added the printer can remove it or pair it again.",
+        ));
+    }
+    Ok(())
+}
+
+/// Marks the printer unpaired (in the caller's transaction): its certificates stop being
+/// valid at once (the printer endpoint checks that the printer is paired, and a trigger
+/// tells it to drop live connections). `false` if it was not paired.
+pub async fn remove(
+    conn: &mut PgConnection,
+    printer: Uuid,
+    now: OffsetDateTime,
+) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query("UPDATE printers SET unpaired_at = $2 WHERE id = $1 AND unpaired_at IS NULL")
+            .bind(printer)
+            .bind(now)
+            .execute(conn)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
 /// A printer of the organization was paired again (same serial): it keeps its id,
 /// shares and settings, under the name just given. For the pairing service.
 pub async fn repaired(
@@ -120,33 +190,25 @@ pub async fn unpair(
     Path((org, printer)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    let p = visible(&state.ctx.db, &m, printer).await?;
-    // The person who added it may remove it while they may still change printers (a
-    // guest no longer may).
-    let claimer = p.claimed_by.is_some() && p.claimed_by == m.user_id();
-    if !(m.is_admin() || (claimer && m.require_writer().is_ok())) {
-        return Err(crate::access::forbidden(
-            "Only admins and the person who added the printer can remove it.",
-        ));
-    }
+    visible(&state.ctx.db, &m, printer).await?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
-    let done = sqlx::query(
-        "UPDATE printers SET unpaired_at = $3 WHERE id = $1 AND organization_id = $2 AND unpaired_at IS NULL",
-    )
-    .bind(printer)
-    .bind(org)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if done == 0 {
+    // The person who added it may remove it while they may still change printers (a
+    // guest no longer may); checked again under the locks.
+    lock_for_removal(&mut tx, &m, printer).await?;
+    if !remove(&mut tx, printer, now).await? {
         return Err(ApiError::not_found());
     }
+    // Its unfinished jobs fail now: nothing more is sent for it.
+    let failed = state
+        .jobs
+        .printer_left(&mut tx, printer, "the printer was removed", now)
+        .await?;
     AuditEvent::new("printer.unpair", m.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("printer", printer)
+        .detail("jobs_failed", failed)
         .write(&mut tx, now)
         .await?;
     tx.commit().await?;

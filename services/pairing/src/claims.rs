@@ -1,40 +1,54 @@
-//! `POST /pairing/v1/claims {organization_id, code, name}`: an admin or member of the
-//! organization (scope `printer.write`) enters the code a printer shows. The code is
-//! single-use and dies 600 s after it was made, by the injected clock. Two people
+//! `POST /pairing/v1/claims {organization_id, code, name, serial?}`: an admin or member
+//! of the organization (scope `printer.write`) enters the code a printer shows. The code
+//! is single-use and dies 600 s after it was made, by the injected clock. Two people
 //! entering the same code at once: exactly one wins (the request's row lock).
 //!
-//! Guessing is bounded: every attempt is counted before the code is checked, against
-//! the person, the organization and the source address, each slowed by growing waits
-//! after a few misses (and a success takes back only its own count, so pairing a
-//! printer of one's own cannot reset them). A wrong, expired or used code gets one
-//! answer, and every miss is audited.
+//! Guessing is bounded (docs/security.md has the arithmetic):
+//! - every attempt is counted before the code is checked, against the person, the
+//!   organization and the source address, each slowed by growing waits after a few
+//!   misses (a success takes back only its own count, so pairing a printer of one's own
+//!   cannot reset them);
+//! - a claim that gives only the code spends one service-wide budget of wrong codes
+//!   (the same for every identity an attacker can make up); once it is spent, a claim
+//!   must also give the printer's serial, and wrong codes are then counted against that
+//!   serial — against the printer being guessed at, whoever guesses;
+//! - a wrong, expired or used code gets one answer, and every miss is audited.
 //!
-//! A printer already in the organization with the same serial is re-paired: the same
-//! printer keeps its id, shares and settings; its old certificates are revoked at once.
+//! A printer of the organization with the same serial (or the one the request proved to
+//! be, with the old shared secret) is *re-paired*, which only someone who may remove it
+//! may do (admins, and whoever added it while not a guest), checked under the locks.
+//! With the proof it keeps its id, shares, settings and queued jobs; without, the old
+//! printer is removed (its unfinished jobs fail, never to be sent) and a new one with a
+//! new id takes its place: a device that cannot prove it is that printer gets nothing of
+//! it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
+use printworks_common::auth::Role;
 use printworks_common::auth::{Auth, scope};
 use printworks_common::crypto::random_token;
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json};
 use printworks_common::throttle::Gate;
-use printworks_org::access::membership;
+use printworks_org::access::{Writer, membership};
 use printworks_org::organizations::checked_name;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::code::PairingCode;
 use crate::requests::{Credentials, sealing_context};
-use crate::{PairingState, identity};
+use crate::{PAIRING_TTL, PairingState, identity};
 
 #[derive(Deserialize)]
 pub struct Claim {
     organization_id: Uuid,
     code: String,
     name: String,
+    /// The serial the printer shows beside the code: needed once the service-wide
+    /// budget of wrong codes is spent, accepted always.
+    serial: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -42,8 +56,12 @@ pub struct Claimed {
     printer_id: Uuid,
     organization_id: Uuid,
     name: String,
-    /// Whether a printer of the same serial was re-paired (same id, new credentials).
+    /// Whether a printer proved it was one of the organization's and was paired again
+    /// under its own id (its shares, settings and queued jobs kept).
     repaired: bool,
+    /// A printer of the same serial that could not prove it was this one, removed and
+    /// replaced by this new printer.
+    replaced_printer_id: Option<Uuid>,
 }
 
 fn no_such_code() -> ApiError {
@@ -56,6 +74,19 @@ fn no_such_code() -> ApiError {
     .into()
 }
 
+fn serial_required() -> ApiError {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "pairing-serial-required",
+        "Enter the printer's serial number too",
+    )
+    .detail(
+        "Many wrong pairing codes were entered lately; for a while, a claim must also give \
+         the serial number the printer shows beside its code.",
+    )
+    .into()
+}
+
 #[derive(sqlx::FromRow)]
 struct Waiting {
     id: Uuid,
@@ -63,6 +94,7 @@ struct Waiting {
     model: String,
     firmware_version: String,
     csr_der: Vec<u8>,
+    proven_printer_id: Option<Uuid>,
 }
 
 /// The subjects a pairing guess is counted against.
@@ -77,6 +109,72 @@ fn subjects(user: Option<Uuid>, org: Uuid, client: &ClientInfo) -> Vec<String> {
     s
 }
 
+/// What a guess that names a serial is counted against: that printer, whoever guesses.
+fn serial_subject(serial: &str) -> String {
+    format!("pairing:serial:{}", serial.to_lowercase())
+}
+
+/// The service-wide budget of wrong codes entered without a serial: a token bucket of
+/// half the budget, refilled at half the budget per [`PAIRING_TTL`], so no ten minutes
+/// — the life of a code — see more than the whole budget spent. Takes one token;
+/// `false` when none is left.
+async fn take_guess_token(
+    db: &sqlx::PgPool,
+    budget: u32,
+    now: time::OffsetDateTime,
+) -> sqlx::Result<bool> {
+    let capacity = f64::from(budget) / 2.0;
+    let per_second = capacity / PAIRING_TTL.as_seconds_f64();
+    sqlx::query(
+        "INSERT INTO pairing_guess_budget (id, tokens, updated_at) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(capacity)
+    .bind(now)
+    .execute(db)
+    .await?;
+    let taken: Option<f64> = sqlx::query_scalar(
+        "UPDATE pairing_guess_budget
+            SET tokens = LEAST($1, tokens + $2 * GREATEST(0, extract(epoch FROM $3 - updated_at)::float8)) - 1,
+                updated_at = GREATEST(updated_at, $3)
+          WHERE id = 1
+            AND LEAST($1, tokens + $2 * GREATEST(0, extract(epoch FROM $3 - updated_at)::float8)) >= 1
+          RETURNING tokens",
+    )
+    .bind(capacity)
+    .bind(per_second)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    Ok(taken.is_some())
+}
+
+/// A right code gives its token back.
+async fn return_guess_token(db: &sqlx::PgPool, budget: u32) -> sqlx::Result<()> {
+    sqlx::query("UPDATE pairing_guess_budget SET tokens = LEAST($1, tokens + 1) WHERE id = 1")
+        .bind(f64::from(budget) / 2.0)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+async fn audit_failure(
+    ctx: &printworks_common::AppContext,
+    writer: &Writer<'_>,
+    org: Uuid,
+    client: &ClientInfo,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let mut conn = ctx.db.acquire().await?;
+    AuditEvent::new("printer.claim", writer.audit_actor(), Outcome::Failure)
+        .organization(org)
+        .source(client.addr)
+        .detail("reason", reason)
+        .write(&mut conn, ctx.now())
+        .await?;
+    Ok(())
+}
+
 pub async fn claim(
     State(state): State<PairingState>,
     auth: Auth<scope::PrinterWrite>,
@@ -89,10 +187,22 @@ pub async fn claim(
     let writer = m.require_writer()?;
     let name = checked_name(&req.name, "name")?;
     let code = PairingCode::parse(&req.code).map_err(ApiError::invalid)?;
+    let serial = match req.serial.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) if s.len() <= 64 && s.bytes().all(|b| (0x20..0x7f).contains(&b)) => Some(s),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "serial must be 1 to 64 printable ASCII characters.",
+            ));
+        }
+    };
     let now = ctx.now();
 
     // Counted before the code is looked at; any subject still waiting refuses.
-    let subjects = subjects(writer.user_id(), org, &client);
+    let mut subjects = subjects(writer.user_id(), org, &client);
+    if let Some(serial) = serial {
+        subjects.push(serial_subject(serial));
+    }
     let mut wait = None;
     for s in &subjects {
         if let Gate::Wait(w) = state.guesses.attempt(&ctx.db, s, now).await? {
@@ -100,57 +210,103 @@ pub async fn claim(
         }
     }
     if let Some(wait) = wait {
-        let mut conn = ctx.db.acquire().await?;
-        AuditEvent::new("printer.claim", writer.audit_actor(), Outcome::Failure)
-            .organization(org)
-            .source(client.addr)
-            .detail("reason", "throttled")
-            .write(&mut conn, now)
-            .await?;
+        audit_failure(ctx, &writer, org, &client, "throttled").await?;
         return Err(ApiError::too_many_requests(wait));
+    }
+    let budget = ctx.settings.printers.pairing_guess_budget;
+    if serial.is_none() && !take_guess_token(&ctx.db, budget, now).await? {
+        audit_failure(ctx, &writer, org, &client, "guess_budget_spent").await?;
+        return Err(serial_required());
     }
 
     let mut tx = ctx.db.begin().await?;
     let waiting: Option<Waiting> = sqlx::query_as(
-        "SELECT id, serial, model, firmware_version, csr_der FROM pairing_requests
+        "SELECT id, serial, model, firmware_version, csr_der, proven_printer_id
+         FROM pairing_requests
          WHERE code_hash = $1 AND state = 'pending' AND expires_at > $2
+           AND ($3::text IS NULL OR lower(serial) = lower($3))
          FOR UPDATE",
     )
     .bind(code.digest(&ctx.secrets))
     .bind(now)
+    .bind(serial)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(waiting) = waiting else {
         drop(tx);
-        let mut conn = ctx.db.acquire().await?;
-        AuditEvent::new("printer.claim", writer.audit_actor(), Outcome::Failure)
-            .organization(org)
-            .source(client.addr)
-            .detail("reason", "no_such_code")
-            .write(&mut conn, now)
-            .await?;
+        audit_failure(ctx, &writer, org, &client, "no_such_code").await?;
         return Err(no_such_code());
     };
+    // A right code is no evidence about the next one: take back this attempt only (and
+    // its token), whatever happens next.
+    for s in &subjects {
+        state.guesses.refund(&ctx.db, s).await?;
+    }
+    if serial.is_none() {
+        return_guess_token(&ctx.db, budget).await?;
+    }
 
     let csr = crate::csr::check_der(&waiting.csr_der)
         .map_err(|e| anyhow::anyhow!("a stored CSR no longer checks: {e}"))?;
-    // Re-pairing: the organization's printer with this serial, if any.
+    // The organization's lock, then the caller's role read again under it: a member
+    // demoted or removed a moment ago claims nothing.
+    printworks_org::access::lock_org(&mut tx, org).await?;
+    match m.current_role(&mut tx).await? {
+        Some(Role::Admin | Role::Member) => {}
+        Some(Role::Guest) => return Err(writer_lost()),
+        None => return Err(ApiError::not_found()),
+    }
+    // Re-pairing: the printer the request proved to be, if it is this organization's;
+    // else the organization's printer with this serial, if any.
     let existing: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM printers WHERE organization_id = $1 AND serial = $2 AND unpaired_at IS NULL
-         FOR UPDATE",
+        "SELECT id FROM printers
+         WHERE organization_id = $1 AND unpaired_at IS NULL
+           AND (id = $2 OR ($2 IS NULL AND serial = $3))
+         ORDER BY created_at DESC LIMIT 1",
     )
     .bind(org)
+    .bind(waiting.proven_printer_id)
     .bind(&waiting.serial)
     .fetch_optional(&mut *tx)
     .await?;
-    let printer_id = match existing {
-        Some(id) => {
+    let proven = existing.is_some() && existing == waiting.proven_printer_id;
+    if let Some(id) = existing {
+        if let Err(e) = printworks_org::printers::lock_for_removal(&mut tx, &m, id).await {
+            drop(tx);
+            audit_failure(ctx, &writer, org, &client, "not_allowed_to_repair").await?;
+            return Err(e);
+        }
+    }
+    let (printer_id, replaced) = match existing {
+        Some(id) if proven => {
             identity::revoke_all(&mut tx, id, now, "re-paired").await?;
             printworks_org::printers::repaired(&mut tx, id, &name, &waiting.model).await?;
-            id
+            (id, None)
         }
-        None => {
-            printworks_org::printers::register(
+        other => {
+            // Whatever had this serial could not prove it is this device: it goes, with
+            // its credentials, and its unfinished jobs fail rather than reach a stranger.
+            if let Some(old) = other {
+                printworks_org::printers::remove(&mut tx, old, now).await?;
+                let failed = state
+                    .jobs
+                    .printer_left(
+                        &mut tx,
+                        old,
+                        "the printer was replaced by a re-pairing",
+                        now,
+                    )
+                    .await?;
+                AuditEvent::new("printer.unpair", writer.audit_actor(), Outcome::Success)
+                    .organization(org)
+                    .source(client.addr)
+                    .target("printer", old)
+                    .detail("reason", "replaced_by_pairing")
+                    .detail("jobs_failed", failed)
+                    .write(&mut tx, now)
+                    .await?;
+            }
+            let id = printworks_org::printers::register(
                 &mut tx,
                 org,
                 &name,
@@ -159,7 +315,8 @@ pub async fn claim(
                 writer.user_id(),
                 now,
             )
-            .await?
+            .await?;
+            (id, other)
         }
     };
     let issued = state.ca.issue_printer(
@@ -171,11 +328,9 @@ pub async fn claim(
     identity::record_certificate(&mut tx, printer_id, &issued, now, "pairing").await?;
     let shared_secret = random_token();
     identity::store_secret(&mut tx, &ctx.secrets, printer_id, &shared_secret, now).await?;
-    let organization_name: String =
-        sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
-            .bind(org)
-            .fetch_one(&mut *tx)
-            .await?;
+    let organization_name = printworks_org::organizations::name_of(&mut *tx, org)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let credentials = Credentials {
         printer_id,
         organization_id: org,
@@ -203,7 +358,7 @@ pub async fn claim(
     .bind(&sealed)
     .execute(&mut *tx)
     .await?;
-    AuditEvent::new("printer.claim", writer.audit_actor(), Outcome::Success)
+    let mut event = AuditEvent::new("printer.claim", writer.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("printer", printer_id)
@@ -211,21 +366,26 @@ pub async fn claim(
         .detail("model", waiting.model.as_str())
         .detail("firmware_version", waiting.firmware_version.as_str())
         .detail("certificate_serial", issued.serial.as_str())
-        .detail("repaired", existing.is_some())
-        .write(&mut tx, now)
-        .await?;
-    tx.commit().await?;
-    // A right code is no evidence about the next one: take back this attempt only.
-    for s in &subjects {
-        state.guesses.refund(&ctx.db, s).await?;
+        .detail("repaired", proven);
+    if let Some(old) = replaced {
+        event = event.detail("replaced_printer_id", old.to_string());
     }
+    event.write(&mut tx, now).await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(Claimed {
             printer_id,
             organization_id: org,
             name,
-            repaired: existing.is_some(),
+            repaired: proven,
+            replaced_printer_id: replaced,
         }),
     ))
+}
+
+fn writer_lost() -> ApiError {
+    printworks_org::access::forbidden(
+        "Guests cannot change the organization, its teams or its printers.",
+    )
 }

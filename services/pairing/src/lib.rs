@@ -26,6 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::post;
 use printworks_common::AppContext;
+use printworks_common::hooks::PrinterJobs;
 use printworks_common::http::{rate_limit, service_index};
 use printworks_common::throttle::Throttle;
 
@@ -50,9 +51,11 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub struct PairingState {
     pub ctx: AppContext,
     pub ca: Arc<PrinterCa>,
-    /// Counts wrong codes per person, organization and source address, and wrong
-    /// renewal proofs per printer.
+    /// Counts wrong codes per person, organization, source address and serial, and
+    /// wrong proofs of a printer's secret per printer and network.
     pub guesses: Throttle,
+    /// The relay's print jobs, failed when a re-pairing replaces a printer.
+    pub jobs: Arc<dyn PrinterJobs>,
 }
 
 impl FromRef<PairingState> for AppContext {
@@ -62,10 +65,11 @@ impl FromRef<PairingState> for AppContext {
 }
 
 impl PairingState {
-    pub fn new(ctx: AppContext, ca: Arc<PrinterCa>) -> Self {
+    pub fn new(ctx: AppContext, ca: Arc<PrinterCa>, jobs: Arc<dyn PrinterJobs>) -> Self {
         Self {
             ctx,
             ca,
+            jobs,
             guesses: Throttle {
                 free_attempts: FREE_GUESSES,
                 max_delay: MAX_GUESS_DELAY,
@@ -76,8 +80,8 @@ impl PairingState {
 
 /// The pairing service's routes (every one limited per source address); starts the
 /// job that forgets old pairing requests and challenges.
-pub fn router(ctx: AppContext, ca: Arc<PrinterCa>) -> Router {
-    let state = PairingState::new(ctx, ca);
+pub fn router(ctx: AppContext, ca: Arc<PrinterCa>, jobs: Arc<dyn PrinterJobs>) -> Router {
+    let state = PairingState::new(ctx, ca, jobs);
     spawn_cleanup(state.ctx.clone());
     let api = Router::new()
         .route(
@@ -111,11 +115,12 @@ async fn no_store(mut res: axum::response::Response) -> axum::response::Response
     res
 }
 
-/// Hourly: pairing requests older than a day and expired challenges are deleted.
+/// Every five minutes: credentials no longer collectable are erased, pairing requests
+/// older than a day and answered challenges that expired are deleted.
 fn spawn_cleanup(ctx: AppContext) {
     let stop = ctx.shutdown.child_token();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -130,6 +135,15 @@ fn spawn_cleanup(ctx: AppContext) {
 
 pub async fn cleanup(ctx: &AppContext) -> sqlx::Result<()> {
     let now = ctx.now();
+    sqlx::query(
+        "UPDATE pairing_requests SET credentials_sealed = NULL
+         WHERE credentials_sealed IS NOT NULL
+           AND (collected_at < $1 OR claimed_at < $2)",
+    )
+    .bind(now - requests::RECOLLECT_WINDOW)
+    .bind(now - PAIRING_TTL)
+    .execute(&ctx.db)
+    .await?;
     sqlx::query("DELETE FROM pairing_requests WHERE created_at < $1")
         .bind(now - time::Duration::days(1))
         .execute(&ctx.db)

@@ -18,7 +18,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::crypto::{
-    base64url_decode, constant_time_eq, hmac_sha256, random_token, token_digest,
+    SecretBox, base64url, base64url_decode, constant_time_eq, hmac_sha256, random_bytes,
+    token_digest,
 };
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json, Path};
@@ -38,8 +39,90 @@ pub const CHALLENGE_TTL: time::Duration = time::Duration::minutes(5);
 pub const RENEWAL_SPACING: time::Duration = time::Duration::minutes(1);
 /// How long a certificate stays valid after it renewed itself over mutual TLS.
 pub const RETIREMENT_GRACE: time::Duration = time::Duration::minutes(10);
-/// Challenges a printer may have open at once (older ones are dropped).
-const OPEN_CHALLENGES: i64 = 5;
+
+/// Length of a challenge's random part and of its tag, in bytes.
+const NONCE: usize = 16;
+const TAG: usize = 16;
+
+fn challenge_tag(secrets: &SecretBox, printer: Uuid, expires: i64, nonce: &[u8]) -> [u8; 32] {
+    let mut data = Vec::with_capacity(16 + 8 + NONCE);
+    data.extend_from_slice(printer.as_bytes());
+    data.extend_from_slice(&expires.to_be_bytes());
+    data.extend_from_slice(nonce);
+    secrets.mac("printer-challenge", &data)
+}
+
+/// A challenge for `printer`: its expiry, a random part and a MAC over both and the
+/// printer (base64url). Nothing is stored until it is answered, so nobody can use up
+/// or push out the challenges of a printer by asking for many.
+pub fn issue_challenge(secrets: &SecretBox, printer: Uuid, now: time::OffsetDateTime) -> String {
+    let expires = (now + CHALLENGE_TTL).unix_timestamp();
+    let nonce = random_bytes::<NONCE>();
+    let mut raw = Vec::with_capacity(8 + NONCE + TAG);
+    raw.extend_from_slice(&expires.to_be_bytes());
+    raw.extend_from_slice(&nonce);
+    raw.extend_from_slice(&challenge_tag(secrets, printer, expires, &nonce)[..TAG]);
+    base64url(&raw)
+}
+
+/// When `challenge` expires, if it is one this service issued for `printer` and it has
+/// not expired at `now` (whether it was answered already is for [`use_challenge`]).
+pub fn challenge_expiry(
+    secrets: &SecretBox,
+    printer: Uuid,
+    challenge: &str,
+    now: time::OffsetDateTime,
+) -> Option<time::OffsetDateTime> {
+    if challenge.len() > 100 {
+        return None;
+    }
+    let raw = base64url_decode(challenge)?;
+    if raw.len() != 8 + NONCE + TAG {
+        return None;
+    }
+    let (expires, rest) = raw.split_at(8);
+    let (nonce, tag) = rest.split_at(NONCE);
+    let expires = i64::from_be_bytes(expires.try_into().ok()?);
+    if !constant_time_eq(tag, &challenge_tag(secrets, printer, expires, nonce)[..TAG]) {
+        return None;
+    }
+    let expires = time::OffsetDateTime::from_unix_timestamp(expires).ok()?;
+    (expires > now && expires <= now + CHALLENGE_TTL).then_some(expires)
+}
+
+/// Marks a valid challenge answered (in the caller's transaction): `false` if it was
+/// answered before. Answered challenges are kept until they expire.
+pub async fn use_challenge(
+    conn: &mut sqlx::PgConnection,
+    printer: Uuid,
+    challenge: &str,
+    expires: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO printer_challenges (challenge_hash, printer_id, created_at, expires_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(token_digest(challenge))
+    .bind(printer)
+    .bind(now)
+    .bind(expires)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// What wrong proofs of a printer's secret are counted against: the printer *and* the
+/// network the proof came from, so a stranger who knows a printer's id slows only
+/// himself, never the printer (the secret has 256 bits: counting is against noise, not
+/// against a search that could succeed).
+pub fn proof_subject(printer: Uuid, client: &ClientInfo) -> String {
+    match client.rate_key() {
+        Some(key) => format!("pairing:printer:{printer}:{key}"),
+        None => format!("pairing:printer:{printer}"),
+    }
+}
 
 #[derive(Serialize)]
 pub struct Challenge {
@@ -52,43 +135,20 @@ pub async fn challenge(
     Path(printer): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Challenge>), ApiError> {
     let ctx = &state.ctx;
-    let now = ctx.now();
-    let mut tx = ctx.db.begin().await?;
     let paired: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM printer_secrets s JOIN printers p ON p.id = s.printer_id
                         WHERE s.printer_id = $1 AND p.unpaired_at IS NULL)",
     )
     .bind(printer)
-    .fetch_one(&mut *tx)
+    .fetch_one(&ctx.db)
     .await?;
     if !paired {
         return Err(ApiError::not_found());
     }
-    let challenge = random_token();
-    sqlx::query(
-        "INSERT INTO printer_challenges (challenge_hash, printer_id, created_at, expires_at)
-         VALUES ($1, $2, $3, $4)",
-    )
-    .bind(token_digest(&challenge))
-    .bind(printer)
-    .bind(now)
-    .bind(now + CHALLENGE_TTL)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM printer_challenges WHERE printer_id = $1 AND challenge_hash NOT IN (
-           SELECT challenge_hash FROM printer_challenges WHERE printer_id = $1
-           ORDER BY created_at DESC, challenge_hash LIMIT $2)",
-    )
-    .bind(printer)
-    .bind(OPEN_CHALLENGES)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         Json(Challenge {
-            challenge,
+            challenge: issue_challenge(&ctx.secrets, printer, ctx.now()),
             expires_in: CHALLENGE_TTL.whole_seconds(),
         }),
     ))
@@ -121,19 +181,16 @@ fn refused() -> ApiError {
 
 async fn audit_failure(
     ctx: &AppContext,
+    action: &'static str,
     printer: Uuid,
     org: Option<Uuid>,
     addr: Option<IpAddr>,
     reason: &str,
 ) -> sqlx::Result<()> {
-    let mut event = AuditEvent::new(
-        "printer.certificate_renew",
-        Actor::Printer(printer),
-        Outcome::Failure,
-    )
-    .source(addr)
-    .target("printer", printer)
-    .detail("reason", reason);
+    let mut event = AuditEvent::new(action, Actor::Printer(printer), Outcome::Failure)
+        .source(addr)
+        .target("printer", printer)
+        .detail("reason", reason);
     if let Some(org) = org {
         event = event.organization(org);
     }
@@ -150,49 +207,24 @@ pub async fn renew_with_secret(
 ) -> Result<(StatusCode, Json<Renewed>), ApiError> {
     let ctx = &state.ctx;
     let checked = csr::check(&req.csr_pem).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if req.challenge.len() > 100 || req.proof.len() > 100 {
+    if req.proof.len() > 100 {
         return Err(refused());
     }
-    let now = ctx.now();
-    let subject = format!("pairing:printer:{printer}");
-    if let Gate::Wait(wait) = state.guesses.attempt(&ctx.db, &subject, now).await? {
-        return Err(ApiError::too_many_requests(wait));
-    }
-    let mut tx = ctx.db.begin().await?;
-    // Single use: taken whether or not the proof is right.
-    let taken = sqlx::query(
-        "DELETE FROM printer_challenges WHERE challenge_hash = $1 AND printer_id = $2 AND expires_at > $3",
-    )
-    .bind(token_digest(&req.challenge))
-    .bind(printer)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let secret = identity::load_secret(&mut tx, &ctx.secrets, printer).await?;
-    let (org, secret) = match secret {
-        Some(s) if taken == 1 => s,
-        other => {
-            tx.commit().await?;
-            audit_failure(
-                ctx,
-                printer,
-                other.map(|(o, _)| o),
-                client.addr,
-                "no_such_challenge",
-            )
-            .await?;
-            return Err(refused());
-        }
-    };
-    let expected = hmac_sha256(
-        &secret,
+    let org = check_secret_proof(
+        &state,
+        printer,
+        &req.challenge,
+        &req.proof,
         &renewal_message(printer, &req.challenge, &checked.der),
-    );
-    let given = base64url_decode(&req.proof).unwrap_or_default();
-    if !constant_time_eq(&given, &expected) {
-        tx.commit().await?;
-        audit_failure(ctx, printer, Some(org), client.addr, "wrong_proof").await?;
+        &client,
+        "printer.certificate_renew",
+    )
+    .await?;
+    let now = ctx.now();
+    let mut tx = ctx.db.begin().await?;
+    // One renewal at a time per printer (its row lock orders them), and only while it
+    // is still paired.
+    if !printworks_org::printers::lock_paired(&mut tx, printer).await? {
         return Err(refused());
     }
     // Whatever certificates the printer had are superseded: if its key was stolen, the
@@ -218,7 +250,10 @@ pub async fn renew_with_secret(
     .write(&mut tx, now)
     .await?;
     tx.commit().await?;
-    state.guesses.refund(&ctx.db, &subject).await?;
+    state
+        .guesses
+        .refund(&ctx.db, &proof_subject(printer, &client))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Renewed {
@@ -227,6 +262,50 @@ pub async fn renew_with_secret(
             not_after: issued.not_after,
         }),
     ))
+}
+
+/// Checks a proof of `printer`'s shared secret over `message` (which names the
+/// challenge): the challenge must be one this service issued for the printer, unexpired
+/// and not answered before (it is used up here, right or wrong); only then is the
+/// attempt counted ([`proof_subject`]) and the proof compared, in constant time. Every
+/// refusal is audited as `action`. Returns the printer's organization.
+pub async fn check_secret_proof(
+    state: &PairingState,
+    printer: Uuid,
+    challenge: &str,
+    proof: &str,
+    message: &[u8],
+    client: &ClientInfo,
+    action: &'static str,
+) -> Result<Uuid, ApiError> {
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    let refuse = |org: Option<Uuid>, reason: &'static str| async move {
+        audit_failure(ctx, action, printer, org, client.addr, reason).await?;
+        Err::<Uuid, ApiError>(refused())
+    };
+    let Some(expires) = challenge_expiry(&ctx.secrets, printer, challenge, now) else {
+        return refuse(None, "no_such_challenge").await;
+    };
+    let mut conn = ctx.db.acquire().await?;
+    let Some((org, secret)) = identity::load_secret(&mut conn, &ctx.secrets, printer).await? else {
+        return refuse(None, "not_paired").await;
+    };
+    if !use_challenge(&mut conn, printer, challenge, expires, now).await? {
+        return refuse(Some(org), "challenge_used").await;
+    }
+    drop(conn);
+    let subject = proof_subject(printer, client);
+    if let Gate::Wait(wait) = state.guesses.attempt(&ctx.db, &subject, now).await? {
+        audit_failure(ctx, action, printer, Some(org), client.addr, "throttled").await?;
+        return Err(ApiError::too_many_requests(wait));
+    }
+    let expected = hmac_sha256(&secret, message);
+    let given = base64url_decode(proof).unwrap_or_default();
+    if !constant_time_eq(&given, &expected) {
+        return refuse(Some(org), "wrong_proof").await;
+    }
+    Ok(org)
 }
 
 /// A new certificate for the printer on a valid mutual-TLS session, from a fresh CSR,
@@ -242,6 +321,23 @@ pub async fn renew_over_tls(
     let checked = csr::check(csr_pem).map_err(|e| ApiError::invalid(e.to_string()))?;
     let now = ctx.now();
     let mut tx = ctx.db.begin().await?;
+    // Under the printer's row lock: concurrent renewals are taken one after another, so
+    // the spacing below lets exactly one of them through.
+    if !printworks_org::printers::lock_paired(&mut tx, who.printer_id).await? {
+        return Err(ApiError::not_found());
+    }
+    // The asking certificate may have been revoked while this request waited.
+    let asking_live: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM printer_certificates
+                        WHERE serial = $1 AND revoked_at IS NULL AND not_after > $2)",
+    )
+    .bind(&who.certificate_serial)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !asking_live {
+        return Err(ApiError::not_found());
+    }
     // One renewal a minute is plenty; more is a loop or an abuse of a stolen key.
     let recent: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM printer_certificates
@@ -263,8 +359,18 @@ pub async fn renew_over_tls(
         now,
         ctx.settings.printers.printer_cert_ttl,
     )?;
-    // The certificate that asked retires soon after its successor exists: long enough
-    // to store the new one and reconnect, not long enough to live on beside it.
+    // The printer is left with one certificate: every other one is revoked now, and the
+    // one that asked retires soon — long enough to store the new one and reconnect, not
+    // long enough to live on beside it.
+    sqlx::query(
+        "UPDATE printer_certificates SET revoked_at = $3, revoked_reason = 'superseded'
+         WHERE printer_id = $1 AND serial <> $2 AND revoked_at IS NULL",
+    )
+    .bind(who.printer_id)
+    .bind(&who.certificate_serial)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE printer_certificates SET not_after = LEAST(not_after, $2) WHERE serial = $1",
     )

@@ -1,8 +1,9 @@
 //! The printer's side of pairing: `POST /pairing/v1/requests` (no token) with its CSR
 //! answers a six-digit code to show and a poll token only it knows;
 //! `POST /pairing/v1/requests/{id}/poll {poll_token}` answers 202 while nobody has
-//! entered the code, 200 with the credentials once someone has (exactly once), and 410
-//! when the request expired or was collected.
+//! entered the code, 200 with the credentials once someone has (and again, to the same
+//! poll token, for [`RECOLLECT_WINDOW`] after the first time, in case that answer was
+//! lost), and 410 when the request expired or its credentials were erased.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,6 +18,11 @@ use uuid::Uuid;
 
 use crate::code::PairingCode;
 use crate::{PAIRING_TTL, POLL_INTERVAL_SECS, PairingState, csr};
+use printworks_common::printer::repair_message;
+
+/// After a printer first collects its credentials, it may collect them again for this
+/// long (the answer was lost on the way, say); then they are erased.
+pub const RECOLLECT_WINDOW: time::Duration = time::Duration::minutes(5);
 
 /// Pairing requests one source address may have waiting at once.
 pub const MAX_PENDING_PER_ADDRESS: i64 = 20;
@@ -27,6 +33,19 @@ pub struct NewRequest {
     model: String,
     firmware_version: String,
     csr_pem: String,
+    /// A printer that was paired before and still holds its shared secret proves it
+    /// here; only then is it paired again under the same identity.
+    previous: Option<Previous>,
+}
+
+/// Proof of a previous identity: a challenge from
+/// `POST /pairing/v1/printers/{printer_id}/challenge` and
+/// [`printworks_common::printer::repair_proof`] over it and this request's CSR.
+#[derive(Deserialize)]
+pub struct Previous {
+    printer_id: Uuid,
+    challenge: String,
+    proof: String,
 }
 
 #[derive(Serialize)]
@@ -72,11 +91,39 @@ pub async fn create(
     let firmware = printable(&req.firmware_version, "firmware_version")?;
     let checked = csr::check(&req.csr_pem).map_err(|e| ApiError::invalid(e.to_string()))?;
     let ctx = &state.ctx;
+    let proven = match &req.previous {
+        Some(p) => {
+            if p.proof.len() > 100 {
+                return Err(ApiError::invalid("previous.proof is not a proof."));
+            }
+            crate::renewal::check_secret_proof(
+                &state,
+                p.printer_id,
+                &p.challenge,
+                &p.proof,
+                &repair_message(p.printer_id, &p.challenge, &checked.der),
+                &client,
+                "printer.repair_proof",
+            )
+            .await?;
+            Some(p.printer_id)
+        }
+        None => None,
+    };
     let now = ctx.now();
     let source = client.addr.map(|a| a.to_string());
     let source_key = client.rate_key().map(|a| a.to_string());
+    let source_net = client.network().map(|n| n.to_string());
 
     let mut tx = ctx.db.begin().await?;
+    // Requests from one network are counted one after another, so its limit holds.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!(
+            "pairing-net:{}",
+            source_net.as_deref().unwrap_or("-")
+        ))
+        .execute(&mut *tx)
+        .await?;
     // Requests nobody claimed in time give their codes back.
     sqlx::query(
         "UPDATE pairing_requests SET state = 'expired' WHERE state = 'pending' AND expires_at <= $1",
@@ -84,14 +131,18 @@ pub async fn create(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let (pending, from_here): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE source_key IS NOT DISTINCT FROM $1)
+    let (pending, from_here, from_network): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE source_key IS NOT DISTINCT FROM $1),
+                count(*) FILTER (WHERE source_net IS NOT DISTINCT FROM $2)
          FROM pairing_requests WHERE state = 'pending'",
     )
     .bind(&source_key)
+    .bind(&source_net)
     .fetch_one(&mut *tx)
     .await?;
-    if from_here >= MAX_PENDING_PER_ADDRESS {
+    if from_here >= MAX_PENDING_PER_ADDRESS
+        || from_network >= i64::from(ctx.settings.printers.pairing_max_pending_per_network)
+    {
         return Err(ApiError::too_many_requests(std::time::Duration::from_secs(
             60,
         )));
@@ -109,8 +160,9 @@ pub async fn create(
         let inserted = sqlx::query(
             "INSERT INTO pairing_requests
                (id, code_hash, poll_token_hash, serial, model, firmware_version, csr_der,
-                source_addr, source_key, created_at, expires_at, state)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending')
+                source_addr, source_key, created_at, expires_at, state, source_net,
+                proven_printer_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, $13)
              ON CONFLICT (code_hash) WHERE state = 'pending' DO NOTHING",
         )
         .bind(id)
@@ -124,6 +176,8 @@ pub async fn create(
         .bind(&source_key)
         .bind(now)
         .bind(now + PAIRING_TTL)
+        .bind(&source_net)
+        .bind(proven)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -157,6 +211,7 @@ struct Row {
     state: String,
     expires_at: OffsetDateTime,
     claimed_at: Option<OffsetDateTime>,
+    collected_at: Option<OffsetDateTime>,
     credentials_sealed: Option<Vec<u8>>,
 }
 
@@ -186,7 +241,7 @@ pub async fn poll(
     let now = ctx.now();
     let mut tx = ctx.db.begin().await?;
     let row: Option<Row> = sqlx::query_as(
-        "SELECT state, expires_at, claimed_at, credentials_sealed FROM pairing_requests
+        "SELECT state, expires_at, claimed_at, collected_at, credentials_sealed FROM pairing_requests
          WHERE id = $1 AND poll_token_hash = $2 FOR UPDATE",
     )
     .bind(id)
@@ -210,10 +265,17 @@ pub async fn poll(
             )
                 .into_response())
         }
-        "claimed"
-            if row
-                .claimed_at
-                .is_some_and(|claimed| claimed + PAIRING_TTL > now) =>
+        // Collected first here, or again within the window after the first time (the
+        // same poll token, so the same printer and its key): a lost answer does not mean
+        // pairing again.
+        "claimed" | "collected"
+            if row.credentials_sealed.is_some()
+                && row
+                    .claimed_at
+                    .is_some_and(|claimed| claimed + PAIRING_TTL > now)
+                && row
+                    .collected_at
+                    .is_none_or(|first| first + RECOLLECT_WINDOW > now) =>
         {
             let sealed = row.credentials_sealed.ok_or_else(gone)?;
             let plain = ctx
@@ -222,20 +284,22 @@ pub async fn poll(
                 .ok_or_else(|| anyhow::anyhow!("sealed pairing credentials do not open"))?;
             let credentials: Credentials =
                 serde_json::from_slice(&plain).map_err(anyhow::Error::from)?;
-            sqlx::query(
-                "UPDATE pairing_requests SET state = 'collected', collected_at = $2,
-                        credentials_sealed = NULL WHERE id = $1",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            let first = row.collected_at.is_none();
+            if first {
+                sqlx::query(
+                    "UPDATE pairing_requests SET state = 'collected', collected_at = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
-            tracing::info!(request_id = %id, printer_id = %credentials.printer_id, "pairing credentials collected");
+            tracing::info!(request_id = %id, printer_id = %credentials.printer_id, again = !first, "pairing credentials collected");
             Ok((StatusCode::OK, Json(credentials)).into_response())
         }
         _ => {
-            // Expired, collected, or claimed too long ago: the secrets go, if still here.
+            // Expired, or collected or claimed too long ago: the secrets go, if still here.
             sqlx::query(
                 "UPDATE pairing_requests SET credentials_sealed = NULL,
                         state = CASE WHEN state = 'collected' THEN state ELSE 'expired' END

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use printworks_common::clock::SharedClock;
+use printworks_common::hooks::PrinterJobs;
 use printworks_common::http::{apply_common_layers, health_routes};
 use printworks_common::{AppContext, Settings, server};
 use printworks_pairing::PrinterCa;
@@ -98,16 +99,23 @@ pub async fn router(
     relay: Option<&RelayState>,
 ) -> anyhow::Result<Router> {
     let mut app = health_routes().with_state(ctx.clone());
+    // The relay owns print jobs; the services that remove printers fail theirs through
+    // it, whichever services this process runs.
+    let jobs: Arc<dyn PrinterJobs> = Arc::new(printworks_relay::jobs::PrinterJobsOfRelay);
     if services.contains(Service::Account) {
         let orgs = Arc::new(printworks_org::Directory::new(ctx.db.clone()));
         app = app.merge(printworks_account::router(ctx.clone(), orgs).await?);
     }
     if services.contains(Service::Org) {
-        app = app.merge(printworks_org::router(ctx.clone())?);
+        app = app.merge(printworks_org::router(ctx.clone(), jobs.clone())?);
     }
     if services.contains(Service::Pairing) {
         let ca = ca.context("the pairing service needs the printer CA")?;
-        app = app.merge(printworks_pairing::router(ctx.clone(), ca.clone()));
+        app = app.merge(printworks_pairing::router(
+            ctx.clone(),
+            ca.clone(),
+            jobs.clone(),
+        ));
     }
     let mut longer = Vec::new();
     if let Some(relay) = relay {

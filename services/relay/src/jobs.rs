@@ -25,6 +25,7 @@ use printworks_common::audit::{AuditEvent, Outcome};
 use printworks_common::auth::{Auth, Caller, scope};
 use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
+use printworks_common::hooks::{BoxFuture, PrinterJobs};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use printworks_org::access::{Membership, membership};
 use serde::{Deserialize, Serialize};
@@ -623,6 +624,52 @@ pub async fn abort(
     ))
 }
 
+/// The jobs of `printer` that have not finished fail now (in the caller's transaction),
+/// each with `message` in its history: queued ones are never sent, and those the printer
+/// had are over (the printer is gone, and its connections with it). Returns how many.
+pub async fn fail_unfinished(
+    conn: &mut sqlx::PgConnection,
+    printer: Uuid,
+    message: &str,
+    now: OffsetDateTime,
+) -> sqlx::Result<u64> {
+    let failed: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE print_jobs SET state = 'failed', message = $2, finished_at = $3, updated_at = $3
+         WHERE printer_id = $1 AND state IN ('receiving', 'queued', 'dispatched', 'downloading', 'printing')
+         RETURNING id",
+    )
+    .bind(printer)
+    .bind(message)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO print_job_events (job_id, state, message, at)
+         SELECT id, 'failed', $2, $3 FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&failed)
+    .bind(message)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(failed.len() as u64)
+}
+
+/// The relay's side of [`PrinterJobs`], for the services that remove printers.
+pub struct PrinterJobsOfRelay;
+
+impl PrinterJobs for PrinterJobsOfRelay {
+    fn printer_left<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        printer: Uuid,
+        reason: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(fail_unfinished(conn, printer, reason, now))
+    }
+}
+
 /// Hourly: uploads that never finished (a crash mid-upload) are removed with their
 /// blobs; jobs still active on printers that were unpaired fail; the files of jobs
 /// finished longer ago than `PRINTWORKS_JOB_RETENTION` are deleted (their rows and
@@ -640,29 +687,22 @@ pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
         let spool = state.store.spool_dir().join(format!("{id}.sealed"));
         discard(state, *id, &spool, key).await;
     }
-    let mut tx = ctx.db.begin().await?;
+    // Unpairing fails a printer's jobs at once; this catches any left behind (a
+    // removal written by something other than the org and pairing services).
     let orphaned: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE print_jobs j SET state = 'failed', message = 'the printer was removed', finished_at = $1, updated_at = $1
-         FROM printers p
-         WHERE p.id = j.printer_id AND p.unpaired_at IS NOT NULL
+        "SELECT DISTINCT j.printer_id FROM print_jobs j JOIN printers p ON p.id = j.printer_id
+         WHERE p.unpaired_at IS NOT NULL
            AND j.state IN ('queued', 'dispatched', 'downloading', 'printing')
-         RETURNING j.id",
+         LIMIT 1000",
     )
-    .bind(now)
-    .fetch_all(&mut *tx)
+    .fetch_all(&ctx.db)
     .await?;
-    for id in &orphaned {
-        record(
-            &mut tx,
-            *id,
-            "failed",
-            None,
-            Some("the printer was removed"),
-            now,
-        )
-        .await?;
+    let mut failed = 0;
+    for printer in &orphaned {
+        let mut tx = ctx.db.begin().await?;
+        failed += fail_unfinished(&mut tx, *printer, "the printer was removed", now).await?;
+        tx.commit().await?;
     }
-    tx.commit().await?;
     let expired: Vec<(Uuid, String)> = sqlx::query_as(
         "SELECT id, blob_key FROM print_jobs
          WHERE finished_at < $1 AND blob_deleted_at IS NULL LIMIT 1000",
@@ -678,5 +718,5 @@ pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
             .execute(&ctx.db)
             .await?;
     }
-    Ok(stale.len() + orphaned.len() + expired.len())
+    Ok(stale.len() + usize::try_from(failed).unwrap_or(usize::MAX) + expired.len())
 }

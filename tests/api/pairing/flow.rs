@@ -1,5 +1,6 @@
-//! Pairing over real HTTP: request, claim, collect (once); the ten minutes counted by
-//! the injected clock to the second; single use; two claims at once; who may claim.
+//! Pairing over real HTTP: request, claim, collect (again only within a short window);
+//! the ten minutes counted by the injected clock to the second; single use; two claims
+//! at once; who may claim.
 
 use printworks_common::db::MIGRATOR;
 use reqwest::{Method, StatusCode};
@@ -11,7 +12,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 use crate::helpers::{OrgWorld, TestApp, printer_key_and_csr};
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn a_printer_pairs_and_collects_its_credentials_once(pool: PgPool) {
+async fn a_printer_pairs_and_collects_its_credentials_within_a_short_window(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
     let (key, csr) = printer_key_and_csr();
@@ -119,7 +120,12 @@ async fn a_printer_pairs_and_collects_its_credentials_once(pool: PgPool) {
             .unwrap();
     assert_eq!(recorded, printer);
 
-    // Exactly once: the secrets are gone from the database, and a second poll is 410.
+    // The same poll token collects the same credentials again for five minutes (an
+    // answer lost on the way); then the secrets are gone from the database, and a poll
+    // is 410.
+    let again = app.poll(&id, &poll_token).await.expect(StatusCode::OK);
+    assert_eq!(again.body, got.body);
+    app.clock.advance(time::Duration::seconds(301));
     app.poll(&id, &poll_token).await.expect(StatusCode::GONE);
     let leftover: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT credentials_sealed FROM pairing_requests")
@@ -338,11 +344,12 @@ async fn only_admins_and_members_of_the_organization_with_the_scope_claim(pool: 
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn pairing_the_same_printer_again_keeps_it_and_revokes_its_old_certificate(pool: PgPool) {
+async fn pairing_the_same_printer_again_keeps_it_only_when_it_proves_its_secret(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
     let first = app.pair_printer(&w.admin_token, w.org, "SN-42").await;
-    let again = app.pair_printer(&w.admin_token, w.org, "SN-42").await;
+    // With a proof of its shared secret: the same printer, new credentials.
+    let again = app.repair_printer(&w.admin_token, &first).await;
     assert_eq!(first.id, again.id);
     let certs: Vec<(bool, Option<String>)> = sqlx::query_as(
         "SELECT revoked_at IS NOT NULL, revoked_reason FROM printer_certificates WHERE printer_id = $1 ORDER BY issued_at, revoked_at NULLS LAST",
@@ -355,9 +362,20 @@ async fn pairing_the_same_printer_again_keeps_it_and_revokes_its_old_certificate
     assert_eq!(certs.iter().filter(|c| c.0).count(), 1);
     assert!(certs.iter().any(|c| c.1.as_deref() == Some("re-paired")));
     assert_ne!(first.shared_secret, again.shared_secret);
+    // Without one (a factory reset, or another device using the serial): a new printer
+    // replaces it, and the old one is gone with its credentials.
+    let fresh = app.pair_printer(&w.admin_token, w.org, "SN-42").await;
+    assert_ne!(fresh.id, first.id);
+    let old_paired: bool =
+        sqlx::query_scalar("SELECT unpaired_at IS NULL FROM printers WHERE id = $1")
+            .bind(first.id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(!old_paired);
     // The same serial in another organization is another printer.
     let elsewhere = app
         .pair_printer(&w.outsider_token, w.other_org, "SN-42")
         .await;
-    assert_ne!(elsewhere.id, first.id);
+    assert_ne!(elsewhere.id, fresh.id);
 }

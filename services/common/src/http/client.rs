@@ -52,6 +52,19 @@ pub fn limit_key(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// The network an address belongs to, as limits on what one network may hold count it:
+/// an IPv4 /24 or an IPv6 /48 (one site, typically).
+pub fn network_of(addr: IpAddr) -> ipnet::IpNet {
+    let prefix = match addr {
+        IpAddr::V4(_) => 24,
+        IpAddr::V6(_) => 48,
+    };
+    #[allow(clippy::expect_used)]
+    ipnet::IpNet::new(addr, prefix)
+        .expect("24 and 48 are valid prefix lengths")
+        .trunc()
+}
+
 /// The source address (see the module docs) and the (truncated) `User-Agent`.
 #[derive(Clone, Debug, Default)]
 pub struct ClientInfo {
@@ -63,6 +76,11 @@ impl ClientInfo {
     /// The address as rate limits and throttles count it (IPv6 by its /64).
     pub fn rate_key(&self) -> Option<IpAddr> {
         self.addr.map(limit_key)
+    }
+
+    /// The source network (IPv4 /24, IPv6 /48), see [`network_of`].
+    pub fn network(&self) -> Option<ipnet::IpNet> {
+        self.addr.map(network_of)
     }
 }
 
@@ -117,6 +135,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", xff.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn networks_are_slash_24_and_slash_48() {
+        let v4: IpAddr = "203.0.113.77".parse().unwrap();
+        assert_eq!(network_of(v4).to_string(), "203.0.113.0/24");
+        let v6: IpAddr = "2001:db8:1234:5678::9".parse().unwrap();
+        assert_eq!(network_of(v6).to_string(), "2001:db8:1234::/48");
     }
 
     #[test]
