@@ -16,7 +16,7 @@ DB := deploy/embedded-postgres.sh
 # cluster's (started on demand; a failure to start stops make).
 with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
 
-.PHONY: help run test test-deps lint fmt db db-stop build bench-login
+.PHONY: help run test test-deps lint deny fmt db db-stop build bench-login
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ help: ## list the targets
 run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
 	@$(with_db) cargo run --quiet --locked -p printworks -- serve
 
-test: lint test-deps ## fmt check, clippy -D warnings, then every test against a real PostgreSQL
+test: lint deny test-deps ## fmt check, clippy -D warnings, cargo deny, then every test against a real PostgreSQL
 	@$(with_db) gcs=$$(deploy/gcs-emulator.sh start); export PRINTWORKS_TEST_GCS_ENDPOINT=$$gcs; \
 	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
 	  cargo test --locked --workspace --all-targets
@@ -35,6 +35,9 @@ test-deps: ## install what the tests need beyond Rust (headless Chromium, chrome
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+
+deny: ## cargo deny check: advisories, licences, banned crates (one TLS stack), sources
+	@deploy/deny.sh
 
 fmt: ## format the code
 	cargo fmt --all
