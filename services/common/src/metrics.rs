@@ -46,6 +46,8 @@ pub struct Metrics {
     /// Printer connections refused (certificate unknown, revoked or expired) or dropped
     /// because their certificate stopped being valid.
     pub printer_connections_refused: Counter,
+    /// Times an event stream looked at its printer's work (one query each).
+    pub printer_event_collects: Counter,
 }
 
 impl Default for Metrics {
@@ -95,8 +97,15 @@ impl Metrics {
             "Printer connections refused or dropped because their certificate is not (or no longer) valid",
             printer_connections_refused.clone(),
         );
+        let printer_event_collects = Counter::default();
+        registry.register(
+            "printer_event_collects",
+            "Times a printer's event stream looked for new work (one database query each)",
+            printer_event_collects.clone(),
+        );
         Self {
             registry,
+            printer_event_collects,
             requests,
             latency,
             pool_connections,

@@ -145,6 +145,15 @@ pub struct RelaySettings {
     /// How often an idle printer connection carries a heartbeat.
     #[arg(long, global = true, env = "PRINTWORKS_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// How often the relay looks for work whose wake-up hint was lost.
+    #[arg(long, global = true, env = "PRINTWORKS_DISPATCH_SWEEP_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub dispatch_sweep_interval: Duration,
+
+    /// Most printer connections this process holds at once (each is an open file; the
+    /// process may have few more than 20 000): further ones are closed at once.
+    #[arg(long, global = true, env = "PRINTWORKS_PRINTER_MAX_CONNECTIONS", value_name = "N", default_value = "18000", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub printer_max_connections: u32,
 }
 
 impl RelaySettings {
@@ -157,6 +166,8 @@ impl RelaySettings {
             upload_timeout: parse_duration("1h").expect("default"),
             job_retention: parse_duration("30d").expect("default"),
             heartbeat_interval: parse_duration("30s").expect("default"),
+            dispatch_sweep_interval: parse_duration("10s").expect("default"),
+            printer_max_connections: 18_000,
         }
     }
 }

@@ -79,7 +79,7 @@ impl Throttle {
     /// A check that was counted succeeded, but was not a login (a code confirmed, a
     /// password re-entered): take back its own count, and only that — earlier failures
     /// stand, so such routes cannot be used to reset the throttle.
-    pub async fn refund(&self, db: &PgPool, subject: &str) -> sqlx::Result<()> {
+    pub async fn refund(&self, db: impl sqlx::PgExecutor<'_>, subject: &str) -> sqlx::Result<()> {
         sqlx::query(
             "UPDATE attempt_throttle SET failures = GREATEST(failures - 1, 0) WHERE subject = $1",
         )

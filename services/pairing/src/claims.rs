@@ -150,7 +150,7 @@ async fn take_guess_token(
 }
 
 /// A right code gives its token back.
-async fn return_guess_token(db: &sqlx::PgPool, budget: u32) -> sqlx::Result<()> {
+async fn return_guess_token(db: impl sqlx::PgExecutor<'_>, budget: u32) -> sqlx::Result<()> {
     sqlx::query("UPDATE pairing_guess_budget SET tokens = LEAST($1, tokens + 1) WHERE id = 1")
         .bind(f64::from(budget) / 2.0)
         .execute(db)
@@ -238,12 +238,12 @@ pub async fn claim(
         return Err(no_such_code());
     };
     // A right code is no evidence about the next one: take back this attempt only (and
-    // its token), whatever happens next.
+    // its token), once the claim goes through.
     for s in &subjects {
-        state.guesses.refund(&ctx.db, s).await?;
+        state.guesses.refund(&mut *tx, s).await?;
     }
     if serial.is_none() {
-        return_guess_token(&ctx.db, budget).await?;
+        return_guess_token(&mut *tx, budget).await?;
     }
 
     let csr = crate::csr::check_der(&waiting.csr_der)

@@ -1,15 +1,19 @@
 //! How work reaches the replica that holds a printer's connection. The queue itself
 //! lives in PostgreSQL; this is only the wake-up: a trigger sends a small hint
 //! (`printworks_printer_work`, the printer's id) when a job becomes ready, a job is
-//! aborted, or the printer's settings change, and the replica holding that printer's
-//! event stream wakes it. Behind the hints, a sweep every [`SWEEP_INTERVAL`] asks the
-//! database which connected printers have work waiting and wakes those: a lost hint
-//! delays a job, it never loses one.
+//! aborted, the printer's settings change or another event stream takes the printer
+//! over, and the replica holding that printer's event stream wakes it. Behind the hints,
+//! a sweep every `PRINTWORKS_DISPATCH_SWEEP_INTERVAL` asks the database which connected
+//! printers have work their stream has not seen — a job still queued, an abort newer
+//! than the stream's last look, settings newer than it sent — and wakes those: a lost
+//! hint delays a job, it never loses one, and work a printer has been told of and not
+//! yet acknowledged (an abort, unconfirmed settings) wakes nobody again.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use printworks_common::AppContext;
+use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -17,41 +21,102 @@ use uuid::Uuid;
 use crate::listen::{Follower, Next};
 use crate::registry::Registry;
 
-/// How often waiting work is looked for, whatever the hints said.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const CHANNEL: &str = "printworks_printer_work";
 
-/// The event streams open on this replica, by printer.
-pub type Wakers = Registry<Arc<Notify>>;
+/// An event stream open on this replica: how to wake it, and what it last saw.
+#[derive(Debug, Default)]
+pub struct EventStream {
+    pub notify: Notify,
+    /// When the stream last looked at its printer's work (unix microseconds).
+    seen_at: AtomicI64,
+    /// The settings version it sent (-1: none yet).
+    settings_sent: AtomicI64,
+}
 
-/// Wakes the event streams of `printer` on this replica.
-pub fn wake(wakers: &Wakers, printer: Uuid) {
-    for n in wakers.of(printer) {
-        n.notify_one();
+impl EventStream {
+    pub fn new() -> Self {
+        Self {
+            notify: Notify::new(),
+            seen_at: AtomicI64::new(i64::MIN),
+            settings_sent: AtomicI64::new(-1),
+        }
+    }
+
+    /// The stream looked at its printer's work as of `at`, and has sent `settings`.
+    pub fn saw(&self, at: OffsetDateTime, settings: i64) {
+        let micros = i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+        self.seen_at.fetch_max(micros, Ordering::Relaxed);
+        self.settings_sent.fetch_max(settings, Ordering::Relaxed);
     }
 }
 
-/// Of the connected printers, those with work waiting: a job ready to send, an abort
-/// not yet acknowledged, or settings not yet confirmed.
-async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT printer_id FROM print_jobs
-         WHERE printer_id = ANY($1)
-           AND (state = 'queued' OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
-         UNION
-         SELECT printer_id FROM printer_security
-         WHERE printer_id = ANY($1) AND version > coalesce(confirmed_version, 0)",
+/// The event streams open on this replica, by printer.
+pub type Wakers = Registry<Arc<EventStream>>;
+
+/// Wakes the event streams of `printer` on this replica.
+pub fn wake(wakers: &Wakers, printer: Uuid) {
+    for s in wakers.of(printer) {
+        s.notify.notify_one();
+    }
+}
+
+/// Of the connected printers, what may be waiting: a job still queued, the newest abort
+/// not acknowledged, settings not confirmed.
+#[derive(sqlx::FromRow)]
+struct Waiting {
+    printer_id: Uuid,
+    queued: bool,
+    latest_abort: Option<OffsetDateTime>,
+    settings_version: Option<i64>,
+}
+
+async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waiting>> {
+    sqlx::query_as(
+        "SELECT printer_id, bool_or(queued) AS queued, max(latest_abort) AS latest_abort,
+                max(settings_version) AS settings_version
+         FROM (
+           SELECT printer_id, state = 'queued' AS queued,
+                  CASE WHEN abort_acknowledged_at IS NULL THEN abort_requested_at END AS latest_abort,
+                  NULL::bigint AS settings_version
+           FROM print_jobs
+           WHERE printer_id = ANY($1)
+             AND (state = 'queued' OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
+           UNION ALL
+           SELECT printer_id, false, NULL, version FROM printer_security
+           WHERE printer_id = ANY($1) AND version > coalesce(confirmed_version, 0)
+         ) w
+         GROUP BY printer_id",
     )
     .bind(printers)
     .fetch_all(&ctx.db)
     .await
 }
 
+/// Whether `stream` has not seen what `w` says waits.
+fn unseen(stream: &EventStream, w: &Waiting) -> bool {
+    let seen_at = stream.seen_at.load(Ordering::Relaxed);
+    let abort_new = w.latest_abort.is_some_and(|a| {
+        i64::try_from(a.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX) > seen_at
+    });
+    let settings_new = w
+        .settings_version
+        .is_some_and(|v| v > stream.settings_sent.load(Ordering::Relaxed));
+    w.queued || abort_new || settings_new
+}
+
 async fn sweep(ctx: &AppContext, wakers: &Wakers) {
     let printers = wakers.printers();
     for chunk in printers.chunks(5000) {
         match waiting(ctx, chunk).await {
-            Ok(ids) => ids.into_iter().for_each(|p| wake(wakers, p)),
+            Ok(rows) => {
+                for w in rows {
+                    for s in wakers.of(w.printer_id) {
+                        if unseen(&s, &w) {
+                            s.notify.notify_one();
+                        }
+                    }
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "dispatch sweep"),
         }
     }
@@ -59,7 +124,8 @@ async fn sweep(ctx: &AppContext, wakers: &Wakers) {
 
 /// Listens for hints and sweeps, until `stop`.
 pub async fn run(ctx: AppContext, wakers: Arc<Wakers>, stop: CancellationToken) {
-    let mut follow = Follower::new(&ctx, "dispatch", CHANNEL, SWEEP_INTERVAL, &stop);
+    let every = ctx.settings.relay.dispatch_sweep_interval;
+    let mut follow = Follower::new(&ctx, "dispatch", CHANNEL, every, &stop);
     while let Some(next) = follow.next().await {
         match next {
             Next::Sweep => sweep(&ctx, &wakers).await,

@@ -47,6 +47,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REVOKED_CHANNEL: &str = "printworks_printer_revoked";
 /// The printer endpoint's own certificate, when the printer CA issues it.
 const SERVER_CERT_TTL: time::Duration = time::Duration::days(365);
+/// Connections one certificate may hold at once on one replica (the event stream, a
+/// download and a report need three; more is a loop or a stolen key).
+pub const MAX_CONNECTIONS_PER_CERTIFICATE: usize = 8;
 
 /// The printer a request comes from (from its client certificate, checked).
 #[derive(Clone, Debug)]
@@ -228,8 +231,12 @@ pub struct PrinterEndpoint {
     router: Router,
     /// Answers every request of a connection whose certificate was refused.
     refusal: Router,
+    /// Answers every request of a connection beyond its certificate's limit.
+    busy: Router,
     ctx: AppContext,
     connections: Arc<Connections>,
+    /// One permit per connection held (`PRINTWORKS_PRINTER_MAX_CONNECTIONS`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl PrinterEndpoint {
@@ -242,20 +249,26 @@ impl PrinterEndpoint {
         router: Router,
     ) -> anyhow::Result<Self> {
         let config = tls_config(&ctx, ca)?;
-        let refusal = apply_common_layers(
-            Router::new()
-                .route("/", axum::routing::any(refused))
-                .route("/{*path}", axum::routing::any(refused)),
-            &ctx,
-            &[],
-        );
+        let answering = |handler: fn() -> std::future::Ready<Response>| {
+            apply_common_layers(
+                Router::new()
+                    .route("/", axum::routing::any(handler))
+                    .route("/{*path}", axum::routing::any(handler)),
+                &ctx,
+                &[],
+            )
+        };
+        let (refusal, busy) = (answering(refused), answering(too_many));
+        let slots = usize::try_from(ctx.settings.relay.printer_max_connections).unwrap_or(1);
         Ok(Self {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             router,
             refusal,
+            busy,
             ctx,
             connections: Arc::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         })
     }
 
@@ -286,15 +299,26 @@ impl PrinterEndpoint {
                     }
                 },
             };
+            // At the limit, a connection is closed at once: it costs no handshake.
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                self.ctx.metrics.printer_connections_refused.inc();
+                tracing::debug!(%peer, "printer connection refused: the endpoint is at its limit");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            tracker.spawn(serve_connection(
+            let served = serve_connection(
                 tcp,
                 peer,
                 self.acceptor.clone(),
-                (self.router.clone(), self.refusal.clone()),
+                (self.router.clone(), self.refusal.clone(), self.busy.clone()),
                 self.ctx.clone(),
                 self.connections.clone(),
-            ));
+            );
+            tracker.spawn(async move {
+                served.await;
+                drop(slot);
+            });
         }
         tracker.close();
         let grace = self.ctx.settings.shutdown_grace;
@@ -307,24 +331,62 @@ impl PrinterEndpoint {
     }
 }
 
-async fn refused() -> Response {
-    let mut res = Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "printer-certificate-refused",
-        "This printer certificate is unknown, revoked or expired",
+fn refused() -> std::future::Ready<Response> {
+    closing(
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "printer-certificate-refused",
+            "This printer certificate is unknown, revoked or expired",
+        )
+        .detail("Renew the certificate with the shared secret, or pair the printer again."),
     )
-    .detail("Renew the certificate with the shared secret, or pair the printer again.")
-    .into_response();
+}
+
+fn too_many() -> std::future::Ready<Response> {
+    closing(
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "printer-connections-exceeded",
+            "This printer certificate holds too many connections",
+        )
+        .detail(format!(
+            "A printer may hold at most {MAX_CONNECTIONS_PER_CERTIFICATE} connections at once; reuse them."
+        ))
+        .header(header::RETRY_AFTER, HeaderValue::from_static("5")),
+    )
+}
+
+/// `problem`, answered on a connection that closes after it.
+fn closing(problem: Problem) -> std::future::Ready<Response> {
+    let mut res = problem.into_response();
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    res
+    std::future::ready(res)
+}
+
+/// Answers every request on `tls` with `router` (one of the refusals), then closes.
+async fn answer_and_close(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+) {
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
 }
 
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    (router, refusal): (Router, Router),
+    (router, refusal, busy): (Router, Router, Router),
     ctx: AppContext,
     connections: Arc<Connections>,
 ) {
@@ -360,27 +422,27 @@ async fn serve_connection(
     let Some(identity) = identity else {
         tracing::info!(%peer, "printer certificate refused: unknown, revoked or expired");
         ctx.metrics.printer_connections_refused.inc();
-        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            refusal.clone().oneshot(req.map(Body::new))
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HANDSHAKE_TIMEOUT)
-            .keep_alive(false)
-            .serve_connection(TokioIo::new(tls), service)
-            .await;
+        answer_and_close(tls, peer, refusal).await;
         return;
     };
 
     let dropped = CancellationToken::new();
-    let _registration = connections.register(
+    let fingerprint = fingerprint.unwrap_or_default();
+    let registration = connections.register_bounded(
         identity.printer_id,
         Open {
-            fingerprint: fingerprint.unwrap_or_default(),
+            fingerprint: fingerprint.clone(),
             drop: dropped.clone(),
         },
+        MAX_CONNECTIONS_PER_CERTIFICATE,
+        |o| o.fingerprint == fingerprint,
     );
+    let Some(_registration) = registration else {
+        tracing::info!(%peer, printer_id = %identity.printer_id, "printer connection refused: too many on one certificate");
+        ctx.metrics.printer_connections_refused.inc();
+        answer_and_close(tls, peer, busy).await;
+        return;
+    };
     ctx.metrics.printer_connections.inc();
     let _gauge = scopeguard(ctx.metrics.printer_connections.clone());
     tracing::debug!(%peer, printer_id = %identity.printer_id, "printer connected");

@@ -31,10 +31,10 @@ use printworks_common::printer::sign_job;
 use printworks_pairing::PrinterIdentity;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::blob::{ByteStream, read_exact};
+use crate::dispatch::EventStream;
 use crate::jobs::record;
 use crate::registry::Registration;
 use crate::seal::{CHUNK, HEADER, OpenError, Opener, chunk_span};
@@ -47,8 +47,11 @@ const MAX_RESUMES_RECORDED: i64 = 20;
 struct Feed {
     state: RelayState,
     printer: PrinterIdentity,
-    notify: Arc<Notify>,
-    _registration: Registration<Arc<Notify>>,
+    /// This stream's id in `printer_streams`: while the printer's row names it, it is the
+    /// printer's live stream; once another takes over, this one ends.
+    id: Uuid,
+    stream: Arc<EventStream>,
+    _registration: Registration<Arc<EventStream>>,
     pending: VecDeque<Event>,
     sent_jobs: HashSet<Uuid>,
     sent_aborts: HashSet<Uuid>,
@@ -56,73 +59,93 @@ struct Feed {
     first: bool,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Deserialize)]
 struct Dispatchable {
     id: Uuid,
     name: String,
     content_type: String,
     size: i64,
-    sha256: Vec<u8>,
+    sha256: String,
     state: String,
 }
 
+#[derive(Deserialize)]
+struct SettingsRow {
+    firewall_enabled: bool,
+    pin_hash: Option<String>,
+    version: i64,
+}
+
+/// Everything one wake-up of a stream needs, in one statement: whether the stream
+/// still owns the printer; the printer's queued jobs claimed (`FOR UPDATE SKIP LOCKED`,
+/// only by the owner) with their history; its jobs to send, in queue order; its aborts
+/// not acknowledged; its settings.
+#[derive(sqlx::FromRow)]
+struct Collected {
+    mine: bool,
+    jobs: sqlx::types::Json<Vec<Dispatchable>>,
+    aborts: Vec<Uuid>,
+    settings: Option<sqlx::types::Json<SettingsRow>>,
+}
+
+const COLLECT: &str = "
+WITH owner AS (
+    SELECT stream_id = $3 AS mine FROM printer_streams WHERE printer_id = $1
+), claimed AS (
+    UPDATE print_jobs SET state = 'dispatched', updated_at = $2
+    WHERE id IN (SELECT id FROM print_jobs WHERE printer_id = $1 AND state = 'queued'
+                 ORDER BY seq FOR UPDATE SKIP LOCKED)
+      AND EXISTS (SELECT 1 FROM owner WHERE mine)
+    RETURNING id
+), history AS (
+    INSERT INTO print_job_events (job_id, state, at) SELECT id, 'dispatched', $2 FROM claimed
+)
+SELECT
+    coalesce((SELECT mine FROM owner), false) AS mine,
+    (SELECT coalesce(json_agg(json_build_object(
+                'id', j.id, 'name', j.name, 'content_type', j.content_type, 'size', j.size,
+                'sha256', encode(j.sha256, 'hex'),
+                'state', CASE WHEN j.state = 'queued' THEN 'dispatched' ELSE j.state END)
+            ORDER BY j.seq), '[]')
+     FROM print_jobs j
+     WHERE j.printer_id = $1
+       AND (j.state IN ('dispatched', 'downloading', 'printing') OR j.id IN (SELECT id FROM claimed))
+    ) AS jobs,
+    ARRAY(SELECT id FROM print_jobs WHERE printer_id = $1 AND abort_requested_at IS NOT NULL
+            AND abort_acknowledged_at IS NULL ORDER BY seq) AS aborts,
+    (SELECT json_build_object('firewall_enabled', firewall_enabled, 'pin_hash', pin_hash,
+                              'version', version)
+     FROM printer_security WHERE printer_id = $1) AS settings";
+
 impl Feed {
-    /// Claims the printer's queued jobs and queues the events it has not sent yet.
-    async fn collect(&mut self) -> anyhow::Result<()> {
+    /// Claims the printer's queued jobs and queues the events it has not sent yet:
+    /// one query. `false` when another stream has taken the printer over.
+    async fn collect(&mut self) -> anyhow::Result<bool> {
         let ctx = &self.state.ctx;
         let printer = self.printer.printer_id;
         let now = ctx.now();
-        // Claiming and reading happen in one transaction: a failure in between leaves
-        // the jobs queued for the next try, not dispatched and unsent.
-        let mut tx = ctx.db.begin().await?;
-        let claimed: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE print_jobs SET state = 'dispatched', updated_at = $2
-             WHERE id IN (SELECT id FROM print_jobs WHERE printer_id = $1 AND state = 'queued'
-                          ORDER BY seq FOR UPDATE SKIP LOCKED)
-             RETURNING id",
-        )
-        .bind(printer)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for job in &claimed {
-            record(&mut tx, *job, "dispatched", None, None, now).await?;
+        ctx.metrics.printer_event_collects.inc();
+        let c: Collected = sqlx::query_as(COLLECT)
+            .bind(printer)
+            .bind(now)
+            .bind(self.id)
+            .fetch_one(&ctx.db)
+            .await?;
+        if !c.mine {
+            return Ok(false);
         }
-        let jobs: Vec<Dispatchable> = sqlx::query_as(
-            "SELECT id, name, content_type, size, sha256, state FROM print_jobs
-             WHERE printer_id = $1 AND state IN ('dispatched', 'downloading', 'printing')
-             ORDER BY seq",
-        )
-        .bind(printer)
-        .fetch_all(&mut *tx)
-        .await?;
-        let aborts: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM print_jobs WHERE printer_id = $1 AND abort_requested_at IS NOT NULL
-               AND abort_acknowledged_at IS NULL ORDER BY seq",
-        )
-        .bind(printer)
-        .fetch_all(&mut *tx)
-        .await?;
-        let settings: Option<(bool, Option<String>, i64)> = sqlx::query_as(
-            "SELECT firewall_enabled, pin_hash, version FROM printer_security WHERE printer_id = $1",
-        )
-        .bind(printer)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        for job in jobs {
+        for job in c.jobs.0 {
             if !self.sent_jobs.insert(job.id) {
                 continue;
             }
             let size = u64::try_from(job.size).unwrap_or_default();
-            let digest = hex(&job.sha256);
-            let signature = sign_job(&self.state.signer, printer, job.id, size, &digest);
+            let signature = sign_job(&self.state.signer, printer, job.id, size, &job.sha256);
             let data = json!({
                 "id": job.id,
                 "name": job.name,
                 "content_type": job.content_type,
                 "size": size,
-                "sha256": digest,
+                "sha256": job.sha256,
                 "state": job.state,
                 "signature": signature,
             });
@@ -133,7 +156,7 @@ impl Feed {
                     .data(data.to_string()),
             );
         }
-        for job in aborts {
+        for job in c.aborts {
             if self.sent_aborts.insert(job) {
                 self.pending.push_back(
                     Event::default()
@@ -142,16 +165,24 @@ impl Feed {
                 );
             }
         }
-        let (firewall, pin_hash, version) = settings.unwrap_or((false, None, 0));
-        if self.settings_sent.is_none_or(|v| v < version) {
-            self.settings_sent = Some(version);
-            let data =
-                json!({ "firewall_enabled": firewall, "pin_hash": pin_hash, "version": version });
+        let settings = c.settings.map(|s| s.0).unwrap_or(SettingsRow {
+            firewall_enabled: false,
+            pin_hash: None,
+            version: 0,
+        });
+        if self.settings_sent.is_none_or(|v| v < settings.version) {
+            self.settings_sent = Some(settings.version);
+            let data = json!({
+                "firewall_enabled": settings.firewall_enabled,
+                "pin_hash": settings.pin_hash,
+                "version": settings.version,
+            });
             // Settings go first: a printer applies them before it prints.
             self.pending
                 .push_front(Event::default().event("settings").data(data.to_string()));
         }
-        Ok(())
+        self.stream.saw(now, settings.version);
+        Ok(true)
     }
 
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
@@ -162,37 +193,60 @@ impl Feed {
             if !self.first {
                 let stop = self.state.ctx.shutdown.clone();
                 tokio::select! {
-                    () = self.notify.notified() => {}
+                    () = self.stream.notify.notified() => {}
                     // The process stops: end the stream (the printer reconnects elsewhere).
                     () = stop.cancelled() => return None,
                 }
             }
             self.first = false;
-            if let Err(e) = self.collect().await {
-                tracing::warn!(printer_id = %self.printer.printer_id, error = %format!("{e:#}"), "event stream");
-                // Nothing was claimed; try again shortly, whatever wakes us.
-                self.first = true;
-                let stop = self.state.ctx.shutdown.clone();
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                    () = stop.cancelled() => return None,
+            match self.collect().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(printer_id = %self.printer.printer_id, "event stream ended: the printer opened another");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(printer_id = %self.printer.printer_id, error = %format!("{e:#}"), "event stream");
+                    // Nothing was claimed; try again shortly, whatever wakes us.
+                    self.first = true;
+                    let stop = self.state.ctx.shutdown.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                        () = stop.cancelled() => return None,
+                    }
                 }
             }
         }
     }
 }
 
+/// `GET /printer/v1/events`: takes the printer over (a stream it opened before, here or
+/// on another replica, is woken and ends), then streams.
 pub async fn events(
     State(state): State<RelayState>,
     Printer(printer): Printer,
-) -> impl IntoResponse {
-    let notify = Arc::new(Notify::new());
-    let registration = state.wakers.register(printer.printer_id, notify.clone());
+) -> Result<Response, ApiError> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "WITH taken AS (
+             INSERT INTO printer_streams (printer_id, stream_id, opened_at) VALUES ($1, $2, $3)
+             ON CONFLICT (printer_id) DO UPDATE SET stream_id = $2, opened_at = $3
+             RETURNING printer_id)
+         SELECT pg_notify('printworks_printer_work', printer_id::text) FROM taken",
+    )
+    .bind(printer.printer_id)
+    .bind(id)
+    .bind(state.ctx.now())
+    .execute(&state.ctx.db)
+    .await?;
+    let stream = Arc::new(EventStream::new());
+    let registration = state.wakers.register(printer.printer_id, stream.clone());
     let heartbeat = state.ctx.settings.relay.heartbeat_interval;
     let feed = Feed {
         state,
         printer,
-        notify,
+        id,
+        stream,
         _registration: registration,
         pending: VecDeque::new(),
         sent_jobs: HashSet::new(),
@@ -201,11 +255,13 @@ pub async fn events(
         first: true,
     };
     let stream = futures_util::stream::unfold(feed, Feed::next);
-    Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(heartbeat)
-            .event(Event::default().event("heartbeat")),
-    )
+    Ok(Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(heartbeat)
+                .event(Event::default().event("heartbeat")),
+        )
+        .into_response())
 }
 
 #[derive(sqlx::FromRow)]

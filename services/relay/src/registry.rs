@@ -62,6 +62,33 @@ impl<T: Clone> Registry<T> {
         }
     }
 
+    /// Registers `entry` unless the printer already has `limit` entries for which `same`
+    /// holds (counted and added under one lock, so concurrent callers cannot overshoot).
+    pub fn register_bounded(
+        self: &Arc<Self>,
+        printer: Uuid,
+        entry: T,
+        limit: usize,
+        same: impl Fn(&T) -> bool,
+    ) -> Option<Registration<T>> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.lock();
+        let list = map.entry(printer).or_default();
+        if list.iter().filter(|(_, e)| same(e)).count() >= limit {
+            if list.is_empty() {
+                map.remove(&printer);
+            }
+            return None;
+        }
+        list.push((id, entry));
+        drop(map);
+        Some(Registration {
+            registry: self.clone(),
+            printer,
+            id,
+        })
+    }
+
     /// The entries of one printer.
     pub fn of(&self, printer: Uuid) -> Vec<T> {
         self.lock()

@@ -3,3 +3,4 @@
 //! stops each class).
 
 mod pairing;
+mod relay;
