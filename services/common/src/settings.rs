@@ -146,6 +146,37 @@ pub struct RelaySettings {
     #[arg(long, global = true, env = "PRINTWORKS_HEARTBEAT_INTERVAL", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// Most unfinished jobs (waiting, being received, on their way or printing) one
+    /// printer may have; more answer 429.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_QUEUED_JOBS_PER_PRINTER", value_name = "N", default_value = "100", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_queued_jobs_per_printer: u32,
+
+    /// Most unfinished jobs one organization may have across its printers; more answer 429.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_QUEUED_JOBS_PER_ORG", value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_queued_jobs_per_org: u32,
+
+    /// Most bytes of job files one printer may have stored (finished jobs count until
+    /// retention deletes their files); more answer 413.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_STORED_BYTES_PER_PRINTER", value_name = "BYTES", default_value = "10737418240", value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_stored_bytes_per_printer: u64,
+
+    /// Most bytes of job files one organization may have stored; more answer 413.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_STORED_BYTES_PER_ORG", value_name = "BYTES", default_value = "107374182400", value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_stored_bytes_per_org: u64,
+
+    /// Most uploads one person (or automated client) may have going at once; more answer 429.
+    #[arg(long, global = true, env = "PRINTWORKS_MAX_UPLOADS_PER_CALLER", value_name = "N", default_value = "4", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_uploads_per_caller: u32,
+
+    /// A job still waiting for its printer this long after it was sent fails (expired).
+    #[arg(long, global = true, env = "PRINTWORKS_QUEUED_JOB_TTL", value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub queued_job_ttl: Duration,
+
+    /// How many UFP packages are checked at once (each on a thread of its own, apart
+    /// from password hashing); further uploads wait their turn.
+    #[arg(long, global = true, env = "PRINTWORKS_UFP_CHECKERS", value_name = "N", default_value = "2", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub ufp_checkers: u32,
+
     /// How often the relay looks for work whose wake-up hint was lost.
     #[arg(long, global = true, env = "PRINTWORKS_DISPATCH_SWEEP_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub dispatch_sweep_interval: Duration,
@@ -167,6 +198,13 @@ impl RelaySettings {
             job_retention: parse_duration("30d").expect("default"),
             heartbeat_interval: parse_duration("30s").expect("default"),
             dispatch_sweep_interval: parse_duration("10s").expect("default"),
+            max_queued_jobs_per_printer: 100,
+            max_queued_jobs_per_org: 1000,
+            max_stored_bytes_per_printer: 10 * 1024 * 1024 * 1024,
+            max_stored_bytes_per_org: 100 * 1024 * 1024 * 1024,
+            max_uploads_per_caller: 4,
+            queued_job_ttl: parse_duration("7d").expect("default"),
+            ufp_checkers: 2,
             printer_max_connections: 18_000,
         }
     }

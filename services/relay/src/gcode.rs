@@ -14,6 +14,8 @@ pub struct Profile {
     pub nozzle_max: f64,
     /// Highest bed temperature, °C.
     pub bed_max: f64,
+    /// Highest build-chamber temperature, °C (a chamber heater, where there is one).
+    pub chamber_max: f64,
 }
 
 /// Known models; any other gets [`DEFAULT_PROFILE`].
@@ -22,26 +24,31 @@ pub const PROFILES: &[Profile] = &[
         model: "Ultimaker S7",
         nozzle_max: 280.0,
         bed_max: 120.0,
+        chamber_max: 60.0,
     },
     Profile {
         model: "Ultimaker S5",
         nozzle_max: 280.0,
         bed_max: 140.0,
+        chamber_max: 60.0,
     },
     Profile {
         model: "Ultimaker S3",
         nozzle_max: 280.0,
         bed_max: 120.0,
+        chamber_max: 60.0,
     },
     Profile {
         model: "Ultimaker 3",
         nozzle_max: 280.0,
         bed_max: 100.0,
+        chamber_max: 60.0,
     },
     Profile {
         model: "Ultimaker 2+ Connect",
         nozzle_max: 260.0,
         bed_max: 100.0,
+        chamber_max: 60.0,
     },
 ];
 
@@ -50,6 +57,7 @@ pub const DEFAULT_PROFILE: Profile = Profile {
     model: "unknown model",
     nozzle_max: 260.0,
     bed_max: 100.0,
+    chamber_max: 60.0,
 };
 
 pub fn profile_for(model: Option<&str>) -> Profile {

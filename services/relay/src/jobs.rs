@@ -349,7 +349,18 @@ pub async fn submit(
     let blob_key = format!("jobs/{}/{id}", printer.organization_id);
     let data_key = new_data_key();
     let now = ctx.now();
-    // The row first, so that a crash mid-upload leaves something the cleanup finds.
+    // The row first, so that a crash mid-upload leaves something the cleanup finds —
+    // once the quotas let it in, under the organization's quota lock.
+    let mut tx = ctx.db.begin().await?;
+    check_quotas(
+        &mut tx,
+        ctx,
+        &printer,
+        &submitter_key(&auth),
+        declared.unwrap_or(0),
+        None,
+    )
+    .await?;
     let inserted = sqlx::query(
         "INSERT INTO print_jobs (id, printer_id, organization_id, submitted_by, submitted_by_client,
                                  idempotency_key, name, content_type, size, sha256, blob_key, key_sealed,
@@ -368,9 +379,10 @@ pub async fn submit(
     .bind(&blob_key)
     .bind(ctx.secrets.seal(&format!("job-key:{id}"), &data_key))
     .bind(now)
-    .execute(&ctx.db)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
+    tx.commit().await?;
     if inserted == 0 {
         // The same Idempotency-Key raced us.
         return Err(ApiError::conflict(
@@ -388,6 +400,7 @@ pub async fn submit(
     };
     let stored = async {
         let (size, digest) = receive(
+            &state,
             id,
             &data_key,
             &spool,
@@ -401,6 +414,8 @@ pub async fn submit(
         let queued = async {
             let now = ctx.now();
             let mut tx = ctx.db.begin().await?;
+            // The stored bytes once more, with the real size, before the job counts.
+            check_quotas(&mut tx, ctx, &printer, "", size, Some(id)).await?;
             sqlx::query(
                 "UPDATE print_jobs SET state = 'queued', size = $2, sha256 = $3, updated_at = $4 WHERE id = $1",
             )
@@ -444,9 +459,119 @@ pub async fn submit(
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
+fn queue_full(detail: String) -> ApiError {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "job-queue-full",
+        "Too many jobs are waiting",
+    )
+    .detail(detail)
+    .header(header::RETRY_AFTER, HeaderValue::from_static("60"))
+    .into()
+}
+
+fn storage_full(detail: String) -> ApiError {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "storage-quota-exceeded",
+        "Not enough job storage left",
+    )
+    .detail(detail)
+    .into()
+}
+
+/// What the printer and its organization hold now, against their limits, under the
+/// organization's quota lock (a transaction-scoped advisory lock, so concurrent uploads
+/// of one organization are checked one after another): unfinished jobs, stored bytes
+/// (with `adding` more; `this` is the job being checked, not counted twice), and — for
+/// a new upload (`submitter` not empty) — the uploads that submitter has going.
+async fn check_quotas(
+    tx: &mut sqlx::PgConnection,
+    ctx: &printworks_common::AppContext,
+    printer: &PrinterRef,
+    submitter: &str,
+    adding: u64,
+    this: Option<Uuid>,
+) -> Result<(), ApiError> {
+    let limits = &ctx.settings.relay;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("job-quota:{}", printer.organization_id))
+        .execute(&mut *tx)
+        .await?;
+    let now = ctx.now();
+    let live_upload =
+        now - time::Duration::try_from(limits.upload_timeout).unwrap_or(time::Duration::HOUR);
+    let (printer_jobs, org_jobs, printer_bytes, org_bytes, uploading): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE printer_id = $2 AND state IN
+                                     ('receiving', 'queued', 'dispatched', 'downloading', 'printing')),
+                    count(*) FILTER (WHERE state IN
+                                     ('receiving', 'queued', 'dispatched', 'downloading', 'printing')),
+                    coalesce(sum(size) FILTER (WHERE printer_id = $2), 0)::bigint,
+                    coalesce(sum(size), 0)::bigint,
+                    count(*) FILTER (WHERE state = 'receiving' AND created_at > $4
+                                       AND coalesce(submitted_by::text, submitted_by_client) = $3)
+             FROM print_jobs
+             WHERE organization_id = $1 AND blob_deleted_at IS NULL AND id IS DISTINCT FROM $5",
+        )
+        .bind(printer.organization_id)
+        .bind(printer.id)
+        .bind(submitter)
+        .bind(live_upload)
+        .bind(this)
+        .fetch_one(&mut *tx)
+        .await?;
+    let adding = i64::try_from(adding).unwrap_or(i64::MAX);
+    if this.is_none() {
+        if !submitter.is_empty() && uploading >= i64::from(limits.max_uploads_per_caller) {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-uploads",
+                "Too many uploads at once",
+            )
+            .detail(format!(
+                "You may send at most {} files at once; wait for one to finish.",
+                limits.max_uploads_per_caller
+            ))
+            .header(header::RETRY_AFTER, HeaderValue::from_static("10"))
+            .into());
+        }
+        if printer_jobs >= i64::from(limits.max_queued_jobs_per_printer) {
+            return Err(queue_full(format!(
+                "A printer may have at most {} unfinished jobs; wait for some to finish or abort them.",
+                limits.max_queued_jobs_per_printer
+            )));
+        }
+        if org_jobs >= i64::from(limits.max_queued_jobs_per_org) {
+            return Err(queue_full(format!(
+                "An organization may have at most {} unfinished jobs.",
+                limits.max_queued_jobs_per_org
+            )));
+        }
+    }
+    let over = |held: i64, limit: u64| {
+        held.saturating_add(adding) > i64::try_from(limit).unwrap_or(i64::MAX)
+    };
+    if over(printer_bytes, limits.max_stored_bytes_per_printer) {
+        return Err(storage_full(format!(
+            "A printer's jobs may keep at most {} bytes of files ({} are kept); files of finished jobs are deleted after the retention period.",
+            limits.max_stored_bytes_per_printer, printer_bytes
+        )));
+    }
+    if over(org_bytes, limits.max_stored_bytes_per_org) {
+        return Err(storage_full(format!(
+            "An organization's jobs may keep at most {} bytes of files ({} are kept).",
+            limits.max_stored_bytes_per_org, org_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// Streams the body into a sealed spool file, hashing and checking it on the way.
 /// Returns its size and SHA-256.
+#[allow(clippy::too_many_arguments)]
 async fn receive(
+    state: &RelayState,
     id: Uuid,
     data_key: &[u8; 32],
     spool: &std::path::Path,
@@ -498,14 +623,15 @@ async fn receive(
     if content_type == UFP {
         let path = spool.to_path_buf();
         let key = *data_key;
-        let limit = max.saturating_mul(8);
-        tokio::task::spawn_blocking(move || {
-            let reader = ufp::SealedFile::open(&path, &key, id, size).map_err(|e| e.to_string())?;
-            ufp::check(reader, profile, limit)
-        })
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(ApiError::invalid)?;
+        state
+            .ufp_checkers
+            .run(move || {
+                let reader =
+                    ufp::SealedFile::open(&path, &key, id, size).map_err(|e| e.to_string())?;
+                ufp::check(reader, profile, size)
+            })
+            .await?
+            .map_err(ApiError::invalid)?;
     }
     let mut digest = [0u8; 32];
     digest.copy_from_slice(hasher.finish().as_ref());
@@ -655,6 +781,44 @@ pub async fn fail_unfinished(
     Ok(failed.len() as u64)
 }
 
+/// Jobs still waiting for their printer `ttl` after they were sent fail (expired): a
+/// printer that stays away does not keep people's files queued for ever. Returns how
+/// many expired.
+pub async fn expire_queued(
+    db: &sqlx::PgPool,
+    now: OffsetDateTime,
+    ttl: std::time::Duration,
+) -> sqlx::Result<u64> {
+    let ttl = time::Duration::try_from(ttl).unwrap_or(time::Duration::days(7));
+    let message = format!(
+        "expired: the printer did not take it within {} days",
+        ttl.whole_days().max(1)
+    );
+    let mut tx = db.begin().await?;
+    let expired: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE print_jobs SET state = 'failed', message = $2, finished_at = $3, updated_at = $3
+         WHERE id IN (SELECT id FROM print_jobs WHERE state = 'queued' AND created_at < $1
+                      LIMIT 1000 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(now - ttl)
+    .bind(&message)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO print_job_events (job_id, state, message, at)
+         SELECT id, 'failed', $2, $3 FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&expired)
+    .bind(&message)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(expired.len() as u64)
+}
+
 /// The relay's side of [`PrinterJobs`], for the services that remove printers.
 pub struct PrinterJobsOfRelay;
 
@@ -671,7 +835,8 @@ impl PrinterJobs for PrinterJobsOfRelay {
 }
 
 /// Hourly: uploads that never finished (a crash mid-upload) are removed with their
-/// blobs; jobs still active on printers that were unpaired fail; the files of jobs
+/// blobs; jobs waiting longer than `PRINTWORKS_QUEUED_JOB_TTL` expire; jobs still
+/// active on printers that were unpaired fail; the files of jobs
 /// finished longer ago than `PRINTWORKS_JOB_RETENTION` are deleted (their rows and
 /// history stay). Returns how many things were cleaned.
 pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
@@ -697,7 +862,7 @@ pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
     )
     .fetch_all(&ctx.db)
     .await?;
-    let mut failed = 0;
+    let mut failed = expire_queued(&ctx.db, now, ctx.settings.relay.queued_job_ttl).await?;
     for printer in &orphaned {
         let mut tx = ctx.db.begin().await?;
         failed += fail_unfinished(&mut tx, *printer, "the printer was removed", now).await?;

@@ -46,6 +46,39 @@ pub struct RelayState {
     /// Signs every job sent to a printer (derived from the master key).
     pub signer: Arc<aws_lc_rs::signature::Ed25519KeyPair>,
     pub wakers: Arc<dispatch::Wakers>,
+    /// Where UFP packages are checked: a few threads of their own.
+    pub ufp_checkers: Arc<Checkers>,
+}
+
+/// A bounded set of threads for CPU-heavy checks (UFP packages: unzipping and reading
+/// every G-code part), apart from the runtime and from the blocking pool where passwords
+/// are hashed, so that a few large packages slow neither logins nor anything else. At
+/// most `n` run at once; the rest wait their turn.
+pub struct Checkers {
+    slots: tokio::sync::Semaphore,
+}
+
+impl Checkers {
+    pub fn new(n: usize) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::new(n.max(1)),
+        }
+    }
+
+    /// Runs `check` on a thread of its own once a slot is free.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let _slot = self.slots.acquire().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("check".into())
+            .spawn(move || {
+                let _ = tx.send(check());
+            })?;
+        Ok(rx.await?)
+    }
 }
 
 impl FromRef<RelayState> for AppContext {
@@ -62,6 +95,9 @@ impl RelayState {
         let state = Self {
             signer: Arc::new(printworks_common::printer::job_signing_key(&ctx.secrets)),
             wakers: Arc::default(),
+            ufp_checkers: Arc::new(Checkers::new(
+                usize::try_from(ctx.settings.relay.ufp_checkers).unwrap_or(1),
+            )),
             store,
             ca,
             ctx,

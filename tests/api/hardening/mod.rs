@@ -3,4 +3,5 @@
 //! stops each class).
 
 mod pairing;
+mod quotas;
 mod relay;

@@ -139,9 +139,7 @@ async fn a_wake_up_costs_one_query_per_printer_however_many_streams_it_opened(po
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn settings_and_aborts_a_printer_does_not_answer_do_not_wake_it_at_every_sweep(
-    pool: PgPool,
-) {
+async fn settings_and_aborts_a_printer_does_not_answer_do_not_wake_it_at_every_sweep(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &ServiceSet::all(), |s| {
         s.relay.dispatch_sweep_interval = Duration::from_millis(100);
     })
@@ -163,7 +161,10 @@ async fn settings_and_aborts_a_printer_does_not_answer_do_not_wake_it_at_every_s
     // A printer that never confirms its settings nor acknowledges an abort.
     let mut stream = events(&printer).await;
     let (name, data) = stream.next(WAIT).await.unwrap();
-    assert_eq!((name.as_str(), data["version"].clone()), ("settings", json!(1)));
+    assert_eq!(
+        (name.as_str(), data["version"].clone()),
+        ("settings", json!(1))
+    );
     let job = app
         .submit_gcode(&token, printer.id, "stop.gcode", gcode(3))
         .await

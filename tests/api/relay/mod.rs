@@ -30,18 +30,29 @@ pub fn gcode(lines: usize) -> Vec<u8> {
 /// A UFP package (zip) holding `gcode` as 3D/model.gcode, optionally without its
 /// content types part.
 pub fn ufp(gcode: &[u8], with_content_types: bool) -> Vec<u8> {
+    let mut parts: Vec<(&str, &[u8])> = Vec::new();
+    if with_content_types {
+        parts.push(("[Content_Types].xml", CONTENT_TYPES));
+    }
+    parts.push(("3D/model.gcode", gcode));
+    package(&parts)
+}
+
+/// The content types part of a UFP package.
+pub const CONTENT_TYPES: &[u8] = br#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="gcode" ContentType="text/x-gcode"/></Types>"#;
+
+/// A zip of `parts` (name, content), deflated, in that order.
+pub fn package(parts: &[(&str, &[u8])]) -> Vec<u8> {
     use std::io::Write as _;
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated);
-        if with_content_types {
-            zip.start_file("[Content_Types].xml", opts).unwrap();
-            zip.write_all(br#"<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="gcode" ContentType="text/x-gcode"/></Types>"#).unwrap();
+        for (name, content) in parts {
+            zip.start_file(*name, opts).unwrap();
+            zip.write_all(content).unwrap();
         }
-        zip.start_file("3D/model.gcode", opts).unwrap();
-        zip.write_all(gcode).unwrap();
         zip.finish().unwrap();
     }
     buf.into_inner()
