@@ -16,7 +16,7 @@ DB := deploy/embedded-postgres.sh
 # cluster's (started on demand; a failure to start stops make).
 with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
 
-.PHONY: help run test test-deps lint deny fmt db db-stop build bench-login
+.PHONY: help run test test-deps lint deny fuzz fmt db db-stop build bench-login
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-deps: ## install what the tests need beyond Rust (headless Chromium, chrome
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+
+fuzz: ## fuzz the G-code checker against its second reading (FUZZ_SECONDS, default 300)
+	@deploy/fuzz.sh $(or $(FUZZ_SECONDS),300)
 
 deny: ## cargo deny check: advisories, licences, banned crates (one TLS stack), sources
 	@deploy/deny.sh

@@ -201,12 +201,43 @@ impl TestApp {
             .expect("authorize")
     }
 
-    /// The authorization code flow with PKCE for the first-party CLI client; returns
-    /// the token response.
+    /// [`TestApp::authorize`], approving the consent page when one is shown: the
+    /// redirect a person who agrees ends with.
+    pub async fn authorize_approving(
+        &self,
+        user: &TestUser,
+        params: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let res = self.authorize(user, params).await;
+        if res.status() != StatusCode::OK {
+            return res;
+        }
+        let page = res.text().await.expect("consent page");
+        assert!(page.contains("decision"), "not a consent page: {page}");
+        self.decide(user, &page, "approve").await
+    }
+
+    /// Posts the consent form of `page` (as the person's browser) with `decision`
+    /// (`approve` or `deny`).
+    pub async fn decide(&self, user: &TestUser, page: &str, decision: &str) -> reqwest::Response {
+        let mut fields = form_fields(page);
+        fields.push(("decision".into(), decision.into()));
+        user.browser
+            .post(self.url("/oauth/authorize"))
+            .header("origin", self.base.as_str())
+            .form(&fields)
+            .send()
+            .await
+            .expect("consent decision")
+    }
+
+    /// The authorization code flow with PKCE for the first-party CLI client (approving
+    /// the consent page when it is asked); returns the token response.
     pub async fn cli_tokens(&self, user: &TestUser, scope: &str) -> Value {
         let pkce = Pkce::new();
+        // The CLI is a public client: the first time (and for new scopes) it asks.
         let res = self
-            .authorize(
+            .authorize_approving(
                 user,
                 &[
                     ("response_type", "code"),
@@ -773,6 +804,58 @@ impl Pkce {
     }
 }
 
+/// Text as the pages escape it, unescaped (named and numeric character references).
+pub fn html_unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let Some(semi) = tail.find(';') else {
+            out.push_str(tail);
+            return out;
+        };
+        let entity = &tail[1..semi];
+        let c = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16)
+                .ok()
+                .and_then(char::from_u32),
+            e if e.starts_with('#') => e[1..].parse().ok().and_then(char::from_u32),
+            _ => None,
+        };
+        match c {
+            Some(c) => {
+                out.push(c);
+                rest = &tail[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The hidden fields and the CSRF value of the consent form in `html`.
+pub fn form_fields(html: &str) -> Vec<(String, String)> {
+    let unescape = html_unescape;
+    html.split("<input type=\"hidden\" ")
+        .skip(1)
+        .filter_map(|chunk| {
+            let name = chunk.split("name=\"").nth(1)?.split('"').next()?;
+            let value = chunk.split("value=\"").nth(1)?.split('"').next()?;
+            Some((unescape(name), unescape(value)))
+        })
+        .collect()
+}
+
 /// The `Location` of a redirect response.
 pub fn location(res: &reqwest::Response) -> String {
     assert!(
@@ -784,6 +867,29 @@ pub fn location(res: &reqwest::Response) -> String {
         .to_str()
         .expect("location")
         .to_owned()
+}
+
+/// An invalid authorization request's answer: a 400 page (never a redirect) whose link
+/// back to `redirect_uri` carries these error parameters.
+pub async fn error_page_params(
+    res: reqwest::Response,
+    redirect_uri: &str,
+) -> Vec<(String, String)> {
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.headers().get("location").is_none(), "redirected");
+    let page = res.text().await.expect("page");
+    let href = page
+        .split("href=\"")
+        .skip(1)
+        .filter_map(|c| c.split('"').next())
+        .map(html_unescape)
+        .find(|h| h.starts_with(redirect_uri))
+        .unwrap_or_else(|| panic!("no link back to {redirect_uri} in {page}"));
+    url::Url::parse(&href)
+        .expect("absolute link")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// The query parameters of a redirect to `redirect_uri`.

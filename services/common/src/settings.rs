@@ -446,6 +446,18 @@ pub struct AccountSettings {
     #[arg(long, global = true, env = "PRINTWORKS_LOGIN_MAX_DELAY", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub login_max_delay: Duration,
 
+    /// Clients (by id, comma separated) that may introspect any token — resource servers
+    /// the operator trusts. Any other client learns only about tokens issued to itself
+    /// (RFC 7662 §4: others are answered `active: false`).
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_INTROSPECTION_CLIENTS",
+        value_name = "CLIENT_IDS",
+        value_delimiter = ','
+    )]
+    pub introspection_clients: Vec<String>,
+
     /// A system use notification (IEC 62443 CR 1.12) shown on the login page, e.g. the
     /// terms under which this system may be used. Unset: none.
     #[arg(
@@ -473,6 +485,7 @@ impl AccountSettings {
             refresh_token_ttl: parse_duration("30d").expect("default"),
             login_free_attempts: 3,
             login_max_delay: parse_duration("5m").expect("default"),
+            introspection_clients: Vec::new(),
             system_use_notice: None,
         }
     }

@@ -33,9 +33,9 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt as _;
 use uuid::Uuid;
 
-use crate::gcode::{Checker, profile_for};
 use crate::seal::{Sealer, new_data_key};
 use crate::{RelayState, ufp};
+use printworks_gcode::{Checker, profile_for};
 
 pub const GCODE: &str = "text/x-gcode";
 pub const UFP: &str = "application/x-ufp";

@@ -6,7 +6,6 @@
 pub mod blob;
 pub mod dispatch;
 pub mod endpoint;
-pub mod gcode;
 pub mod gcs;
 pub mod jobs;
 mod listen;

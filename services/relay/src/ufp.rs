@@ -8,8 +8,8 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use crate::gcode::{Checker, Profile};
 use crate::seal::{CHUNK, HEADER, Opener, chunk_span};
+use printworks_gcode::{Checker, Profile};
 
 /// The G-code part of a UFP package.
 pub const GCODE_PART: &str = "3D/model.gcode";

@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Pkce, TestApp, TestUser, code_from_redirect, expect_problem, param, redirect_params,
+    Pkce, TestApp, TestUser, code_from_redirect, expect_problem, form_fields, param,
+    redirect_params,
 };
 
 const APP_REDIRECT: &str = "https://slicer.example.com/oauth/callback";
@@ -36,26 +37,6 @@ fn web_app() -> Value {
     })
 }
 
-/// The hidden fields and the CSRF value of the consent form in `html`.
-fn form_fields(html: &str) -> Vec<(String, String)> {
-    let unescape = |s: &str| {
-        s.replace("&quot;", "\"")
-            .replace("&#x27;", "'")
-            .replace("&#39;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&")
-    };
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .filter_map(|chunk| {
-            let name = chunk.split("name=\"").nth(1)?.split('"').next()?;
-            let value = chunk.split("value=\"").nth(1)?.split('"').next()?;
-            Some((unescape(name), unescape(value)))
-        })
-        .collect()
-}
-
 async fn consent(
     app: &TestApp,
     user: &TestUser,
@@ -79,15 +60,7 @@ async fn consent(
 }
 
 async fn decide(app: &TestApp, user: &TestUser, page: &str, decision: &str) -> reqwest::Response {
-    let mut fields = form_fields(page);
-    fields.push(("decision".into(), decision.into()));
-    user.browser
-        .post(app.url("/oauth/authorize"))
-        .header("origin", app.base.as_str())
-        .form(&fields)
-        .send()
-        .await
-        .unwrap()
+    app.decide(user, page, decision).await
 }
 
 async fn introspect(app: &TestApp, id: &str, secret: &str, token: &str) -> Value {
@@ -403,10 +376,14 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
         .unwrap();
     expect_problem(res, StatusCode::NOT_FOUND).await;
 
-    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_events WHERE action LIKE 'consent.%' ORDER BY occurred_at, chain_index")
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_events WHERE action LIKE 'consent.%' AND target_id = $1
+         ORDER BY occurred_at, chain_index",
+    )
+    .bind(id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
     assert_eq!(actions, ["consent.deny", "consent.grant", "consent.revoke"]);
 }
 
@@ -502,8 +479,7 @@ async fn introspection_sees_a_session_end_before_the_token_expires(pool: PgPool)
     let app = TestApp::spawn(pool).await;
     let admin = app.new_user("admin").await;
     let org = app.new_org(&admin, "Fab Lab").await;
-    let body = json!({ "name": "Gateway", "type": "confidential", "scopes": ["printer.read"], "grant_types": ["client_credentials"], "role": "guest" });
-    let c: Value = register(&app, &admin, org, body)
+    let c: Value = register(&app, &admin, org, web_app())
         .await
         .json()
         .await
@@ -513,14 +489,37 @@ async fn introspection_sees_a_session_end_before_the_token_expires(pool: PgPool)
         c["client_secret"].as_str().unwrap(),
     );
 
+    // Ada lets the app act for her; it asks about the tokens it was given.
     let ada = app.new_user("ada").await;
-    let t = app.cli_tokens(&ada, "offline_access printer.read").await;
+    let pkce = Pkce::new();
+    let page = consent(&app, &ada, id, &pkce, "offline_access printer.read")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let code = code_from_redirect(&decide(&app, &ada, &page, "approve").await, APP_REDIRECT);
+    let t: Value = app
+        .client
+        .post(app.url("/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", APP_REDIRECT),
+            ("code_verifier", pkce.verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let access = t["access_token"].as_str().unwrap();
     let refresh = t["refresh_token"].as_str().unwrap();
     let info = introspect(&app, id, secret, access).await;
     assert_eq!(
         (info["active"].as_bool(), info["client_id"].as_str()),
-        (Some(true), Some("printworks-cli"))
+        (Some(true), Some(id))
     );
     assert_eq!(introspect(&app, id, secret, refresh).await["active"], true);
     ada.browser

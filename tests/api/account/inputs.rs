@@ -114,7 +114,7 @@ async fn nul_characters_are_refused_not_crashed_on(pool: PgPool) {
             ],
         )
         .await;
-    let p = crate::helpers::redirect_params(&res, crate::helpers::CLI_REDIRECT);
+    let p = crate::helpers::error_page_params(res, crate::helpers::CLI_REDIRECT).await;
     assert_eq!(
         crate::helpers::param(&p, "error").as_deref(),
         Some("invalid_request")

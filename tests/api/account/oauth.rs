@@ -7,8 +7,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    CLI, CLI_REDIRECT, Pkce, TestApp, TestUser, code_from_redirect, expect_problem, location,
-    param, redirect_params,
+    CLI, CLI_REDIRECT, Pkce, TestApp, TestUser, code_from_redirect, error_page_params,
+    expect_problem, location, param, redirect_params,
 };
 
 fn cli_params<'a>(pkce: &'a Pkce, scope: &'a str) -> Vec<(&'static str, &'a str)> {
@@ -115,7 +115,7 @@ async fn the_code_flow_with_pkce_gives_tokens_the_other_services_accept(pool: Pg
     let ada = app.new_user("ada").await;
     let pkce = Pkce::new();
     let res = app
-        .authorize(
+        .authorize_approving(
             &ada,
             &cli_params(
                 &pkce,
@@ -179,7 +179,7 @@ async fn a_code_works_once_and_its_replay_revokes_what_it_gave(pool: PgPool) {
     let ada = app.new_user("ada").await;
     let pkce = Pkce::new();
     let code = code_from_redirect(
-        &app.authorize(&ada, &cli_params(&pkce, "openid offline_access"))
+        &app.authorize_approving(&ada, &cli_params(&pkce, "openid offline_access"))
             .await,
         CLI_REDIRECT,
     );
@@ -222,22 +222,24 @@ async fn pkce_is_required_of_public_clients_and_checked(pool: PgPool) {
     let ada = app.new_user("ada").await;
     let pkce = Pkce::new();
 
-    // Without a challenge, or with `plain`: refused back to the client.
+    // Without a challenge, or with `plain`: refused, on a page whose link goes back to
+    // the client with the error.
     let mut no_pkce = cli_params(&pkce, "openid");
     no_pkce.retain(|(k, _)| !k.starts_with("code_challenge"));
-    let p = redirect_params(&app.authorize(&ada, &no_pkce).await, CLI_REDIRECT);
+    let p = error_page_params(app.authorize(&ada, &no_pkce).await, CLI_REDIRECT).await;
     assert_eq!(param(&p, "error").as_deref(), Some("invalid_request"));
     assert_eq!(param(&p, "state").as_deref(), Some("xyz-123"));
     let mut plain = cli_params(&pkce, "openid");
     plain.retain(|(k, _)| *k != "code_challenge_method");
     plain.push(("code_challenge_method", "plain"));
-    let p = redirect_params(&app.authorize(&ada, &plain).await, CLI_REDIRECT);
+    let p = error_page_params(app.authorize(&ada, &plain).await, CLI_REDIRECT).await;
     assert_eq!(param(&p, "error").as_deref(), Some("invalid_request"));
     assert!(param(&p, "code").is_none());
 
     // A wrong verifier, or none: refused, and the code is spent.
     let code = code_from_redirect(
-        &app.authorize(&ada, &cli_params(&pkce, "openid")).await,
+        &app.authorize_approving(&ada, &cli_params(&pkce, "openid"))
+            .await,
         CLI_REDIRECT,
     );
     let wrong = Pkce::new();
@@ -258,7 +260,8 @@ async fn pkce_is_required_of_public_clients_and_checked(pool: PgPool) {
         "invalid_grant"
     );
     let code = code_from_redirect(
-        &app.authorize(&ada, &cli_params(&pkce, "openid")).await,
+        &app.authorize_approving(&ada, &cli_params(&pkce, "openid"))
+            .await,
         CLI_REDIRECT,
     );
     let res = app
@@ -281,7 +284,8 @@ async fn codes_expire_after_a_minute(pool: PgPool) {
     let ada = app.new_user("ada").await;
     let pkce = Pkce::new();
     let code = code_from_redirect(
-        &app.authorize(&ada, &cli_params(&pkce, "openid")).await,
+        &app.authorize_approving(&ada, &cli_params(&pkce, "openid"))
+            .await,
         CLI_REDIRECT,
     );
     app.clock.advance(time::Duration::seconds(61));
@@ -327,7 +331,8 @@ async fn redirect_uris_must_match_so_no_open_redirect(pool: PgPool) {
     assert!(res.headers().get("location").is_none());
     // At the token endpoint, the redirect must be the authorization request's.
     let code = code_from_redirect(
-        &app.authorize(&ada, &cli_params(&pkce, "openid")).await,
+        &app.authorize_approving(&ada, &cli_params(&pkce, "openid"))
+            .await,
         CLI_REDIRECT,
     );
     let res = app
@@ -346,7 +351,7 @@ async fn redirect_uris_must_match_so_no_open_redirect(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn bad_authorization_requests_go_back_to_the_client_with_an_error(pool: PgPool) {
+async fn bad_authorization_requests_are_shown_not_redirected_with_the_way_back(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let ada = app.new_user("ada").await;
     let pkce = Pkce::new();
@@ -359,7 +364,7 @@ async fn bad_authorization_requests_go_back_to_the_client_with_an_error(pool: Pg
         let mut p = cli_params(&pkce, "openid");
         p.retain(|(k, _)| k != key);
         p.push((key, value));
-        let params = redirect_params(&app.authorize(&ada, &p).await, CLI_REDIRECT);
+        let params = error_page_params(app.authorize(&ada, &p).await, CLI_REDIRECT).await;
         assert_eq!(
             param(&params, "error").as_deref(),
             Some(*error),

@@ -207,10 +207,12 @@ async fn deny_an_app_then_sign_out_in_a_real_browser(pool: PgPool) {
         "{query}"
     );
     assert!(!query.contains("code="));
-    let consents: i64 = sqlx::query_scalar("SELECT count(*) FROM oauth_consents")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let consents: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM oauth_consents WHERE client_id = $1")
+            .bind(&client_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
     assert_eq!(consents, 0);
 
     // Signing out ends the session.

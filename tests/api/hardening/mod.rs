@@ -2,6 +2,8 @@
 //! reviewed and passes now, named after what it prevents (docs/security.md says what
 //! stops each class).
 
+mod accounts;
+mod gcode;
 mod pairing;
 mod quotas;
 mod relay;

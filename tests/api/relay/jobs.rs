@@ -7,25 +7,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{gcode, sha256_hex, ufp};
+use super::{gcode, sha256_hex, stored_files, ufp};
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp};
-
-/// Files anywhere under the data directory's blob store (sealed blobs and spool files).
-fn stored_files(app: &TestApp) -> Vec<std::path::PathBuf> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&app.data_dir.path().join("blobs"), &mut out);
-    out
-}
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn who_may_send_jobs_to_a_printer(pool: PgPool) {

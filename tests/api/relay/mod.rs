@@ -58,6 +58,23 @@ pub fn package(parts: &[(&str, &[u8])]) -> Vec<u8> {
     buf.into_inner()
 }
 
+/// Files anywhere under the data directory's blob store (sealed blobs and spool files).
+pub fn stored_files(app: &crate::helpers::TestApp) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&app.data_dir.path().join("blobs"), &mut out);
+    out
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     printworks_common::crypto::sha256(data)
         .iter()

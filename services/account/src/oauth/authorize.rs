@@ -5,6 +5,17 @@
 //!
 //! A request with an unknown client or a redirect URI that does not match is answered
 //! with a page, never a redirect: the flow cannot be used to send a browser elsewhere.
+//! Nor is an invalid request from a known client sent back to its redirect URI on its
+//! own (RFC 9700 §4.11.2: that would make this server an open redirector for whoever
+//! registers a client): a page says what is wrong and offers the way back as a link the
+//! person may follow. Only the outcomes of a valid request go back by themselves — a
+//! code, the person's refusal, or `login_required` / `consent_required` for
+//! `prompt=none`.
+//!
+//! Every public client — the built-in command-line client too — gets the consent page
+//! (RFC 8252 §8.6: anyone can claim to be a public client), remembered per person,
+//! client and scope set like any other; only a confidential first-party client is
+//! approved without asking.
 
 use askama::Template;
 use axum::Router;
@@ -93,7 +104,16 @@ struct Valid {
 enum Refusal {
     /// Shown to the person: the client or redirect URI cannot be trusted.
     Page(String),
-    /// Sent back to the client's (verified) redirect URI.
+    /// An invalid request of a known client with a registered redirect URI: shown to the
+    /// person, with the way back to the client (carrying the error) as a link.
+    Invalid {
+        redirect_uri: String,
+        error: &'static str,
+        description: String,
+        state: Option<String>,
+    },
+    /// Sent back to the client's (verified) redirect URI: only for the outcomes of a
+    /// valid request.
     Redirect {
         redirect_uri: String,
         error: &'static str,
@@ -102,24 +122,46 @@ enum Refusal {
     },
 }
 
-fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
-    match Url::parse(redirect_uri) {
-        Ok(mut url) => {
-            {
-                let mut q = url.query_pairs_mut();
-                for (k, v) in pairs {
-                    q.append_pair(k, v);
-                }
-            }
-            Redirect::to(url.as_str()).into_response()
+/// `redirect_uri` with `pairs` added to its query.
+fn with_params(redirect_uri: &str, pairs: &[(&str, &str)]) -> Option<Url> {
+    let mut url = Url::parse(redirect_uri).ok()?;
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in pairs {
+            q.append_pair(k, v);
         }
-        Err(_) => message(
+    }
+    Some(url)
+}
+
+fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> Response {
+    match with_params(redirect_uri, pairs) {
+        Some(url) => Redirect::to(url.as_str()).into_response(),
+        None => message(
             StatusCode::BAD_REQUEST,
             "This request cannot be completed",
             "The application's redirect address is not valid.",
             None,
         ),
     }
+}
+
+/// The error parameters sent back to a client (RFC 6749 §4.1.2.1, RFC 9207).
+fn error_pairs<'a>(
+    issuer: &'a str,
+    error: &'a str,
+    description: &'a str,
+    state: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut pairs = vec![
+        ("error", error),
+        ("error_description", description),
+        ("iss", issuer),
+    ];
+    if let Some(s) = state {
+        pairs.push(("state", s));
+    }
+    pairs
 }
 
 impl Refusal {
@@ -131,22 +173,38 @@ impl Refusal {
                 &text,
                 None,
             ),
+            Refusal::Invalid {
+                redirect_uri,
+                error,
+                description,
+                state: st,
+            } => {
+                let issuer = state.ctx.settings.public_url.as_str();
+                let back = with_params(
+                    &redirect_uri,
+                    &error_pairs(issuer, error, &description, st.as_deref()),
+                );
+                message(
+                    StatusCode::BAD_REQUEST,
+                    "This request cannot be completed",
+                    &format!(
+                        "The application asked in a way this server does not accept: {description}"
+                    ),
+                    back.as_ref()
+                        .map(|u| (u.as_str(), "Return to the application")),
+                )
+            }
             Refusal::Redirect {
                 redirect_uri,
                 error,
                 description,
                 state: st,
             } => {
-                let issuer = state.ctx.settings.public_url.as_str().to_owned();
-                let mut pairs = vec![
-                    ("error", error),
-                    ("error_description", description.as_str()),
-                    ("iss", issuer.as_str()),
-                ];
-                if let Some(s) = &st {
-                    pairs.push(("state", s.as_str()));
-                }
-                redirect_with(&redirect_uri, &pairs)
+                let issuer = state.ctx.settings.public_url.as_str();
+                redirect_with(
+                    &redirect_uri,
+                    &error_pairs(issuer, error, &description, st.as_deref()),
+                )
             }
         }
     }
@@ -177,7 +235,7 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
             )
         })?;
     let st = p.state.clone();
-    let refuse = |error: &'static str, description: &str| Refusal::Redirect {
+    let refuse = |error: &'static str, description: &str| Refusal::Invalid {
         redirect_uri: redirect_uri.clone(),
         error,
         description: description.to_owned(),
@@ -188,7 +246,7 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
             .is_some_and(|s| s.len() > MAX_PARAM || super::has_control(s))
     };
     if bad(&st) || bad(&p.nonce) || bad(&p.code_challenge) {
-        return Err(Refusal::Redirect {
+        return Err(Refusal::Invalid {
             redirect_uri: redirect_uri.clone(),
             error: "invalid_request",
             description: "state, nonce or code_challenge is too long or holds control characters."
@@ -395,7 +453,7 @@ async fn authorize(
         );
         return Ok(Redirect::to(&login).into_response());
     };
-    let needs_consent = !v.client.first_party
+    let needs_consent = !v.client.trusted_without_consent()
         && (v.prompt_consent
             || !v
                 .scopes

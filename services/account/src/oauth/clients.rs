@@ -48,6 +48,13 @@ impl Client {
         self.client_type == "public"
     }
 
+    /// Whether people's consent is taken as given: only for a confidential client
+    /// shipped with Printworks. A public client — even the built-in command-line one —
+    /// is asked for like any other (RFC 8252 §8.6: anyone can present its id).
+    pub fn trusted_without_consent(&self) -> bool {
+        self.first_party && !self.is_public()
+    }
+
     pub fn allows_grant(&self, grant: &str) -> bool {
         self.grant_types.iter().any(|g| g == grant)
     }

@@ -102,7 +102,10 @@ fn inactive() -> Response {
     no_store(axum::Json(json!({ "active": false })))
 }
 
-/// For confidential clients: is this token good now? An access token is inactive once
+/// For confidential clients: is this token good now? A client learns only about tokens
+/// issued to itself (RFC 7662 §4), unless the operator made it a resource server that
+/// may look at any (`PRINTWORKS_INTROSPECTION_CLIENTS`); about others it is told
+/// `active: false`, as for a token that does not exist. An access token is inactive once
 /// its session has ended, its client is gone or (for a third-party app) the consent was
 /// withdrawn — before it expires.
 async fn introspect(
@@ -118,8 +121,18 @@ async fn introspect(
     let Some(token) = p.token.as_deref().filter(|t| !t.is_empty()) else {
         return Err(OAuthError::invalid_request("token is missing."));
     };
+    let may_see = |client_id: &str| {
+        client_id == caller.id
+            || state
+                .ctx
+                .settings
+                .account
+                .introspection_clients
+                .iter()
+                .any(|c| c == &caller.id)
+    };
     if let Ok(claims) = state.ctx.tokens.verify(token).await {
-        if !access_token_live(&state, &claims).await? {
+        if !may_see(&claims.client_id) || !access_token_live(&state, &claims).await? {
             return Ok(inactive());
         }
         let mut body = json!({
@@ -152,7 +165,7 @@ async fn introspect(
         .bind(now)
         .fetch_optional(&state.ctx.db)
         .await?;
-        if let Some((client_id, user_id, scopes, iat, exp)) = row {
+        if let Some((client_id, user_id, scopes, iat, exp)) = row.filter(|r| may_see(&r.0)) {
             return Ok(no_store(axum::Json(json!({
                 "active": true,
                 "token_type": "refresh_token",
@@ -189,7 +202,7 @@ async fn access_token_live(
             return Ok(false);
         }
     }
-    if claims.org.is_none() && !client.first_party {
+    if claims.org.is_none() && !client.trusted_without_consent() {
         let consented: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM oauth_consents WHERE user_id::text = $1 AND client_id = $2)",
         )

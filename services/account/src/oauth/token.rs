@@ -177,7 +177,7 @@ async fn grant_still_valid(
     if !session_ok {
         return Ok(false);
     }
-    if client.first_party {
+    if client.trusted_without_consent() {
         return Ok(true);
     }
     let consent: Option<i32> = sqlx::query_scalar(

@@ -1,0 +1,200 @@
+//! Accounts and OAuth: the built-in public client asks for consent, invalid requests
+//! are not redirected, introspection tells a client only about its own tokens, e-mail
+//! addresses are verified, and a stranger cannot keep an owner from logging in.
+
+use printworks::ServiceSet;
+use printworks_common::db::MIGRATOR;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{
+    CLI, CLI_REDIRECT, Pkce, TestApp, TestUser, code_from_redirect, error_page_params, param,
+    redirect_params,
+};
+
+const APP_REDIRECT: &str = "https://slicer.example.com/oauth/callback";
+
+async fn register(app: &TestApp, admin: &TestUser, org: Uuid, body: Value) -> Value {
+    let mut body = body;
+    body["organization_id"] = json!(org);
+    let res = admin
+        .browser
+        .post(app.url("/account/v1/clients"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    res.json().await.unwrap()
+}
+
+fn cli(pkce: &Pkce, scope: &'static str) -> Vec<(&'static str, String)> {
+    vec![
+        ("response_type", "code".into()),
+        ("client_id", CLI.into()),
+        ("redirect_uri", CLI_REDIRECT.into()),
+        ("scope", scope.into()),
+        ("state", "s1".into()),
+        ("code_challenge", pkce.challenge.clone()),
+        ("code_challenge_method", "S256".into()),
+    ]
+}
+
+fn borrowed<'a>(p: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    p.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_built_in_public_client_is_not_approved_without_asking(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ada = app.new_user("ada").await;
+    let pkce = Pkce::new();
+    // Anyone can present the command-line client's id (a public client): the person is
+    // asked, and may refuse.
+    let res = app
+        .authorize(&ada, &borrowed(&cli(&pkce, "openid printer.write")))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("Printworks CLI") && page.contains("printer.write"),
+        "{page}"
+    );
+    let refused = app.decide(&ada, &page, "deny").await;
+    assert_eq!(
+        param(&redirect_params(&refused, CLI_REDIRECT), "error").as_deref(),
+        Some("access_denied")
+    );
+    // Approved, it is remembered for that set of scopes…
+    let approved = app
+        .authorize_approving(&ada, &borrowed(&cli(&pkce, "openid printer.write")))
+        .await;
+    code_from_redirect(&approved, CLI_REDIRECT);
+    let again = app.authorize(&ada, &borrowed(&cli(&pkce, "openid"))).await;
+    code_from_redirect(&again, CLI_REDIRECT);
+    // …and asked again for more.
+    let more = app
+        .authorize(
+            &ada,
+            &borrowed(&cli(&pkce, "openid printer.write audit.read")),
+        )
+        .await;
+    assert_eq!(more.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_invalid_request_of_a_registered_client_is_not_redirected_to_it(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.new_user("admin").await;
+    let org = app.new_org(&admin, "Fab Lab").await;
+    let c = register(
+        &app,
+        &admin,
+        org,
+        json!({
+            "name": "Slicer Cloud", "type": "confidential", "redirect_uris": [APP_REDIRECT],
+            "scopes": ["openid", "printer.read"], "grant_types": ["authorization_code"],
+        }),
+    )
+    .await;
+    let id = c["client_id"].as_str().unwrap();
+    let pkce = Pkce::new();
+    // Someone sends a person a link that asks for what the client may not have: the
+    // server must not bounce the browser to the client's address by itself.
+    let res = app
+        .authorize(
+            &admin,
+            &[
+                ("response_type", "code"),
+                ("client_id", id),
+                ("redirect_uri", APP_REDIRECT),
+                ("scope", "openid audit.read"),
+                ("state", "s1"),
+                ("code_challenge", &pkce.challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+        .await;
+    let back = error_page_params(res, APP_REDIRECT).await;
+    assert_eq!(param(&back, "error").as_deref(), Some("invalid_scope"));
+    assert_eq!(param(&back, "state").as_deref(), Some("s1"));
+}
+
+async fn introspect(app: &TestApp, id: &str, secret: &str, token: &str) -> Value {
+    let res = app
+        .client
+        .post(app.url("/oauth/introspect"))
+        .basic_auth(id, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_others(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.new_user("admin").await;
+    let org = app.new_org(&admin, "Fab Lab").await;
+    let c = register(
+        &app,
+        &admin,
+        org,
+        json!({
+            "name": "Gateway", "type": "confidential", "scopes": ["printer.read"],
+            "grant_types": ["client_credentials"], "role": "guest",
+        }),
+    )
+    .await;
+    let (id, secret) = (
+        c["client_id"].as_str().unwrap().to_owned(),
+        c["client_secret"].as_str().unwrap().to_owned(),
+    );
+    // A person's tokens, issued to the command-line client.
+    let ada = app.new_user("ada").await;
+    let t = app.cli_tokens(&ada, "offline_access printer.read").await;
+    let access = t["access_token"].as_str().unwrap();
+    let refresh = t["refresh_token"].as_str().unwrap();
+    assert_eq!(
+        introspect(&app, &id, &secret, access).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        introspect(&app, &id, &secret, refresh).await,
+        json!({"active": false})
+    );
+    // Its own token, it may look at.
+    let own: Value = app
+        .client
+        .post(app.url("/oauth/token"))
+        .basic_auth(&id, Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let own = own["access_token"].as_str().unwrap();
+    assert_eq!(introspect(&app, &id, &secret, own).await["active"], true);
+    // A resource server the operator names may look at any token (another replica with
+    // that setting, over the same database and keys).
+    let shared = app.data_dir.path().to_path_buf();
+    let trusted_id = id.clone();
+    let issuer = app.base.clone();
+    let resource_server = TestApp::spawn_with(pool, &ServiceSet::all(), move |s| {
+        s.data_dir = shared.clone();
+        s.public_url = printworks_common::settings::PublicUrl::parse_setting(&issuer).unwrap();
+        s.account.introspection_clients = vec![trusted_id.clone()];
+    })
+    .await;
+    let info = introspect(&resource_server, &id, &secret, access).await;
+    assert_eq!(
+        (info["active"].as_bool(), info["client_id"].as_str()),
+        (Some(true), Some(CLI))
+    );
+}
