@@ -165,8 +165,23 @@ impl TestApp {
         browser
     }
 
-    /// A new person with a unique address, signed up and logged in.
+    /// A new person with a unique address, signed up (the address confirmed through
+    /// the link e-mailed to it) and logged in.
     pub async fn new_user(&self, label: &str) -> TestUser {
+        let user = self.new_unverified_user(label).await;
+        let link = self.verification_link(&user.email).await;
+        let res = self
+            .client
+            .get(&link)
+            .send()
+            .await
+            .expect("follow the link");
+        assert_eq!(res.status(), StatusCode::OK, "{link}");
+        user
+    }
+
+    /// A new person, signed up and logged in, who has not followed the link yet.
+    pub async fn new_unverified_user(&self, label: &str) -> TestUser {
         let email = format!(
             "{label}-{}@example.com",
             &Uuid::new_v4().simple().to_string()[..8]
@@ -177,6 +192,56 @@ impl TestApp {
         let id = Uuid::parse_str(body["id"].as_str().expect("id")).expect("uuid");
         let browser = self.login(&email, PASSWORD).await;
         TestUser { id, email, browser }
+    }
+
+    /// The newest e-mail to `to` whose topic starts with `topic`, as the person reads it:
+    /// from the outbox while it waits (its body sealed with the app's master key), or
+    /// from the file the development sender wrote once it was sent.
+    pub async fn mail_to(&self, to: &str, topic: &str) -> String {
+        let secrets = printworks_common::crypto::SecretBox::from_settings(&test_settings(
+            self.data_dir.path(),
+        ))
+        .expect("the app's master key");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let row: Option<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT id, body_sealed FROM email_outbox WHERE to_address = $1 AND topic LIKE $2
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(to)
+            .bind(format!("{topic}%"))
+            .fetch_optional(&self.db)
+            .await
+            .expect("outbox");
+            if let Some((id, Some(sealed))) = &row
+                && let Some(body) = secrets.open(&format!("email:{id}"), sealed)
+            {
+                return String::from_utf8(body).expect("UTF-8 body");
+            }
+            let sent = std::fs::read_dir(self.data_dir.path().join("mail"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .find(|m| m.starts_with(&format!("To: {to}\r\n")));
+            if let Some(m) = sent {
+                return m;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no e-mail about {topic} to {to}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The address-confirmation link e-mailed to `email`.
+    pub async fn verification_link(&self, email: &str) -> String {
+        let mail = self.mail_to(email, "verify-email:").await;
+        mail.split_whitespace()
+            .find(|w| w.contains("/account/verify-email?token="))
+            .expect("a link in the e-mail")
+            .to_owned()
     }
 
     /// The same person, signed in afresh (after their session ended or idled out).

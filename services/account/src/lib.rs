@@ -5,6 +5,7 @@
 //! `/oauth/` and `/.well-known/openid-configuration`.
 
 pub mod api;
+pub mod device;
 pub mod directory;
 pub mod email;
 pub mod keys;
@@ -15,6 +16,7 @@ pub mod password;
 pub mod session;
 pub mod tokens;
 pub mod totp;
+pub mod verification;
 
 use std::sync::Arc;
 

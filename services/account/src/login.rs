@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use axum_extra::extract::cookie::CookieJar;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::http::ClientInfo;
 use secrecy::SecretString;
@@ -63,6 +64,15 @@ pub fn subject(email_input: &str) -> String {
     }
 }
 
+/// What this attempt at `email_input` is counted against: the browser's device, when it
+/// proves it logged in to that account before (see [`crate::device`]), else the account
+/// itself — so a stranger's failures slow every attempt but the owner's from a browser
+/// they used before.
+pub fn throttle_subject(state: &AccountState, jar: &CookieJar, email_input: &str) -> String {
+    let account = subject(email_input);
+    crate::device::proven(state, jar, &account).unwrap_or(account)
+}
+
 pub async fn audit_failure(
     state: &AccountState,
     actor: Actor,
@@ -81,17 +91,19 @@ pub async fn audit_failure(
     Ok(())
 }
 
-/// Checks the password. The attempt is counted (and may be refused) before the check.
+/// Checks the password. The attempt is counted against `counted` (see
+/// [`throttle_subject`]), and may be refused, before the check.
 pub async fn check_password(
     state: &AccountState,
     email_input: &str,
     password: SecretString,
     client: &ClientInfo,
+    counted: &str,
 ) -> Result<Account, LoginError> {
     let subject = subject(email_input);
     if let Gate::Wait(wait) = state
         .throttle
-        .attempt(&state.ctx.db, &subject, state.ctx.now())
+        .attempt(&state.ctx.db, counted, state.ctx.now())
         .await?
     {
         audit_failure(
@@ -185,12 +197,13 @@ pub async fn check_second_factor(
 }
 
 /// Starts the session of an account that has passed every check, audits it, and clears
-/// the throttle.
+/// the throttle subject the attempt was `counted` against.
 pub async fn start_session(
     state: &AccountState,
     account: &Account,
     factor: Option<SecondFactor>,
     client: &ClientInfo,
+    counted: &str,
 ) -> Result<NewSession, LoginError> {
     let amr: &[&str] = match factor {
         Some(_) => &["pwd", "otp"],
@@ -215,22 +228,22 @@ pub async fn start_session(
     }
     event.write(&mut tx, state.ctx.now()).await?;
     tx.commit().await?;
-    state
-        .throttle
-        .succeeded(&state.ctx.db, &subject(&account.email))
-        .await?;
+    state.throttle.succeeded(&state.ctx.db, counted).await?;
     Ok(new)
 }
 
 /// The whole login of the JSON API: password, then the second factor if TOTP is on.
+/// `jar` is the browser's (its device cookie decides what the attempt counts against).
 pub async fn login(
     state: &AccountState,
     email_input: &str,
     password: SecretString,
     second_factor: Option<&str>,
     client: &ClientInfo,
+    jar: &CookieJar,
 ) -> Result<(Account, NewSession), LoginError> {
-    let account = check_password(state, email_input, password, client).await?;
+    let counted = throttle_subject(state, jar, email_input);
+    let account = check_password(state, email_input, password, client, &counted).await?;
     let factor = if totp::enabled(&state.ctx.db, account.id).await? {
         match second_factor.map(str::trim).filter(|c| !c.is_empty()) {
             None => return Err(LoginError::SecondFactorRequired),
@@ -239,6 +252,6 @@ pub async fn login(
     } else {
         None
     };
-    let session = start_session(state, &account, factor, client).await?;
+    let session = start_session(state, &account, factor, client, &counted).await?;
     Ok((account, session))
 }

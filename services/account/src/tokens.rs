@@ -94,11 +94,12 @@ pub struct IdTokenInput<'a> {
 }
 
 pub async fn id_token(state: &AccountState, input: IdTokenInput<'_>) -> anyhow::Result<String> {
-    let (name, email): (String, String) =
-        sqlx::query_as("SELECT display_name, email FROM users WHERE id = $1")
-            .bind(input.user_id)
-            .fetch_one(&state.ctx.db)
-            .await?;
+    let (name, email, verified): (String, String, bool) = sqlx::query_as(
+        "SELECT display_name, email, email_verified_at IS NOT NULL FROM users WHERE id = $1",
+    )
+    .bind(input.user_id)
+    .fetch_one(&state.ctx.db)
+    .await?;
     let now = state.ctx.now();
     let issuer = state.ctx.settings.public_url.as_str();
     let with_email = input.scopes.contains(Scope::Email);
@@ -117,8 +118,7 @@ pub async fn id_token(state: &AccountState, input: IdTokenInput<'_>) -> anyhow::
             .contains(Scope::Profile)
             .then_some(name.as_str()),
         email: with_email.then_some(email.as_str()),
-        // Printworks does not verify addresses (yet); say so rather than imply it.
-        email_verified: with_email.then_some(false),
+        email_verified: with_email.then_some(verified),
     };
     let signer = state.keys.current().await?;
     Ok(jsonwebtoken::encode(

@@ -22,6 +22,8 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenVerifier>,
     pub secrets: SecretBox,
+    /// Wakes the e-mail worker when a message was queued.
+    pub outbox: crate::mail::Outbox,
     /// Cancelled when the process stops: background tasks watch it.
     pub shutdown: CancellationToken,
 }
@@ -42,6 +44,7 @@ impl AppContext {
             metrics: Arc::new(Metrics::new()),
             tokens,
             secrets,
+            outbox: crate::mail::Outbox::default(),
             shutdown: CancellationToken::new(),
         })
     }

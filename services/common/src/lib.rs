@@ -10,6 +10,7 @@
 //!   extractor every service uses.
 //! - [`audit`]: the hash-chained audit log writer every service calls.
 //! - [`hooks`]: what one service does when another changes what it depends on.
+//! - [`mail`]: the e-mail outbox (nothing lost while the mail server is down).
 //! - [`printer`]: what printers and the cloud say to each other (credentials, renewal proofs).
 //! - [`crypto`]: random tokens, digests, constant-time comparison, sealing at rest.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
@@ -25,6 +26,7 @@ pub mod db;
 pub mod error;
 pub mod hooks;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod printer;
 pub mod server;

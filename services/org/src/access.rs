@@ -118,6 +118,16 @@ impl Membership {
     }
 }
 
+/// A person must have confirmed their e-mail address before they add what outlives a
+/// session (an organization, a printer, a client): 403 `email-unverified` otherwise.
+/// An automated client acting on its own has no address and passes.
+pub async fn require_verified(ctx: &AppContext, m: &Membership) -> Result<(), ApiError> {
+    match m.user_id() {
+        Some(user) => printworks_account::verification::require(&ctx.db, user).await,
+        None => Ok(()),
+    }
+}
+
 /// The caller's membership of `org`. Someone who does not belong to it gets 404, as if
 /// it did not exist: other tenants learn nothing.
 pub async fn membership(

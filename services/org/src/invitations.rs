@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::OrgState;
 use crate::access::{forbidden, membership};
-use crate::{OrgState, mail};
+use printworks_common::mail;
 
 /// Invitations an organization may have waiting at once (each one sends an e-mail to
 /// an address of the inviter's choosing: this is not a mailing service).
@@ -49,6 +50,11 @@ pub struct Created {
     invitation: InvitationView,
     /// Shown this once.
     token: String,
+}
+
+/// What an invitation's e-mail is about, in the outbox.
+pub fn invitation_topic(id: Uuid) -> String {
+    format!("invitation:{id}")
 }
 
 pub async fn create(
@@ -145,6 +151,7 @@ pub async fn create(
         email.as_str(),
         &format!("Invitation to {org_name} on Printworks"),
         &body,
+        Some(&invitation_topic(id)),
         now,
     )
     .await?;
@@ -157,7 +164,7 @@ pub async fn create(
         .write(&mut tx, now)
         .await?;
     tx.commit().await?;
-    state.outbox.queued();
+    state.ctx.outbox.queued();
     Ok((StatusCode::CREATED, Json(Created { invitation, token })))
 }
 
@@ -210,6 +217,8 @@ pub async fn revoke(
     if revoked == 0 {
         return Err(ApiError::not_found());
     }
+    // Its e-mail, if it still waits, goes with it.
+    mail::cancel(&mut tx, &invitation_topic(id), now).await?;
     AuditEvent::new("invitation.revoke", admin.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)

@@ -6,7 +6,6 @@
 pub mod access;
 pub mod audit;
 pub mod invitations;
-pub mod mail;
 pub mod members;
 pub mod organizations;
 pub mod printers;
@@ -36,7 +35,6 @@ pub struct OrgState {
     pub ctx: AppContext,
     /// Argon2id for printer PINs (the same cost as passwords).
     pub pins: PasswordHasher,
-    pub outbox: mail::Outbox,
     /// The relay's print jobs, failed when a printer leaves.
     pub jobs: Arc<dyn PrinterJobs>,
 }
@@ -105,19 +103,14 @@ routes! {
     get "/organizations/{org}/audit-events/export" => audit::export, AuditRead;
 }
 
-/// The org service's routes; starts its e-mail worker and the audit retention job,
-/// which stop with the process.
+/// The org service's routes; starts the audit retention job, which stops with the
+/// process.
 pub fn router(ctx: AppContext, jobs: Arc<dyn PrinterJobs>) -> anyhow::Result<Router> {
     let state = OrgState {
         pins: PasswordHasher::from_settings(&ctx.settings.account)?,
-        outbox: mail::Outbox::default(),
         jobs,
         ctx,
     };
-    let sender = mail::sender_from_settings(&state.ctx)?;
-    state
-        .outbox
-        .spawn_worker(state.ctx.clone(), sender, state.ctx.shutdown.child_token());
     spawn_retention(state.ctx.clone());
     Ok(Router::new()
         .route(

@@ -112,6 +112,8 @@ async fn withdraw_grants(
     .fetch_all(&mut *conn)
     .await?;
     for id in invitations {
+        printworks_common::mail::cancel(&mut *conn, &crate::invitations::invitation_topic(id), now)
+            .await?;
         AuditEvent::new("invitation.revoke", m.audit_actor(), Outcome::Success)
             .organization(m.org)
             .source(source)

@@ -65,6 +65,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
     let user_id = person(&auth)?;
     let name = checked_name(&req.name, "name")?;
+    printworks_account::verification::require(&state.ctx.db, user_id).await?;
     let id = Uuid::new_v4();
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;

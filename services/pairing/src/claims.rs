@@ -185,6 +185,7 @@ pub async fn claim(
     let org = req.organization_id;
     let m = membership(ctx, org, &auth).await?;
     let writer = m.require_writer()?;
+    printworks_org::access::require_verified(ctx, &m).await?;
     let name = checked_name(&req.name, "name")?;
     let code = PairingCode::parse(&req.code).map_err(ApiError::invalid)?;
     let serial = match req.serial.as_deref().map(str::trim) {

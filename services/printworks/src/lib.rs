@@ -182,6 +182,13 @@ impl Application {
             None
         };
         let ctx = AppContext::new(db, settings, clock)?;
+        // One e-mail worker for the services that send mail (invitations, address
+        // verification); replicas share the outbox safely.
+        if services.contains(Service::Account) || services.contains(Service::Org) {
+            let sender = printworks_common::mail::sender_from_settings(&ctx)?;
+            ctx.outbox
+                .spawn_worker(ctx.clone(), sender, ctx.shutdown.child_token());
+        }
         let ca = printer_ca(&ctx, services)?;
         let relay = match (&ca, services.contains(Service::Relay)) {
             (Some(ca), true) => Some(RelayState::new(ctx.clone(), ca.clone()).await?),

@@ -10,6 +10,16 @@ use time::Duration;
 
 use crate::helpers::{PASSWORD, TestApp, expect_problem};
 
+/// The `Set-Cookie` of the cookie named `name`.
+fn set_cookie(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie set"))
+}
+
 async fn attempt(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
     app.client
         .post(app.url("/account/v1/sessions"))
@@ -25,8 +35,7 @@ async fn logging_in_sets_a_session_cookie_that_scripts_cannot_read(pool: PgPool)
     app.sign_up("ada@example.com", PASSWORD).await;
     let res = attempt(&app, "ADA@example.com", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::CREATED);
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.starts_with("pw_session="), "{cookie}");
+    let cookie = set_cookie(&res, "pw_session");
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
         "{cookie}"
@@ -34,6 +43,14 @@ async fn logging_in_sets_a_session_cookie_that_scripts_cannot_read(pool: PgPool)
     assert!(
         !cookie.contains("Secure"),
         "http public URL: no Secure flag: {cookie}"
+    );
+    // The device cookie, which remembers that this browser logged in to the account.
+    let device = set_cookie(&res, "pw_device");
+    assert!(
+        device.contains("HttpOnly")
+            && device.contains("SameSite=Strict")
+            && device.contains("Path=/"),
+        "{device}"
     );
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["user"]["email"], "ada@example.com");
@@ -80,11 +97,10 @@ async fn https_public_urls_make_the_cookie_secure_and_host_bound(pool: PgPool) {
     .await;
     app.sign_up("ada@example.com", PASSWORD).await;
     let res = attempt(&app, "ada@example.com", PASSWORD).await;
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(
-        cookie.starts_with("__Host-pw_session=") && cookie.contains("Secure"),
-        "{cookie}"
-    );
+    for name in ["__Host-pw_session", "__Host-pw_device"] {
+        let cookie = set_cookie(&res, name);
+        assert!(cookie.contains("Secure"), "{cookie}");
+    }
     assert!(
         res.headers()["strict-transport-security"]
             .to_str()

@@ -198,3 +198,174 @@ async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_other
         (Some(true), Some(CLI))
     );
 }
+
+async fn log_in(
+    browser: &reqwest::Client,
+    app: &TestApp,
+    email: &str,
+    password: &str,
+) -> StatusCode {
+    browser
+        .post(app.url("/account/v1/sessions"))
+        .json(&json!({ "email": email, "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_stranger_who_knows_an_address_cannot_keep_its_owner_from_logging_in(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // The owner logged in from this browser before (`new_user` did), then out.
+    let owner = app.new_user("owner").await;
+    owner
+        .browser
+        .delete(app.url("/account/v1/sessions/current"))
+        .send()
+        .await
+        .unwrap();
+    // A stranger fails at the address until every further try must wait.
+    let stranger = crate::helpers::browser();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(log_in(&stranger, &app, &owner.email, "not the password at all").await);
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // The owner, from the browser they used before, gets in at once…
+    assert_eq!(
+        log_in(&owner.browser, &app, &owner.email, crate::helpers::PASSWORD).await,
+        StatusCode::CREATED
+    );
+    // …while an attempt without that browser still waits, even with the right password.
+    assert_eq!(
+        log_in(
+            &crate::helpers::browser(),
+            &app,
+            &owner.email,
+            crate::helpers::PASSWORD
+        )
+        .await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The device is slowed on its own when it guesses wrongly (a stolen cookie).
+    let mut own = Vec::new();
+    for _ in 0..5 {
+        own.push(log_in(&owner.browser, &app, &owner.email, "wrong again, sorry").await);
+    }
+    assert_eq!(own.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{own:?}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_unverified_address_cannot_create_organizations_claim_printers_or_register_clients(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let w = crate::helpers::OrgWorld::new(&app).await;
+    let eve = app.new_unverified_user("eve").await;
+    // She can sign in and get a token…
+    let token = app.access_token(&eve, crate::helpers::ALL_SCOPES).await;
+    let me: Value = eve
+        .browser
+        .get(app.url("/account/v1/users/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email_verified"], false);
+    // …but not make an organization,
+    let res = app
+        .call(
+            reqwest::Method::POST,
+            "/org/v1/organizations",
+            Some(&token),
+            Some(&json!({"name": "Eve's"})),
+        )
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    assert_eq!(res.body["type"], "urn:printworks:problem:email-unverified");
+    // nor claim a printer of an organization she was added to,
+    app.add_member(w.org, &eve, "admin").await;
+    let (_, csr) = crate::helpers::printer_key_and_csr();
+    let req = app
+        .request_pairing("SN-EVE", &csr)
+        .await
+        .expect(StatusCode::CREATED);
+    let code = req.body["code"].as_str().unwrap().to_owned();
+    app.claim(&token, w.org, &code, "eve's")
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    // nor register a client.
+    let client = json!({
+        "organization_id": w.org, "name": "Eve's app", "type": "confidential",
+        "redirect_uris": [APP_REDIRECT], "scopes": ["openid"],
+        "grant_types": ["authorization_code"],
+    });
+    let res = eve
+        .browser
+        .post(app.url("/account/v1/clients"))
+        .json(&client)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // A new link at most once a minute.
+    let resend = |b: &reqwest::Client| {
+        b.post(app.url("/account/v1/users/me/email-verification"))
+            .send()
+    };
+    assert_eq!(
+        resend(&eve.browser).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    app.clock.advance(time::Duration::seconds(61));
+    assert_eq!(
+        resend(&eve.browser).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    // The link works once.
+    let link = app.verification_link(&eve.email).await;
+    assert_eq!(
+        app.client.get(&link).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.client.get(&link).send().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    // Now all of it works (with a fresh token: the clock moved).
+    let token = app.access_token(&eve, crate::helpers::ALL_SCOPES).await;
+    app.call(
+        reqwest::Method::POST,
+        "/org/v1/organizations",
+        Some(&token),
+        Some(&json!({"name": "Eve's"})),
+    )
+    .await
+    .expect(StatusCode::CREATED);
+    app.claim(&token, w.org, &code, "eve's")
+        .await
+        .expect(StatusCode::CREATED);
+    let res = eve
+        .browser
+        .post(app.url("/account/v1/clients"))
+        .json(&client)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // A link that expired does not work.
+    let late = app.new_unverified_user("late").await;
+    let link = app.verification_link(&late.email).await;
+    app.clock.advance(time::Duration::hours(25));
+    assert_eq!(
+        app.client.get(&link).send().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+}

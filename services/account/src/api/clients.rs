@@ -261,6 +261,7 @@ async fn register(
     Json(req): Json<Register>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
     require_admin(&state, req.organization_id, person.user_id).await?;
+    crate::verification::require(&state.ctx.db, person.user_id).await?;
     let c = check(&req)?;
     let id = base64url(&random_bytes::<16>());
     let secret = (!c.public).then(random_token);

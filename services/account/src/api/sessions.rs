@@ -66,10 +66,12 @@ async fn log_in(
         req.password,
         req.totp_code.as_deref(),
         &client,
+        &jar,
     )
     .await?;
     let user = super::users::find_user(&state, account.id).await?;
-    let jar = jar.add(session::cookie(&state, &new));
+    let device = crate::device::issue(&state, &jar, &login::subject(&account.email));
+    let jar = jar.add(session::cookie(&state, &new)).add(device);
     let body = LoggedIn {
         session: SessionSummary {
             id: new.id,

@@ -50,7 +50,15 @@ async fn enrol(
     Json(req): Json<Enrol>,
 ) -> Result<(StatusCode, Json<Enrolment>), ApiError> {
     let me = find_user(&state, user.user_id()).await?;
-    match login::check_password(&state, &me.email, req.password, &client).await {
+    match login::check_password(
+        &state,
+        &me.email,
+        req.password,
+        &client,
+        &login::subject(&me.email),
+    )
+    .await
+    {
         Ok(_) => {
             state
                 .throttle

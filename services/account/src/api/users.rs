@@ -23,12 +23,16 @@ pub fn router() -> Router<AccountState> {
     Router::new().route("/users/me", get(me))
 }
 
-/// Sign-up and password change (which tries a password) are rate-limited per source
-/// address with the login routes.
+/// Sign-up, password change (which tries a password) and sending the verification
+/// link again are rate-limited per source address with the login routes.
 pub fn limited_router() -> Router<AccountState> {
     Router::new()
         .route("/users", post(sign_up))
         .route("/password", post(change_password))
+        .route(
+            "/users/me/email-verification",
+            post(crate::verification::resend),
+        )
 }
 
 #[derive(Deserialize)]
@@ -47,6 +51,8 @@ pub struct UserView {
     pub created_at: OffsetDateTime,
     #[sqlx(default)]
     pub totp_enabled: bool,
+    /// Whether the address was confirmed (the link in the sign-up e-mail followed).
+    pub email_verified: bool,
 }
 
 async fn sign_up(
@@ -90,13 +96,16 @@ async fn sign_up(
         .target("user", id)
         .write(&mut tx, now)
         .await?;
+    crate::verification::send(&mut tx, &state, id, email.as_str(), now).await?;
     tx.commit().await?;
+    state.ctx.outbox.queued();
     let view = UserView {
         id,
         email: email.to_string(),
         display_name,
         created_at: now,
         totp_enabled: false,
+        email_verified: false,
     };
     Ok((
         StatusCode::CREATED,
@@ -108,7 +117,7 @@ async fn sign_up(
 
 pub async fn find_user(state: &AccountState, id: Uuid) -> Result<UserView, ApiError> {
     let mut user: UserView =
-        sqlx::query_as("SELECT id, email, display_name, created_at FROM users WHERE id = $1")
+        sqlx::query_as("SELECT id, email, display_name, created_at, email_verified_at IS NOT NULL AS email_verified FROM users WHERE id = $1")
             .bind(id)
             .fetch_optional(&state.ctx.db)
             .await?
@@ -138,14 +147,21 @@ async fn change_password(
     Json(req): Json<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
     let me = find_user(&state, user.user_id()).await?;
-    let account =
-        match login::check_password(&state, &me.email, req.current_password, &client).await {
-            Ok(a) => a,
-            Err(LoginError::InvalidCredentials) => {
-                return Err(ApiError::invalid("The current password is wrong."));
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let account = match login::check_password(
+        &state,
+        &me.email,
+        req.current_password,
+        &client,
+        &login::subject(&me.email),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(LoginError::InvalidCredentials) => {
+            return Err(ApiError::invalid("The current password is wrong."));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let new = state
         .policy
         .check(

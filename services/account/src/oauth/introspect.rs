@@ -227,12 +227,13 @@ async fn userinfo(
             true,
         ));
     };
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT display_name, email FROM users WHERE id = $1")
-            .bind(user_id)
-            .fetch_optional(&state.ctx.db)
-            .await?;
-    let Some((name, email)) = row else {
+    let row: Option<(String, String, bool)> = sqlx::query_as(
+        "SELECT display_name, email, email_verified_at IS NOT NULL FROM users WHERE id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(&state.ctx.db)
+    .await?;
+    let Some((name, email, verified)) = row else {
         return Err(printworks_common::auth::unauthenticated(
             "The account is gone.",
             true,
@@ -244,7 +245,7 @@ async fn userinfo(
     }
     if auth.scopes.contains(Scope::Email) {
         body["email"] = Value::from(email);
-        body["email_verified"] = Value::from(false);
+        body["email_verified"] = Value::from(verified);
     }
     Ok(no_store(Json(body)).into_response())
 }

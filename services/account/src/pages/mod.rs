@@ -46,6 +46,7 @@ pub fn limited_router() -> Router<AccountState> {
     Router::new()
         .route("/account/login", get(login_page).post(login_submit))
         .route("/account/login/totp", axum::routing::post(totp_submit))
+        .route("/account/verify-email", get(crate::verification::follow))
 }
 
 /// An HTML page with the page headers.
@@ -335,10 +336,12 @@ async fn login_submit(
     }
     let return_to = safe_return_to(form.return_to.as_deref()).unwrap_or_default();
     let email: String = form.email.chars().take(254).collect();
-    let account = match login::check_password(&state, &email, form.password, &client).await {
-        Ok(a) => a,
-        Err(e) => return Ok(login_error_page(&state, jar, e, &email, &return_to)),
-    };
+    let counted = login::throttle_subject(&state, &jar, &email);
+    let account =
+        match login::check_password(&state, &email, form.password, &client, &counted).await {
+            Ok(a) => a,
+            Err(e) => return Ok(login_error_page(&state, jar, e, &email, &return_to)),
+        };
     if totp::enabled(&state.ctx.db, account.id).await? {
         let challenge = random_token();
         let now = state.ctx.now();
@@ -372,11 +375,13 @@ async fn finish_login(
     client: &ClientInfo,
     return_to: &str,
 ) -> Result<Response, printworks_common::ApiError> {
-    let new = match login::start_session(state, account, factor, client).await {
+    let counted = login::throttle_subject(state, &jar, &account.email);
+    let new = match login::start_session(state, account, factor, client, &counted).await {
         Ok(n) => n,
         Err(e) => return Ok(login_error_page(state, jar, e, &account.email, return_to)),
     };
-    let jar = jar.add(session::cookie(state, &new));
+    let device = crate::device::issue(state, &jar, &login::subject(&account.email));
+    let jar = jar.add(session::cookie(state, &new)).add(device);
     let to = if return_to.is_empty() {
         "/account/"
     } else {
@@ -445,12 +450,10 @@ async fn totp_submit(
             .fetch_one(&state.ctx.db)
             .await?;
     let code: String = form.code.chars().take(32).collect();
-    // The code counts in the account's throttle like a password, before it is checked.
-    let result = match state
-        .throttle
-        .attempt(&state.ctx.db, &login::subject(&account.email), now)
-        .await?
-    {
+    // The code counts in the throttle like a password (the device's, when this browser
+    // proves it logged in to the account before), before it is checked.
+    let counted = login::throttle_subject(&state, &jar, &account.email);
+    let result = match state.throttle.attempt(&state.ctx.db, &counted, now).await? {
         Gate::Wait(wait) => Err(LoginError::Throttled(wait)),
         Gate::Allowed => login::check_second_factor(&state, &account, &code, &client).await,
     };

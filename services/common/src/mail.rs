@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::AppContext;
+use crate::crypto::SecretBox;
+use crate::hooks::BoxFuture;
 use anyhow::Context as _;
-use printworks_account::BoxFuture;
-use printworks_common::AppContext;
-use printworks_common::crypto::SecretBox;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -39,28 +39,53 @@ fn sealing_context(id: Uuid) -> String {
 }
 
 /// Queues a message (in the caller's transaction). The body is sealed with the master
-/// key: it may carry a token.
+/// key: it may carry a token. `topic` names what the message is about
+/// (`invitation:<id>`, `verify-email:<user>`), so that it can be [`cancel`]led while it
+/// waits.
 pub async fn enqueue(
     conn: &mut PgConnection,
     secrets: &SecretBox,
     to: &str,
     subject: &str,
     body: &str,
+    topic: Option<&str>,
     now: OffsetDateTime,
 ) -> sqlx::Result<Uuid> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO email_outbox (id, to_address, subject, body_sealed, created_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $5)",
+        "INSERT INTO email_outbox (id, to_address, subject, body_sealed, created_at, next_attempt_at, topic)
+         VALUES ($1, $2, $3, $4, $5, $5, $6)",
     )
     .bind(id)
     .bind(to)
     .bind(subject)
     .bind(secrets.seal(&sealing_context(id), body.as_bytes()))
     .bind(now)
+    .bind(topic)
     .execute(conn)
     .await?;
     Ok(id)
+}
+
+/// Withdraws the messages about `topic` that have not been handed to the sender (in the
+/// caller's transaction): they are given up on and their bodies erased. One a worker is
+/// sending at this moment may still go out (delivery is at least once). Returns how many
+/// were withdrawn.
+pub async fn cancel(
+    conn: &mut PgConnection,
+    topic: &str,
+    now: OffsetDateTime,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE email_outbox SET gave_up_at = $2, body = NULL, body_sealed = NULL,
+                last_error = 'withdrawn'
+         WHERE topic = $1 AND sent_at IS NULL AND gave_up_at IS NULL",
+    )
+    .bind(topic)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected())
 }
 
 /// The pause before the next attempt after `attempts` failures: 10 s doubling, at most
@@ -234,7 +259,7 @@ impl MailSender for FileSender {
         Box::pin(async move {
             use std::io::Write as _;
             use std::os::unix::fs::OpenOptionsExt as _;
-            printworks_common::settings::ensure_private_dir(&self.dir)?;
+            crate::settings::ensure_private_dir(&self.dir)?;
             let path = self.dir.join(format!("{}.eml", Uuid::new_v4()));
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
