@@ -179,12 +179,13 @@ pub async fn deliver_due(
                 } else {
                     tracing::warn!(message_id = %id, attempts = attempts + 1, error = %error, "e-mail not sent; will retry");
                 }
+                // A message withdrawn while it was being tried stays withdrawn.
                 sqlx::query(
                     "UPDATE email_outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3,
                             gave_up_at = CASE WHEN $4 THEN $5 END,
                             body = CASE WHEN $4 THEN NULL ELSE body END,
                             body_sealed = CASE WHEN $4 THEN NULL ELSE body_sealed END
-                     WHERE id = $1 AND next_attempt_at = $6 AND sent_at IS NULL",
+                     WHERE id = $1 AND next_attempt_at = $6 AND sent_at IS NULL AND gave_up_at IS NULL",
                 )
                 .bind(id)
                 .bind(now + backoff(attempts))

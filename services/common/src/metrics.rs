@@ -115,7 +115,15 @@ impl Metrics {
         }
     }
 
+    /// Counts a request. The method label is one of the standard methods or `other`: a
+    /// made-up method must not make a new series (nor a route: routes are matched
+    /// templates or `unmatched`).
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT"
+            | "TRACE" => method,
+            _ => "other",
+        };
         self.requests
             .get_or_create(&RequestLabels {
                 method: method.to_owned(),

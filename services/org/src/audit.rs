@@ -611,7 +611,36 @@ pub async fn verify_chain(
         }
     }
     let mut expected_index = pruned_index + 1;
-    let mut prev = pruned_hash.unwrap_or_else(|| vec![0u8; 32]);
+    let mut prev = Some(pruned_hash.unwrap_or_else(|| vec![0u8; 32]));
+    // A prune under way (or cut short) deletes the oldest records batch by batch before
+    // it records the new start: a missing beginning is retention's work only if a signed
+    // checkpoint older than the retention period covers it. The records after it are
+    // then held to that checkpoint (its hash) rather than to their lost predecessor.
+    let first_present: Option<i64> =
+        sqlx::query_scalar("SELECT min(chain_index) FROM audit_events WHERE chain_id = $1")
+            .bind(chain)
+            .fetch_one(&mut *tx)
+            .await?;
+    if let Some(first) = first_present.filter(|f| *f > expected_index) {
+        let cutoff =
+            rule.now - time::Duration::try_from(rule.retention).unwrap_or(time::Duration::ZERO);
+        let covered = checkpoints
+            .iter()
+            .any(|k| k.chain_index >= first - 1 && k.signed_at < cutoff);
+        if !covered {
+            return Ok(fail(
+                expected_index,
+                None,
+                "record missing (deleted, or indexes rewritten)",
+                0,
+            ));
+        }
+        while pending.next_if(|k| k.chain_index < first - 1).is_some() {}
+        prev = pending
+            .next_if(|k| k.chain_index == first - 1)
+            .map(|k| k.hash.clone());
+        expected_index = first;
+    }
     let mut checked = 0;
     let mut rows = sqlx::query_as::<_, Row>(
         "SELECT id, chain_index, occurred_at, organization_id, actor_type, actor_id, source_addr,
@@ -637,7 +666,7 @@ pub async fn verify_chain(
                 checked,
             ));
         }
-        if r.prev_hash != prev {
+        if prev.as_ref().is_some_and(|p| *p != r.prev_hash) {
             return Ok(fail(
                 r.chain_index,
                 Some(r.id),
@@ -677,7 +706,7 @@ pub async fn verify_chain(
             ));
         }
         checked += 1;
-        prev = r.hash;
+        prev = Some(r.hash);
         expected_index += 1;
     }
     if let Some(k) = pending.next() {
@@ -688,7 +717,7 @@ pub async fn verify_chain(
             checked,
         ));
     }
-    if expected_index - 1 != last_index || prev != last_hash {
+    if expected_index - 1 != last_index || prev.as_ref() != Some(&last_hash) {
         return Ok(fail(
             expected_index,
             None,
@@ -743,11 +772,20 @@ pub async fn verify(
     ))
 }
 
-/// Deletes records older than `now - retention`, chain by chain, each in its own short
-/// transaction (audit writes to other chains go on). A chain is pruned up to its newest
-/// signed checkpoint older than the cutoff — never past one — and that checkpoint stays
-/// as the chain's new start, from which verification continues. Returns how many
-/// records were removed.
+/// Records deleted per transaction by [`prune`].
+pub const PRUNE_BATCH: i64 = 1000;
+
+/// Deletes records older than `now - retention`, chain by chain. A chain is pruned up to
+/// its newest signed checkpoint older than the cutoff — never past one — and that
+/// checkpoint stays as the chain's new start, from which verification continues.
+///
+/// The oldest records go first, [`PRUNE_BATCH`] at a time, each batch in a short
+/// transaction of its own that does not touch the chain's head: appends to the chain go
+/// on meanwhile, however large the backlog. Only the last step — recording the new start
+/// and dropping the checkpoints before it — takes the head's lock, briefly. Pruners of
+/// one chain (several replicas) take turns by an advisory lock per transaction; one cut
+/// short leaves a chain that still verifies (see [`verify_chain`]) and is finished by the
+/// next run. Returns how many records were removed.
 pub async fn prune(
     db: &PgPool,
     now: OffsetDateTime,
@@ -765,49 +803,67 @@ pub async fn prune(
     .await?;
     let mut removed = 0;
     for (chain, through) in chains {
-        let mut tx = db.begin().await?;
-        sqlx::query("SET LOCAL printworks.audit_retention = 'on'")
-            .execute(&mut *tx)
-            .await?;
-        // The chain's row lock orders pruners across replicas; one that waited
-        // finds the work done and moves nothing backwards.
-        let pruned: i64 = sqlx::query_scalar(
-            "SELECT pruned_through_index FROM audit_chains WHERE chain_id = $1 FOR UPDATE",
-        )
-        .bind(chain)
-        .fetch_one(&mut *tx)
-        .await?;
-        if pruned >= through {
-            continue;
-        }
-        let hash: Vec<u8> = sqlx::query_scalar(
-            "SELECT hash FROM audit_checkpoints WHERE chain_id = $1 AND chain_index = $2",
-        )
-        .bind(chain)
-        .bind(through)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM audit_checkpoints WHERE chain_id = $1 AND chain_index < $2")
-            .bind(chain)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?;
-        removed +=
-            sqlx::query("DELETE FROM audit_events WHERE chain_id = $1 AND chain_index <= $2")
-                .bind(chain)
-                .bind(through)
+        loop {
+            let mut tx = db.begin().await?;
+            sqlx::query("SET LOCAL printworks.audit_retention = 'on'")
                 .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        sqlx::query(
-                "UPDATE audit_chains SET pruned_through_index = $2, pruned_through_hash = $3 WHERE chain_id = $1",
+                .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("audit-prune:{chain}"))
+                .execute(&mut *tx)
+                .await?;
+            // One that waited finds the work done and moves nothing backwards.
+            let pruned: i64 = sqlx::query_scalar(
+                "SELECT pruned_through_index FROM audit_chains WHERE chain_id = $1",
+            )
+            .bind(chain)
+            .fetch_one(&mut *tx)
+            .await?;
+            if pruned >= through {
+                break;
+            }
+            let deleted = sqlx::query(
+                "DELETE FROM audit_events WHERE chain_id = $1 AND chain_index <= LEAST($2,
+                   (SELECT min(chain_index) FROM audit_events WHERE chain_id = $1) + $3 - 1)",
             )
             .bind(chain)
             .bind(through)
-            .bind(&hash)
+            .bind(PRUNE_BATCH)
             .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            .await?
+            .rows_affected();
+            removed += deleted;
+            let done = deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX);
+            if done {
+                let hash: Vec<u8> = sqlx::query_scalar(
+                    "SELECT hash FROM audit_checkpoints WHERE chain_id = $1 AND chain_index = $2",
+                )
+                .bind(chain)
+                .bind(through)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "DELETE FROM audit_checkpoints WHERE chain_id = $1 AND chain_index < $2",
+                )
+                .bind(chain)
+                .bind(through)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE audit_chains SET pruned_through_index = $2, pruned_through_hash = $3
+                     WHERE chain_id = $1",
+                )
+                .bind(chain)
+                .bind(through)
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            if done {
+                break;
+            }
+        }
     }
     Ok(removed)
 }

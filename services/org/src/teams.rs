@@ -1,13 +1,20 @@
 //! Teams: `GET …/{org}/teams` (admins and members see all; guests the teams they are
 //! in), `POST …/{org}/teams {name}` (admins and members), `GET …/{org}/teams/{team}`,
-//! `DELETE …/{org}/teams/{team}`, and `PUT|DELETE …/{org}/teams/{team}/members/{user}`
-//! (admins and members; the person must belong to the organization, else 404).
+//! `DELETE …/{org}/teams/{team}`, and `PUT|DELETE …/{org}/teams/{team}/members/{user}`.
+//!
+//! A team is managed by the person who made it (while they are an admin or a member) and
+//! by the organization's admins: only they add people to it, remove people from it or
+//! delete it — anyone else could join a team to inherit what is shared with it. Anyone
+//! may leave a team. Who may manage is read again under the organization's lock, and a
+//! person is added only if they still belong to the organization under that same lock
+//! (removing someone from the organization takes it too): an addition cannot slip in
+//! beside a removal.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, scope};
+use printworks_common::auth::{Auth, Role, scope};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -34,6 +41,35 @@ pub struct TeamDetail {
     #[serde(flatten)]
     team: TeamView,
     members: Vec<printworks_account::directory::Profile>,
+}
+
+/// Whether the caller manages `team` now: an admin, or its creator while an admin or a
+/// member. Read on `conn`, which holds the organization's lock (taken here). 404 if the
+/// team is gone or the caller no longer belongs; 403 if they may not manage it.
+async fn lock_and_require_manager(
+    conn: &mut sqlx::PgConnection,
+    m: &Membership,
+    team: Uuid,
+) -> Result<(), ApiError> {
+    crate::access::lock_org(&mut *conn, m.org).await?;
+    let role = m
+        .current_role(&mut *conn)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let created_by: Option<Option<Uuid>> =
+        sqlx::query_scalar("SELECT created_by FROM teams WHERE id = $1 AND organization_id = $2")
+            .bind(team)
+            .bind(m.org)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let created_by = created_by.ok_or_else(ApiError::not_found)?;
+    let creator = m.user_id().is_some() && created_by == m.user_id();
+    if role == Role::Admin || (role == Role::Member && creator) {
+        return Ok(());
+    }
+    Err(crate::access::forbidden(
+        "Only the team's creator and the organization's admins manage a team.",
+    ))
 }
 
 /// The team, if it is in `org` and the caller may see it.
@@ -164,8 +200,10 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let writer = m.require_writer()?;
+    visible_team(&state, &m, team).await?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
+    lock_and_require_manager(&mut tx, &m, team).await?;
     let deleted = sqlx::query("DELETE FROM teams WHERE id = $1 AND organization_id = $2")
         .bind(team)
         .bind(org)
@@ -203,12 +241,14 @@ pub async fn add_member(
     let m = membership(&state.ctx, org, &auth).await?;
     let writer = m.require_writer()?;
     visible_team(&state, &m, team).await?;
-    // Someone outside the organization is, from here, someone who does not exist.
-    if crate::role_of(&state.ctx.db, org, user).await?.is_none() {
-        return Err(ApiError::not_found());
-    }
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
+    lock_and_require_manager(&mut tx, &m, team).await?;
+    // Someone outside the organization is, from here, someone who does not exist — read
+    // under the organization's lock, which a removal from it holds too.
+    if crate::role_of(&mut *tx, org, user).await?.is_none() {
+        return Err(ApiError::not_found());
+    }
     sqlx::query("SELECT 1 FROM teams WHERE id = $1 FOR UPDATE")
         .bind(team)
         .execute(&mut *tx)
@@ -251,10 +291,15 @@ pub async fn remove_member(
     Path((org, team, user)): Path<(Uuid, Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    let writer = m.require_writer()?;
     visible_team(&state, &m, team).await?;
+    let leaving = m.user_id() == Some(user);
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
+    // Anyone may leave a team; removing someone else is for its managers.
+    if !leaving {
+        m.require_writer()?;
+        lock_and_require_manager(&mut tx, &m, team).await?;
+    }
     let removed = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
         .bind(team)
         .bind(user)
@@ -264,7 +309,7 @@ pub async fn remove_member(
     if removed == 0 {
         return Err(ApiError::not_found());
     }
-    AuditEvent::new("team.member_remove", writer.audit_actor(), Outcome::Success)
+    AuditEvent::new("team.member_remove", m.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("team", team)

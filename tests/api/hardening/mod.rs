@@ -7,3 +7,4 @@ mod gcode;
 mod pairing;
 mod quotas;
 mod relay;
+mod resources;

@@ -66,20 +66,22 @@ const TABLE: &[(&str, &str, [u16; 4])] = &[
         "/org/v1/organizations/{org}/teams/{team}",
         [200, 200, 404, 404],
     ),
+    // A team someone else made: only admins manage it (its creator would too), and a
+    // guest does not see a team they are not in.
     (
         "DELETE",
         "/org/v1/organizations/{org}/teams/{team}",
-        [204, 204, 403, 404],
+        [204, 403, 403, 404],
     ),
     (
         "PUT",
         "/org/v1/organizations/{org}/teams/{team}/members/{user}",
-        [204, 204, 403, 404],
+        [204, 403, 403, 404],
     ),
     (
         "DELETE",
         "/org/v1/organizations/{org}/teams/{team}/members/{user}",
-        [204, 204, 403, 404],
+        [204, 403, 404, 404],
     ),
     (
         "GET",
