@@ -300,5 +300,5 @@ async fn keys_rotate_publishes_a_new_key(_pool: PgPoolOptions, connect: PgConnec
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(sealed[0], 1, "sealed-box format version");
+    assert_eq!(sealed[0], 2, "sealed-box format version (with the key id)");
 }

@@ -41,6 +41,8 @@ pub struct TestApp {
     pub printer_addr: Option<SocketAddr>,
     /// The data directory, removed when the test ends.
     pub data_dir: tempfile::TempDir,
+    /// The data directory the app runs with (`data_dir`, unless the test gave another).
+    pub data_path: std::path::PathBuf,
     shutdown: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -90,6 +92,7 @@ impl TestApp {
         let base = format!("http://{addr}");
         settings.public_url = PublicUrl::parse_setting(&base).expect("public URL");
         configure(&mut settings);
+        let data_path = settings.data_dir.clone();
         let clock = ManualClock::starting_now();
         let app = Application::build_on(listener, settings, services, db.clone(), clock.clone())
             .await
@@ -105,6 +108,7 @@ impl TestApp {
             db,
             printer_addr,
             data_dir,
+            data_path,
             shutdown,
             server: Some(server),
         }
@@ -198,10 +202,9 @@ impl TestApp {
     /// from the outbox while it waits (its body sealed with the app's master key), or
     /// from the file the development sender wrote once it was sent.
     pub async fn mail_to(&self, to: &str, topic: &str) -> String {
-        let secrets = printworks_common::crypto::SecretBox::from_settings(&test_settings(
-            self.data_dir.path(),
-        ))
-        .expect("the app's master key");
+        let secrets =
+            printworks_common::crypto::SecretBox::from_settings(&test_settings(&self.data_path))
+                .expect("the app's master key");
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let row: Option<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
@@ -218,7 +221,7 @@ impl TestApp {
             {
                 return String::from_utf8(body).expect("UTF-8 body");
             }
-            let sent = std::fs::read_dir(self.data_dir.path().join("mail"))
+            let sent = std::fs::read_dir(self.data_path.join("mail"))
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -505,6 +508,7 @@ pub struct TestPrinter {
     pub shared_secret: String,
     pub printer_url: String,
     pub job_signing_key: String,
+    pub job_signing_key_id: String,
 }
 
 impl TestPrinter {
@@ -520,6 +524,7 @@ impl TestPrinter {
             ca_chain_pem: self.ca_pem.clone(),
             printer_url: self.printer_url.clone(),
             job_signing_key: self.job_signing_key.clone(),
+            job_signing_key_id: self.job_signing_key_id.clone(),
         };
         state
             .save_paired(&self.key_pem, &credentials, server)
@@ -683,6 +688,7 @@ impl TestApp {
             shared_secret: text("shared_secret"),
             printer_url: text("printer_url"),
             job_signing_key: text("job_signing_key"),
+            job_signing_key_id: text("job_signing_key_id"),
         }
     }
 }

@@ -61,7 +61,9 @@ async fn serve_test_routes(pool: PgPool) -> Served {
     let mut settings = test_settings(dir.path());
     settings.max_body_bytes = 2048;
     settings.request_timeout = Duration::from_millis(300);
-    let ctx = AppContext::new(pool, settings, ManualClock::starting_now()).unwrap();
+    let ctx = AppContext::new(pool, settings, ManualClock::starting_now())
+        .await
+        .unwrap();
     let routes = Router::new()
         .route("/echo", post(echo))
         .route("/slow", get(slow))

@@ -30,6 +30,24 @@ use crate::keys::SigningKeys;
 use crate::password::{PasswordHasher, PasswordPolicy};
 use printworks_common::throttle::Throttle;
 
+/// The account service's sealed values: TOTP secrets and the token signing keys.
+pub const SEALED: &[printworks_common::reseal::SealedColumn] = &[
+    printworks_common::reseal::SealedColumn {
+        table: "totp_credentials",
+        key: "user_id",
+        key_is_uuid: true,
+        column: "secret_sealed",
+        context_prefix: "totp:",
+    },
+    printworks_common::reseal::SealedColumn {
+        table: "signing_keys",
+        key: "kid",
+        key_is_uuid: false,
+        column: "private_key_sealed",
+        context_prefix: "signing-key:",
+    },
+];
+
 pub const NAME: &str = "account";
 pub const PREFIX: &str = "/account/v1";
 

@@ -31,6 +31,9 @@ pub struct PrinterRecord {
     pub server_url: String,
     /// The relay's job-signing key, pinned when the printer paired.
     pub job_signing_key: String,
+    /// Its id, as job events name it (empty for printers paired before keys had ids).
+    #[serde(default)]
+    pub job_signing_key_id: String,
 }
 
 /// Everything a paired printer keeps.
@@ -112,6 +115,7 @@ impl StateDir {
             printer_url: credentials.printer_url.clone(),
             server_url: server_url.trim_end_matches('/').to_owned(),
             job_signing_key: credentials.job_signing_key.clone(),
+            job_signing_key_id: credentials.job_signing_key_id.clone(),
         };
         write_private(&self.dir.join(KEY), key_pem.as_bytes())?;
         write_private(
@@ -168,6 +172,7 @@ mod tests {
             ca_chain_pem: "CA".into(),
             printer_url: "https://127.0.0.1:8443".into(),
             job_signing_key: "key".into(),
+            job_signing_key_id: "job-0123456789abcdef".into(),
         };
         let saved = state
             .save_paired("KEY", &credentials, "http://127.0.0.1:8080/")

@@ -29,9 +29,10 @@ pub struct AppContext {
 }
 
 impl AppContext {
-    /// Loads (or, in the data directory, creates) the master key.
-    pub fn new(db: PgPool, settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
-        let secrets = SecretBox::from_settings(&settings)?;
+    /// Loads (or, in the data directory, creates) the master key, and the MAC root from
+    /// the database (which must be migrated).
+    pub async fn new(db: PgPool, settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        let secrets = SecretBox::load(&settings, &db).await?;
         let tokens = Arc::new(TokenVerifier::new(
             db.clone(),
             settings.public_url.as_str().to_owned(),

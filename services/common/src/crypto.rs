@@ -86,71 +86,29 @@ pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
 
-const SEALED_VERSION: u8 = 1;
+/// Sealed values: version 1 was `[1][nonce][ciphertext+tag]` under the one master key;
+/// version 2 names the key: `[2][key id (8 bytes)][nonce][ciphertext+tag]`.
+const SEALED_V1: u8 = 1;
+const SEALED_V2: u8 = 2;
+const KEY_ID_LEN: usize = 8;
 
-/// Authenticated encryption of secrets at rest (AES-256-GCM, a random nonce per seal).
-/// The `context` (e.g. `"totp:<user id>"`) is bound into the tag, so a sealed value
-/// moved to another row or purpose no longer opens.
-#[derive(Clone)]
-pub struct SecretBox {
-    key: std::sync::Arc<LessSafeKey>,
-    /// For [`SecretBox::mac`]: derived from the master key, never the AES key itself.
-    mac_root: std::sync::Arc<[u8; 32]>,
+/// One master key, ready to seal and open.
+struct SealKey {
+    id: [u8; KEY_ID_LEN],
+    key: LessSafeKey,
 }
 
-impl SecretBox {
-    pub fn new(key: &MasterKey) -> Self {
+impl SealKey {
+    fn new(key: &MasterKey) -> Self {
         #[allow(clippy::expect_used)]
         let unbound = UnboundKey::new(&AES_256_GCM, key.expose()).expect("32-byte AES key");
         Self {
-            key: std::sync::Arc::new(LessSafeKey::new(unbound)),
-            mac_root: std::sync::Arc::new(hmac_sha256(key.expose(), b"printworks mac root")),
+            id: key_id(key),
+            key: LessSafeKey::new(unbound),
         }
     }
 
-    /// A keyed digest of `data` for `purpose` (HMAC-SHA256 under a key derived from the
-    /// master key and the purpose): what is stored in place of a low-entropy secret, such
-    /// as a six-digit pairing code, that a plain hash would not protect.
-    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
-        let key = hmac_sha256(&self.mac_root[..], purpose.as_bytes());
-        hmac_sha256(&key, data)
-    }
-
-    /// The configured master key, or the one generated into the data directory (created
-    /// on first use, owner-only permissions).
-    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        if let Some(key) = &settings.master_key {
-            return Ok(Self::new(key));
-        }
-        let key = load_or_create_key_file(&settings.data_dir.join("keys").join("master.key"))?;
-        Ok(Self::new(&key))
-    }
-
-    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
-        let nonce_bytes = random_bytes::<NONCE_LEN>();
-        let mut in_out = plaintext.to_vec();
-        #[allow(clippy::expect_used)]
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(context.as_bytes()),
-                &mut in_out,
-            )
-            .expect("AES-GCM seal");
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + in_out.len());
-        out.push(SEALED_VERSION);
-        out.extend_from_slice(&nonce_bytes);
-        out.extend_from_slice(&in_out);
-        out
-    }
-
-    /// `None` when the value was altered, sealed under another key, or for another context.
-    pub fn open(&self, context: &str, sealed: &[u8]) -> Option<Vec<u8>> {
-        let (&version, rest) = sealed.split_first()?;
-        if version != SEALED_VERSION || rest.len() < NONCE_LEN {
-            return None;
-        }
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+    fn open(&self, context: &str, nonce: &[u8], ciphertext: &[u8]) -> Option<Vec<u8>> {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut in_out = ciphertext.to_vec();
         let plain = self
@@ -159,6 +117,214 @@ impl SecretBox {
             .ok()?;
         Some(plain.to_vec())
     }
+}
+
+/// A master key's id: the first bytes of an HMAC under it (names it, reveals nothing).
+pub fn key_id(key: &MasterKey) -> [u8; KEY_ID_LEN] {
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&hmac_sha256(key.expose(), b"printworks key id")[..KEY_ID_LEN]);
+    id
+}
+
+/// The name under which the MAC root is kept in `service_keys`.
+const MAC_ROOT: &str = "mac-root";
+
+/// Authenticated encryption of secrets at rest (AES-256-GCM, a random nonce per seal),
+/// and keyed digests.
+///
+/// The `context` (e.g. `"totp:<user id>"`) is bound into the tag, so a sealed value
+/// moved to another row or purpose no longer opens. Values are sealed under the current
+/// master key and opened under it or any previous one still configured, so the master
+/// key can be rotated: configure the new one and keep the old as previous, reseal
+/// (`printworks keys reseal`), then drop the old one.
+///
+/// MACs hang off a root of their own, kept in the database sealed by the master key
+/// ([`SecretBox::load`]), so that what is stored as a MAC — pairing codes, audit
+/// checkpoints — and what is derived from the root — renewal challenges, device cookies
+/// — outlives a rotation of the master key.
+#[derive(Clone)]
+pub struct SecretBox {
+    current: std::sync::Arc<SealKey>,
+    previous: std::sync::Arc<Vec<SealKey>>,
+    /// For [`SecretBox::mac`]: never the AES key itself.
+    mac_root: std::sync::Arc<[u8; 32]>,
+}
+
+impl SecretBox {
+    /// With `key` alone, its MAC root derived from it — the root every deployment had
+    /// before roots were kept in the database, and the one [`SecretBox::load`] keeps
+    /// when it finds none.
+    pub fn new(key: &MasterKey) -> Self {
+        Self {
+            current: std::sync::Arc::new(SealKey::new(key)),
+            previous: std::sync::Arc::default(),
+            mac_root: std::sync::Arc::new(hmac_sha256(key.expose(), b"printworks mac root")),
+        }
+    }
+
+    /// Also opens what `previous` keys sealed (new values are sealed under the current one).
+    pub fn with_previous(mut self, previous: &[MasterKey]) -> Self {
+        self.previous = std::sync::Arc::new(previous.iter().map(SealKey::new).collect());
+        self
+    }
+
+    /// The current master key's id.
+    pub fn current_key_id(&self) -> [u8; KEY_ID_LEN] {
+        self.current.id
+    }
+
+    /// A keyed digest of `data` for `purpose` (HMAC-SHA256 under a key derived from the
+    /// MAC root and the purpose): what is stored in place of a low-entropy secret, such
+    /// as a six-digit pairing code, that a plain hash would not protect.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        let key = hmac_sha256(&self.mac_root[..], purpose.as_bytes());
+        hmac_sha256(&key, data)
+    }
+
+    /// The configured master key and previous keys (`PRINTWORKS_MASTER_KEY`,
+    /// `PRINTWORKS_MASTER_KEY_PREVIOUS`), or the ones in the data directory
+    /// (`keys/master.key`, created on first use owner-only, and `keys/previous/*.key`).
+    /// Its MAC root is derived from the current key: use [`SecretBox::load`] wherever
+    /// MACs matter.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let keys = settings.data_dir.join("keys");
+        let current = match &settings.master_key {
+            Some(key) => key.clone(),
+            None => load_or_create_key_file(&keys.join("master.key"))?,
+        };
+        let mut previous = settings.master_key_previous.clone();
+        if settings.master_key.is_none() {
+            previous.extend(previous_key_files(&keys.join("previous"))?);
+        }
+        Ok(Self::new(&current).with_previous(&previous))
+    }
+
+    /// [`SecretBox::from_settings`], with the MAC root kept in the database (created, on
+    /// first use, as the one derived from the current key). A database whose migrations
+    /// have not made the table yet has never seen a rotation: the derived root is its
+    /// root, and is kept there by the first process that finds the table.
+    pub async fn load(settings: &Settings, db: &sqlx::PgPool) -> anyhow::Result<Self> {
+        let mut b = Self::from_settings(settings)?;
+        let context = format!("service-key:{MAC_ROOT}");
+        let kept = sqlx::query(
+            "INSERT INTO service_keys (name, key_id, key_sealed, created_at)
+             VALUES ($1, $1, $2, now()) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(MAC_ROOT)
+        .bind(b.seal(&context, &b.mac_root[..]))
+        .execute(db)
+        .await;
+        match kept {
+            Ok(_) => {}
+            Err(e) if is_undefined_table(&e) => return Ok(b),
+            Err(e) => return Err(e.into()),
+        }
+        let sealed: Vec<u8> =
+            sqlx::query_scalar("SELECT key_sealed FROM service_keys WHERE name = $1")
+                .bind(MAC_ROOT)
+                .fetch_one(db)
+                .await?;
+        let root: [u8; 32] = b
+            .open(&context, &sealed)
+            .and_then(|r| r.try_into().ok())
+            .context("the MAC root does not open with the configured master keys")?;
+        b.mac_root = std::sync::Arc::new(root);
+        Ok(b)
+    }
+
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Vec<u8> {
+        let nonce_bytes = random_bytes::<NONCE_LEN>();
+        let mut in_out = plaintext.to_vec();
+        #[allow(clippy::expect_used)]
+        self.current
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(context.as_bytes()),
+                &mut in_out,
+            )
+            .expect("AES-GCM seal");
+        let mut out = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + in_out.len());
+        out.push(SEALED_V2);
+        out.extend_from_slice(&self.current.id);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&in_out);
+        out
+    }
+
+    /// `None` when the value was altered, sealed under a key not configured here, or for
+    /// another context.
+    pub fn open(&self, context: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        let (&version, rest) = sealed.split_first()?;
+        let keys = || std::iter::once(&*self.current).chain(self.previous.iter());
+        match version {
+            SEALED_V1 if rest.len() >= NONCE_LEN => {
+                let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+                keys().find_map(|k| k.open(context, nonce, ciphertext))
+            }
+            SEALED_V2 if rest.len() >= KEY_ID_LEN + NONCE_LEN => {
+                let (id, rest) = rest.split_at(KEY_ID_LEN);
+                let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+                keys()
+                    .find(|k| k.id[..] == *id)
+                    .and_then(|k| k.open(context, nonce, ciphertext))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `sealed` is sealed under the current key (nothing to reseal).
+    pub fn is_current(&self, sealed: &[u8]) -> bool {
+        sealed.first() == Some(&SEALED_V2)
+            && sealed.get(1..1 + KEY_ID_LEN) == Some(&self.current.id[..])
+    }
+}
+
+/// Whether `e` says a table does not exist (migrations still pending).
+pub fn is_undefined_table(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "42P01")
+}
+
+/// The keys in `dir` (`*.key`, 32 bytes each), if it exists.
+fn previous_key_files(dir: &Path) -> anyhow::Result<Vec<MasterKey>> {
+    let mut keys = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "key") {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+            keys.push(MasterKey::from_bytes(key));
+        }
+    }
+    Ok(keys)
+}
+
+/// Writes `key` to `path` (owner-only, synced), failing if the file exists.
+pub fn write_key_file(path: &Path, key: &[u8; 32]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(key)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn load_or_create_key_file(path: &Path) -> anyhow::Result<MasterKey> {
@@ -205,6 +371,7 @@ mod tests {
         let sealed = b.seal("totp:1", b"seed");
         assert_eq!(b.open("totp:1", &sealed).as_deref(), Some(&b"seed"[..]));
         assert_eq!(b.open("totp:2", &sealed), None);
+        assert!(b.is_current(&sealed));
         let mut tampered = sealed.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
@@ -212,6 +379,36 @@ mod tests {
         let other = SecretBox::new(&MasterKey::from_bytes([8; 32]));
         assert_eq!(other.open("totp:1", &sealed), None);
         assert_ne!(b.seal("totp:1", b"seed"), sealed, "nonces differ");
+    }
+
+    #[test]
+    fn a_rotated_box_opens_what_the_previous_key_sealed_and_seals_under_the_new() {
+        let old = MasterKey::from_bytes([7; 32]);
+        let new = MasterKey::from_bytes([9; 32]);
+        let before = SecretBox::new(&old);
+        let sealed = before.seal("printer-secret:1", b"s3cret");
+        let rotated = SecretBox::new(&new).with_previous(std::slice::from_ref(&old));
+        assert_eq!(
+            rotated.open("printer-secret:1", &sealed).as_deref(),
+            Some(&b"s3cret"[..])
+        );
+        assert!(!rotated.is_current(&sealed));
+        let resealed = rotated.seal("printer-secret:1", b"s3cret");
+        assert!(rotated.is_current(&resealed));
+        // Once the previous key is gone, only the resealed value opens.
+        let after = SecretBox::new(&new);
+        assert_eq!(after.open("printer-secret:1", &sealed), None);
+        assert_eq!(
+            after.open("printer-secret:1", &resealed).as_deref(),
+            Some(&b"s3cret"[..])
+        );
+        // Values sealed before key ids (version 1) still open with the right key.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&sealed[1 + 8..]);
+        assert_eq!(
+            rotated.open("printer-secret:1", &v1).as_deref(),
+            Some(&b"s3cret"[..])
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`crypto`]: random tokens, digests, constant-time comparison, sealing at rest.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 //! - [`throttle`]: growing waits between failed attempts at a secret, in PostgreSQL.
+//! - [`reseal`]: sealing again under a new master key what an old one sealed.
 //! - [`server`]: serving a router with graceful shutdown.
 
 pub mod audit;
@@ -29,6 +30,7 @@ pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod printer;
+pub mod reseal;
 pub mod server;
 pub mod settings;
 pub mod telemetry;

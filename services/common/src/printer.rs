@@ -24,6 +24,9 @@ pub struct Credentials {
     /// The relay's public key (Ed25519, base64url) that signs every job sent to the
     /// printer: pin it, and print nothing it did not sign.
     pub job_signing_key: String,
+    /// That key's id (`job-…`), which every job event names too.
+    #[serde(default)]
+    pub job_signing_key_id: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -77,36 +80,83 @@ pub fn repair_proof(
     ))
 }
 
-/// The relay's job-signing key, derived from the master key: every replica with the
-/// same master key signs alike, and nothing more is stored.
-pub fn job_signing_key(secrets: &SecretBox) -> Ed25519KeyPair {
-    let seed = secrets.mac("relay-job-signing-key", b"v1");
-    #[allow(clippy::expect_used)]
-    Ed25519KeyPair::from_seed_unchecked(&seed).expect("a 32-byte Ed25519 seed")
+/// The relay's job-signing key: an Ed25519 key of its own with its own id, kept in the
+/// database sealed by the master key (it outlives a rotation of the master key, so the
+/// key printers pinned when they paired stays the one that signs their jobs). Made on
+/// first use from the seed the relay used to derive from the master key, so that
+/// printers paired before keep trusting it.
+pub struct JobSigner {
+    pub key_id: String,
+    key: Ed25519KeyPair,
 }
 
-/// The public half, as printers receive it (base64url of the 32 raw bytes).
-pub fn job_signing_public_key(secrets: &SecretBox) -> String {
-    base64url(job_signing_key(secrets).public_key().as_ref())
+const JOB_SIGNING: &str = "job-signing";
+
+impl JobSigner {
+    /// From a 32-byte seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        #[allow(clippy::expect_used)]
+        let key = Ed25519KeyPair::from_seed_unchecked(seed).expect("a 32-byte Ed25519 seed");
+        let digest = crate::crypto::hex(&sha256(key.public_key().as_ref()));
+        Self {
+            key_id: format!("job-{}", &digest[..16]),
+            key,
+        }
+    }
+
+    /// The key, from the database (made there on first use; a database whose
+    /// migrations have not made the table yet has never seen a rotation, and gets the
+    /// first key).
+    pub async fn load(conn: &mut sqlx::PgConnection, secrets: &SecretBox) -> anyhow::Result<Self> {
+        let context = format!("service-key:{JOB_SIGNING}");
+        let seed = secrets.mac("relay-job-signing-key", b"v1");
+        let first = Self::from_seed(&seed);
+        let kept = sqlx::query(
+            "INSERT INTO service_keys (name, key_id, key_sealed, created_at)
+             VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(JOB_SIGNING)
+        .bind(&first.key_id)
+        .bind(secrets.seal(&context, &seed))
+        .execute(&mut *conn)
+        .await;
+        match kept {
+            Ok(_) => {}
+            Err(e) if crate::crypto::is_undefined_table(&e) => return Ok(first),
+            Err(e) => return Err(e.into()),
+        }
+        let sealed: Vec<u8> =
+            sqlx::query_scalar("SELECT key_sealed FROM service_keys WHERE name = $1")
+                .bind(JOB_SIGNING)
+                .fetch_one(&mut *conn)
+                .await?;
+        let seed: [u8; 32] = secrets
+            .open(&context, &sealed)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("the job-signing key does not open with the configured master keys")
+            })?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    /// The public half, as printers receive it (base64url of the 32 raw bytes).
+    pub fn public_key(&self) -> String {
+        base64url(self.key.public_key().as_ref())
+    }
+
+    /// The signature of a job (base64url).
+    pub fn sign(&self, printer_id: Uuid, job_id: Uuid, size: u64, sha256_hex: &str) -> String {
+        base64url(
+            self.key
+                .sign(&job_message(printer_id, job_id, size, sha256_hex))
+                .as_ref(),
+        )
+    }
 }
 
 /// What a job signature covers: the printer, the job, its size and its SHA-256 (hex).
 pub fn job_message(printer_id: Uuid, job_id: Uuid, size: u64, sha256_hex: &str) -> Vec<u8> {
     format!("printworks-job-v1\n{printer_id}\n{job_id}\n{size}\n{sha256_hex}").into_bytes()
-}
-
-/// The relay's signature of a job (base64url).
-pub fn sign_job(
-    key: &Ed25519KeyPair,
-    printer_id: Uuid,
-    job_id: Uuid,
-    size: u64,
-    sha256_hex: &str,
-) -> String {
-    base64url(
-        key.sign(&job_message(printer_id, job_id, size, sha256_hex))
-            .as_ref(),
-    )
 }
 
 /// Whether `signature` is the relay's (whose public key the printer pinned) over this job.
@@ -129,33 +179,20 @@ pub fn verify_job(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::MasterKey;
 
     #[test]
     fn jobs_are_signed_and_a_changed_field_fails() {
-        let secrets = SecretBox::new(&MasterKey::from_bytes([3; 32]));
-        let key = job_signing_key(&secrets);
-        let public = job_signing_public_key(&secrets);
+        let signer = JobSigner::from_seed(&[3; 32]);
+        let public = signer.public_key();
+        assert!(signer.key_id.starts_with("job-") && signer.key_id.len() == 20);
         let (p, j) = (Uuid::new_v4(), Uuid::new_v4());
-        let sig = sign_job(&key, p, j, 42, "ab");
+        let sig = signer.sign(p, j, 42, "ab");
         assert!(verify_job(&public, p, j, 42, "ab", &sig));
         assert!(!verify_job(&public, p, j, 43, "ab", &sig));
         assert!(!verify_job(&public, p, j, 42, "ac", &sig));
         assert!(!verify_job(&public, Uuid::new_v4(), j, 42, "ab", &sig));
-        let other = SecretBox::new(&MasterKey::from_bytes([4; 32]));
-        assert!(!verify_job(
-            &job_signing_public_key(&other),
-            p,
-            j,
-            42,
-            "ab",
-            &sig
-        ));
+        let other = JobSigner::from_seed(&[4; 32]);
+        assert!(!verify_job(&other.public_key(), p, j, 42, "ab", &sig));
         assert!(!verify_job(&public, p, j, 42, "ab", "not base64!"));
-        // The same master key gives the same key on every replica.
-        assert_eq!(
-            job_signing_public_key(&SecretBox::new(&MasterKey::from_bytes([3; 32]))),
-            public
-        );
     }
 }

@@ -89,6 +89,12 @@ pub struct Settings {
     #[arg(long, global = true, env = "PRINTWORKS_MASTER_KEY", value_name = "BASE64", hide_env_values = true, value_parser = MasterKey::parse_setting)]
     pub master_key: Option<MasterKey>,
 
+    /// Earlier master keys, comma separated: what they sealed still opens, and `printworks
+    /// keys reseal` seals it again under PRINTWORKS_MASTER_KEY. Drop them once it reports
+    /// nothing left (docs/operations.md, "Rotating the master key").
+    #[arg(long, global = true, env = "PRINTWORKS_MASTER_KEY_PREVIOUS", value_name = "BASE64,...", hide_env_values = true, value_delimiter = ',', value_parser = MasterKey::parse_setting)]
+    pub master_key_previous: Vec<MasterKey>,
+
     /// Requests per minute one source address may make to the login, token, TOTP and
     /// pairing routes (with bursts of a fifth of that); more answer 429.
     #[arg(long, global = true, env = "PRINTWORKS_AUTH_RATE_LIMIT", value_name = "N", default_value = DEFAULT_AUTH_RATE_LIMIT, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -549,6 +555,7 @@ impl Settings {
             db_connect_timeout: parse_duration(DEFAULT_DB_CONNECT_TIMEOUT)
                 .expect("default duration"),
             master_key: None,
+            master_key_previous: Vec::new(),
             trusted_proxies: Vec::new(),
             auth_rate_limit_per_minute: p(DEFAULT_AUTH_RATE_LIMIT),
             account: AccountSettings::defaults(),

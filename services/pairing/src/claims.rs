@@ -329,6 +329,7 @@ pub async fn claim(
     identity::record_certificate(&mut tx, printer_id, &issued, now, "pairing").await?;
     let shared_secret = random_token();
     identity::store_secret(&mut tx, &ctx.secrets, printer_id, &shared_secret, now).await?;
+    let signer = printworks_common::printer::JobSigner::load(&mut tx, &ctx.secrets).await?;
     let organization_name = printworks_org::organizations::name_of(&mut *tx, org)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -340,7 +341,8 @@ pub async fn claim(
         certificate_pem: issued.pem.clone(),
         ca_chain_pem: state.ca.cert_pem().to_owned(),
         printer_url: ctx.settings.printer_url(),
-        job_signing_key: printworks_common::printer::job_signing_public_key(&ctx.secrets),
+        job_signing_key: signer.public_key(),
+        job_signing_key_id: signer.key_id.clone(),
     };
     let sealed = ctx.secrets.seal(
         &sealing_context(waiting.id),

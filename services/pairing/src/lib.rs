@@ -33,6 +33,25 @@ use printworks_common::throttle::Throttle;
 pub use ca::PrinterCa;
 pub use identity::{PrinterIdentity, identify};
 
+/// The pairing service's sealed values: printers' shared secrets, and credentials
+/// waiting to be collected.
+pub const SEALED: &[printworks_common::reseal::SealedColumn] = &[
+    printworks_common::reseal::SealedColumn {
+        table: "printer_secrets",
+        key: "printer_id",
+        key_is_uuid: true,
+        column: "secret_sealed",
+        context_prefix: "printer-secret:",
+    },
+    printworks_common::reseal::SealedColumn {
+        table: "pairing_requests",
+        key: "id",
+        key_is_uuid: true,
+        column: "credentials_sealed",
+        context_prefix: "pairing-credentials:",
+    },
+];
+
 pub const NAME: &str = "pairing";
 pub const PREFIX: &str = "/pairing/v1";
 

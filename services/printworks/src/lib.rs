@@ -2,6 +2,8 @@
 //! assembled, and the [`Application`] that binds and serves them. Tests build the
 //! same [`Application`] the binary runs.
 
+pub mod keys;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -181,7 +183,7 @@ impl Application {
         } else {
             None
         };
-        let ctx = AppContext::new(db, settings, clock)?;
+        let ctx = AppContext::new(db, settings, clock).await?;
         // One e-mail worker for the services that send mail (invitations, address
         // verification); replicas share the outbox safely.
         if services.contains(Service::Account) || services.contains(Service::Org) {

@@ -115,10 +115,25 @@ enum AuditAction {
 
 #[derive(Subcommand)]
 enum KeysAction {
-    /// Publish a new signing key now. It starts signing 10 minutes later (so that every
-    /// JWKS cache has it first); the keys it replaces stay published until the last token
-    /// they signed has expired.
+    /// Publish a new token signing key now. It starts signing 10 minutes later (so that
+    /// every JWKS cache has it first); the keys it replaces stay published until the last
+    /// token they signed has expired.
     Rotate,
+    /// Rotate the master key kept in the data directory (keys/master.key): the old one is
+    /// kept in keys/previous/ and every secret is sealed again under the new one. Stop the
+    /// servers first and start them after. With PRINTWORKS_MASTER_KEY set, rotate by
+    /// configuration instead (see `new-master` and `reseal`).
+    RotateMaster,
+    /// Seal again, under PRINTWORKS_MASTER_KEY, what the keys in
+    /// PRINTWORKS_MASTER_KEY_PREVIOUS (or keys/previous/) sealed. Run it once every replica
+    /// runs with the new key; drop the previous keys once `--check` finds nothing left.
+    Reseal {
+        /// Only count what is still sealed under a previous key (exits 1 if anything is).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print a new random master key (base64), for PRINTWORKS_MASTER_KEY.
+    NewMaster,
 }
 
 fn main() -> ExitCode {
@@ -164,6 +179,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys {
+            action: KeysAction::NewMaster,
+        } => {
+            say(&printworks::keys::new_master_key());
+            Ok(())
+        }
+        Command::Keys {
+            action: KeysAction::RotateMaster,
+        } => {
+            let pool = db::connect(&settings, &database_url).await?;
+            db::migrate(&pool).await?;
+            let rotated = printworks::keys::rotate_master_file(&settings, &pool).await?;
+            say(&format!(
+                "new master key {} in {}",
+                rotated.new_key_id,
+                settings.data_dir.join("keys").join("master.key").display()
+            ));
+            say(&format!(
+                "resealed {} values under it ({} under no key known here, left as they are)",
+                rotated.resealed.resealed, rotated.resealed.unopenable
+            ));
+            say(&format!(
+                "the old key is kept in {}: delete it once `printworks keys reseal --check` finds nothing left",
+                rotated.previous_file.display()
+            ));
+            pool.close().await;
+            Ok(())
+        }
+        Command::Keys {
+            action: KeysAction::Reseal { check },
+        } => {
+            let pool = db::connect(&settings, &database_url).await?;
+            db::migrate(&pool).await?;
+            let r = printworks::keys::reseal(&settings, &pool, check).await?;
+            pool.close().await;
+            if check {
+                say(&format!(
+                    "{} values under a previous key ({} under no key known here)",
+                    r.resealed, r.unopenable
+                ));
+                anyhow::ensure!(
+                    r.resealed == 0,
+                    "values are still sealed under a previous key"
+                );
+            } else {
+                say(&format!(
+                    "resealed {} values ({} under no key known here, left as they are)",
+                    r.resealed, r.unopenable
+                ));
+            }
+            Ok(())
+        }
+        Command::Keys {
             action: KeysAction::Rotate,
         } => {
             let pool = db::connect(&settings, &database_url).await?;
@@ -185,7 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             action: AuditAction::Verify,
         } => {
             let pool = db::connect(&settings, &database_url).await?;
-            let secrets = SecretBox::from_settings(&settings)?;
+            let secrets = SecretBox::load(&settings, &pool).await?;
             let rule = printworks_org::RetentionRule {
                 now: SystemClock.now(),
                 retention: settings.org.audit_retention,
@@ -330,6 +397,12 @@ async fn printer(state_dir: &std::path::Path, action: PrinterAction) -> anyhow::
 }
 
 #[allow(clippy::print_stdout)] // the command's answer
+/// One line of a command's answer, on standard output.
+#[allow(clippy::print_stdout)]
+fn say(line: &str) {
+    println!("{line}");
+}
+
 fn report_rotation(r: &printworks_account::keys::Rotation) {
     let at = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)

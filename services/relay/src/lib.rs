@@ -30,6 +30,17 @@ use tokio::net::TcpListener;
 
 pub use endpoint::{Printer, PrinterEndpoint};
 
+/// The relay's sealed values: every job's data key (the files themselves are sealed
+/// under those, which do not change).
+pub const SEALED: &[printworks_common::reseal::SealedColumn] =
+    &[printworks_common::reseal::SealedColumn {
+        table: "print_jobs",
+        key: "id",
+        key_is_uuid: true,
+        column: "key_sealed",
+        context_prefix: "job-key:",
+    }];
+
 pub const NAME: &str = "relay";
 pub const PREFIX: &str = "/relay/v1";
 pub const PRINTER_PREFIX: &str = "/printer/v1";
@@ -42,8 +53,8 @@ pub struct RelayState {
     pub ctx: AppContext,
     pub ca: Arc<PrinterCa>,
     pub store: Arc<dyn blob::BlobStore>,
-    /// Signs every job sent to a printer (derived from the master key).
-    pub signer: Arc<aws_lc_rs::signature::Ed25519KeyPair>,
+    /// Signs every job sent to a printer (its own key, kept sealed in the database).
+    pub signer: Arc<printworks_common::printer::JobSigner>,
     pub wakers: Arc<dispatch::Wakers>,
     /// Where UFP packages are checked: a few threads of their own.
     pub ufp_checkers: Arc<Checkers>,
@@ -92,7 +103,13 @@ impl RelayState {
     pub async fn new(ctx: AppContext, ca: Arc<PrinterCa>) -> anyhow::Result<Self> {
         let store = blob::from_settings(&ctx.settings).await?;
         let state = Self {
-            signer: Arc::new(printworks_common::printer::job_signing_key(&ctx.secrets)),
+            signer: Arc::new(
+                printworks_common::printer::JobSigner::load(
+                    &mut *ctx.db.acquire().await?,
+                    &ctx.secrets,
+                )
+                .await?,
+            ),
             wakers: Arc::default(),
             ufp_checkers: Arc::new(Checkers::new(
                 usize::try_from(ctx.settings.relay.ufp_checkers).unwrap_or(1),

@@ -27,7 +27,6 @@ use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
 use printworks_common::http::{Json, Path};
-use printworks_common::printer::sign_job;
 use printworks_pairing::PrinterIdentity;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -139,7 +138,7 @@ impl Feed {
                 continue;
             }
             let size = u64::try_from(job.size).unwrap_or_default();
-            let signature = sign_job(&self.state.signer, printer, job.id, size, &job.sha256);
+            let signature = self.state.signer.sign(printer, job.id, size, &job.sha256);
             let data = json!({
                 "id": job.id,
                 "name": job.name,
@@ -148,6 +147,7 @@ impl Feed {
                 "sha256": job.sha256,
                 "state": job.state,
                 "signature": signature,
+                "key_id": self.state.signer.key_id,
             });
             self.pending.push_back(
                 Event::default()

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod gcode;
+mod keys;
 mod pairing;
 mod quotas;
 mod relay;

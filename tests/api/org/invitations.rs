@@ -458,7 +458,9 @@ impl MailSender for FlakySender {
 async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone()).unwrap();
+    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone())
+        .await
+        .unwrap();
     let sender = Arc::new(FlakySender::default());
     *sender.down.lock().unwrap() = true;
 
@@ -535,7 +537,9 @@ async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
 async fn mail_that_cannot_be_sent_is_given_up_on_after_a_day_of_retries(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone()).unwrap();
+    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone())
+        .await
+        .unwrap();
     let sender = FlakySender::default();
     *sender.down.lock().unwrap() = true;
     let mut conn = pool.acquire().await.unwrap();

@@ -280,8 +280,8 @@ async fn bad_uploads_are_refused_with_the_line_and_leave_nothing(pool: PgPool) {
         "G-code readable at rest"
     );
     assert_eq!(
-        sealed_key[0], 1,
-        "the data key is sealed with the master key"
+        sealed_key[0], 2,
+        "the data key is sealed with the master key (and names it)"
     );
 }
 
