@@ -210,7 +210,7 @@ pub fn heating(letter: u8, number: u32) -> Option<Heating> {
 /// reconfigure or retune heaters, change temperature units or stored settings, write
 /// or print other files, run macros, or drive pins — none of which the cloud can check.
 pub fn forbidden(letter: u8, number: u32) -> Option<&'static str> {
-    if letter.to_ascii_uppercase() != b'M' {
+    if !letter.eq_ignore_ascii_case(&b'M') {
         return None;
     }
     Some(match number {
@@ -681,12 +681,12 @@ fn word(piece: &[u8], first: bool) -> Result<Word<'_>, String> {
         let mut rest = &piece[1 + digits..];
         let number: u32 = std::str::from_utf8(&piece[1..1 + digits])
             .ok()
-            .and_then(|d| {
+            .map(|d| {
                 let d = d.trim_start_matches('0');
                 if d.len() > 9 {
-                    Some(u32::MAX)
+                    u32::MAX
                 } else {
-                    Some(d.parse().unwrap_or(0))
+                    d.parse().unwrap_or(0)
                 }
             })
             .unwrap_or(u32::MAX);

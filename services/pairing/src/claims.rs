@@ -271,12 +271,12 @@ pub async fn claim(
     .fetch_optional(&mut *tx)
     .await?;
     let proven = existing.is_some() && existing == waiting.proven_printer_id;
-    if let Some(id) = existing {
-        if let Err(e) = printworks_org::printers::lock_for_removal(&mut tx, &m, id).await {
-            drop(tx);
-            audit_failure(ctx, &writer, org, &client, "not_allowed_to_repair").await?;
-            return Err(e);
-        }
+    if let Some(id) = existing
+        && let Err(e) = printworks_org::printers::lock_for_removal(&mut tx, &m, id).await
+    {
+        drop(tx);
+        audit_failure(ctx, &writer, org, &client, "not_allowed_to_repair").await?;
+        return Err(e);
     }
     let (printer_id, replaced) = match existing {
         Some(id) if proven => {

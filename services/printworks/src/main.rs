@@ -396,13 +396,13 @@ async fn printer(state_dir: &std::path::Path, action: PrinterAction) -> anyhow::
     }
 }
 
-#[allow(clippy::print_stdout)] // the command's answer
 /// One line of a command's answer, on standard output.
 #[allow(clippy::print_stdout)]
 fn say(line: &str) {
     println!("{line}");
 }
 
+#[allow(clippy::print_stdout)] // the command's answer
 fn report_rotation(r: &printworks_account::keys::Rotation) {
     let at = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)

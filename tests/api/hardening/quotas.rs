@@ -270,7 +270,8 @@ async fn every_part_of_a_ufp_package_a_printer_might_read_is_checked(pool: PgPoo
     let elsewhere = rels("/3D/other.gcode");
     let hot_material = material("400");
     let sly_material = material("2&#56;0");
-    let cases: Vec<(&str, Vec<(&str, &[u8])>, &str)> = vec![
+    type Parts<'a> = Vec<(&'a str, &'a [u8])>;
+    let cases: Vec<(&str, Parts, &str)> = vec![
         (
             "a second G-code part",
             vec![("/3D/model.gcode", &fine), ("/3D/other.gcode", hot)],
