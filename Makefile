@@ -24,10 +24,11 @@ help: ## list the targets
 run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
 	@$(with_db) cargo run --quiet --locked -p printworks -- serve
 
-test: lint deny test-deps ## fmt check, clippy -D warnings, cargo deny, then every test against a real PostgreSQL
+test: lint deny test-deps ## fmt check, clippy -D warnings, cargo deny, every test against a real PostgreSQL, a short fuzz pass
 	@$(with_db) gcs=$$(deploy/gcs-emulator.sh start); export PRINTWORKS_TEST_GCS_ENDPOINT=$$gcs; \
 	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
 	  cargo test --locked --workspace --all-targets
+	@deploy/fuzz.sh 30
 
 test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver; the GCS emulator comes with make test)
 	@deploy/test-deps.sh
