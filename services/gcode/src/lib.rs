@@ -49,6 +49,8 @@ pub mod reference;
 pub const MAX_LINE: usize = 4096;
 /// The most commands one line may start (RepRapFirmware's reading).
 pub const MAX_COMMANDS: usize = 16;
+/// The highest `G` or `M` number accepted.
+pub const MAX_COMMAND_NUMBER: u32 = 9999;
 
 /// What a printer model allows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -217,7 +219,7 @@ pub fn forbidden(letter: u8, number: u32) -> Option<&'static str> {
         143 => "raises the heaters' temperature limit",
         570 => "changes heater fault detection",
         301 | 304 | 306 | 307 | 309 => "retunes a heater",
-        308 | 950 | 563 | 144 => "reconfigures heaters",
+        305 | 308 | 950 | 563 | 144 => "reconfigures heaters or their sensors",
         145 => "changes material preset temperatures",
         149 => "changes the temperature units",
         500..=502 => "changes the printer's stored settings",
@@ -229,9 +231,11 @@ pub fn forbidden(letter: u8, number: u32) -> Option<&'static str> {
     })
 }
 
-/// Klipper commands refused: they change macro variables or pins, run a tuning tower
-/// (temperatures computed from the height) or rewrite the printer's configuration.
+/// Klipper commands refused: they print another file, change macro variables or pins,
+/// run a tuning tower (temperatures computed from the height) or rewrite the printer's
+/// configuration.
 pub const FORBIDDEN_KLIPPER: &[&str] = &[
+    "SDCARD_PRINT_FILE",
     "TUNING_TOWER",
     "SET_GCODE_VARIABLE",
     "SET_PIN",
@@ -311,7 +315,7 @@ enum Word<'a> {
         rest: &'a [u8],
     },
     /// A Klipper command: `NAME KEY=VALUE …`.
-    Klipper { name: &'a str, rest: &'a [u8] },
+    Klipper { name: &'a str },
     /// Anything else (an unknown word, a lone letter).
     Other,
 }
@@ -442,6 +446,9 @@ impl Checker {
         }
         self.commands += 1;
         let first_word = &text[..text.iter().position(|&b| b == b' ').unwrap_or(text.len())];
+        if !text[0].is_ascii_alphabetic() {
+            return refuse("a command must start with a letter");
+        }
         if META.iter().any(|m| m.as_bytes() == first_word) {
             return refuse(
                 "a RepRapFirmware meta command; conditions, variables and expressions cannot be checked",
@@ -501,7 +508,11 @@ impl Checker {
                         self.check_heating(n, &name, spec, rest)?;
                     }
                 }
-                Word::Klipper { name, rest } => self.check_klipper(n, name, rest)?,
+                // Klipper reads the whole line as one command: its parameters run to the
+                // end of the line, past any `G`/`M` RepRapFirmware would start at.
+                Word::Klipper { name, .. } => {
+                    self.check_klipper(n, name, &text[name.len()..])?;
+                }
                 Word::Other => {}
             }
         }
@@ -535,12 +546,12 @@ impl Checker {
             }
             seen.push(letter);
             if let Some(&(_, heater)) = spec.temperatures.iter().find(|(l, _)| *l == letter) {
-                let heater = if name == "M303" && heater == Heater::Nozzle {
-                    // Marlin's autotune: E-1 is the bed.
-                    let bed = rest
-                        .split(|&b| b == b' ')
-                        .any(|w| w.eq_ignore_ascii_case(b"E-1"));
-                    if bed { Heater::Bed } else { Heater::Nozzle }
+                let heater = if name == "M303" {
+                    autotune_heater(rest).ok_or_else(|| {
+                        format!(
+                            "line {n}: M303 with a heater (E) that is not -2, -1 or a tool number"
+                        )
+                    })?
                 } else {
                     heater
                 };
@@ -659,6 +670,29 @@ fn signed_number(s: &[u8]) -> Option<f64> {
     plain_number(s.strip_prefix(b"-").unwrap_or(s))
 }
 
+/// The heater Marlin's `M303` autotunes, by its `E` word: none or a tool number, the
+/// nozzle; -1 the bed; -2 the chamber; anything else (not an integer) `None`.
+pub fn autotune_heater(rest: &[u8]) -> Option<Heater> {
+    let e = rest
+        .split(|&b| b == b' ')
+        .find(|w| w.first().is_some_and(|b| b.eq_ignore_ascii_case(&b'E')));
+    let Some(e) = e else {
+        return Some(Heater::Nozzle);
+    };
+    let value = &e[1..];
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let number: i32 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    match number {
+        -1 => Some(Heater::Bed),
+        -2 => Some(Heater::Chamber),
+        n if n >= 0 => Some(Heater::Nozzle),
+        _ => None,
+    }
+}
+
 /// Whether a macro's value could be read as a number (so it must be a plain one).
 pub fn looks_numeric(value: &[u8]) -> bool {
     match value.first() {
@@ -690,6 +724,15 @@ fn word(piece: &[u8], first: bool) -> Result<Word<'_>, String> {
                 }
             })
             .unwrap_or(u32::MAX);
+        // Marlin builds the number in an int that wraps (M65640 is M104 on an 8-bit
+        // board): a command above 9999 is no command any firmware has.
+        if number > MAX_COMMAND_NUMBER && matches!(letter.to_ascii_uppercase(), b'G' | b'M') {
+            return Err(format!(
+                "{}{} is no command; firmware could read the number otherwise",
+                char::from(letter.to_ascii_uppercase()),
+                String::from_utf8_lossy(&piece[1..1 + digits])
+            ));
+        }
         let mut subcode = false;
         if let [b'.', tail @ ..] = rest {
             let sub = tail.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -715,10 +758,7 @@ fn word(piece: &[u8], first: bool) -> Result<Word<'_>, String> {
         if name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_') {
             // ASCII was checked: the name is UTF-8.
             let name = std::str::from_utf8(name).unwrap_or_default();
-            return Ok(Word::Klipper {
-                name,
-                rest: &piece[end..],
-            });
+            return Ok(Word::Klipper { name });
         }
     }
     Ok(Word::Other)

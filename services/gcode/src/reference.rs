@@ -5,8 +5,8 @@
 //! the same verdict — accepted, or refused at the same line.
 
 use crate::{
-    FORBIDDEN_KLIPPER, HEATING_KLIPPER, Heater, MAX_COMMANDS, MAX_LINE, META, Profile, forbidden,
-    heating, klipper_heater, macro_heater,
+    FORBIDDEN_KLIPPER, HEATING_KLIPPER, Heater, MAX_COMMAND_NUMBER, MAX_COMMANDS, MAX_LINE, META,
+    Profile, forbidden, heating, klipper_heater, macro_heater,
 };
 
 /// Where the file is refused: a line (counted from 1), or the file as a whole.
@@ -102,7 +102,7 @@ fn line_verdict(profile: Profile, line: &[u8]) -> Line {
         return Line::Blank;
     }
     let first = rest.split(' ').next().unwrap_or_default();
-    if META.contains(&first) {
+    if !rest.starts_with(|c: char| c.is_ascii_alphabetic()) || META.contains(&first) {
         return Line::Bad;
     }
     // The commands RepRapFirmware would run: split before every G or M that is
@@ -129,7 +129,7 @@ fn line_verdict(profile: Profile, line: &[u8]) -> Line {
         return Line::Bad;
     }
     for (i, piece) in pieces.iter().enumerate() {
-        if !piece_ok(profile, piece, i == 0, pieces.len() > 1) {
+        if !piece_ok(profile, piece, rest, i == 0, pieces.len() > 1) {
             return Line::Bad;
         }
     }
@@ -165,9 +165,14 @@ fn classic(piece: &str) -> Option<(char, Option<u32>, bool, &str)> {
     Some((letter.to_ascii_uppercase(), number, subcode, after))
 }
 
-fn piece_ok(profile: Profile, piece: &str, first: bool, several: bool) -> bool {
+/// `piece` of the line `whole` (a Klipper command, the first piece, takes its parameters
+/// from the whole line).
+fn piece_ok(profile: Profile, piece: &str, whole: &str, first: bool, several: bool) -> bool {
     if let Some((letter, number, subcode, after)) = classic(piece) {
         let number = number.unwrap_or(u32::MAX);
+        if "GM".contains(letter) && number > MAX_COMMAND_NUMBER {
+            return false;
+        }
         if forbidden(letter as u8, number).is_some() {
             return false;
         }
@@ -196,7 +201,7 @@ fn piece_ok(profile: Profile, piece: &str, first: bool, several: bool) -> bool {
     if first && c0.is_ascii_alphabetic() {
         let name = piece.split(' ').next().unwrap_or_default();
         if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return klipper_ok(profile, name, &piece[name.len()..]);
+            return klipper_ok(profile, name, &whole[name.len()..]);
         }
     }
     true
@@ -226,12 +231,43 @@ fn within(profile: Profile, heater: Heater, value: &str) -> bool {
     plain(value).is_some_and(|t| t <= limit)
 }
 
-fn heating_words_ok(profile: Profile, spec: crate::Heating, autotune: bool, after: &str) -> bool {
+/// The heater `M303` tunes: `E` absent or a tool number is the nozzle, -1 the bed, -2
+/// the chamber; any other `E` (not an integer of at most four digits) is none.
+fn autotune(words: &[&str]) -> Option<Heater> {
+    let Some(e) = words.iter().find(|w| w.starts_with(['E', 'e'])) else {
+        return Some(Heater::Nozzle);
+    };
+    let value = &e[1..];
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match value.parse::<i32>().ok()? {
+        -1 => Some(Heater::Bed),
+        -2 => Some(Heater::Chamber),
+        n if n >= 0 => Some(Heater::Nozzle),
+        _ => None,
+    }
+}
+
+fn heating_words_ok(
+    profile: Profile,
+    spec: crate::Heating,
+    is_autotune: bool,
+    after: &str,
+) -> bool {
     if !(after.is_empty() || after.starts_with(' ')) || after.contains('"') {
         return false;
     }
     let words: Vec<&str> = after.split(' ').filter(|w| !w.is_empty()).collect();
-    let bed_autotune = autotune && words.iter().any(|w| w.eq_ignore_ascii_case("E-1"));
+    let tuned = if is_autotune {
+        match autotune(&words) {
+            Some(h) => Some(h),
+            None => return false,
+        }
+    } else {
+        None
+    };
     let mut letters = String::new();
     for w in words {
         let letter = w.chars().next().unwrap_or(' ').to_ascii_uppercase();
@@ -246,7 +282,7 @@ fn heating_words_ok(profile: Profile, spec: crate::Heating, autotune: bool, afte
             .find(|(l, _)| char::from(*l) == letter)
         {
             Some(&(_, heater)) => {
-                let heater = if bed_autotune { Heater::Bed } else { heater };
+                let heater = tuned.unwrap_or(heater);
                 let ok = if spec.lists {
                     value.split(':').all(|v| within(profile, heater, v))
                 } else {

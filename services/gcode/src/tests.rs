@@ -205,6 +205,21 @@ fn what_some_firmware_would_run_as_over_temperature_is_refused() {
         b"PRINT_START BED=60 M104 S200\n",
         // Stray checksums.
         b"M104 S200 *57\n",
+        // Found by the second review: a Klipper command's parameters past a `G1` or
+        // `M1` inside a value; M303's heater read as Marlin reads it; numbers that wrap;
+        // a line that starts with a quote; commands that print another file or
+        // reconfigure a sensor.
+        b"SET_HEATER_TEMPERATURE HEATER=extruder X=G1 TARGET=300\n",
+        b"PRINT_START A=xM1 BED_TEMP=160\n",
+        b"M303 E-01 S250 C8\n",
+        b"M303 E-1.0 S250\n",
+        b"M303 E-2 S200\n",
+        b"M303 E-3 S200\n",
+        b"M65640 S300\n",
+        b"M4294967400 S300\n",
+        b"\"M104 S300 X\"\n",
+        b"SDCARD_PRINT_FILE FILENAME=other.gcode\n",
+        b"M305 P1 T100000\n",
     ];
     for line in hot {
         let mut file = b"G28\n".to_vec();
@@ -228,6 +243,8 @@ fn odd_but_harmless_lines_pass() {
         b"M104 S0.5\n",
         b"M303 E-1 S130 C8\n",
         b"PRINT_START EXTRUDER=extruder1 BED_MESH=default\n",
+        b"EXCLUDE_OBJECT_DEFINE NAME=M3_screw_id_0 CENTER=1,2\n",
+        b"M303 E0 S250 C8\n",
         b"G28 ; a comment with\ta tab and \xc3\xa9\n",
         b"M117 Printing layer 3\n",
     ] {

@@ -287,16 +287,24 @@ pub fn check<R: Read + Seek>(mut reader: R, profile: Profile, size: u64) -> Resu
 const MAX_XML_PART: usize = 4 * 1024 * 1024;
 const GCODE_PART_NORMALISED: &str = "3d/model.gcode";
 
-/// The value of the attribute `key` of an element, if it has one.
-fn attribute(e: &quick_xml::events::BytesStart<'_>, key: &str) -> Option<String> {
-    e.attributes()
-        .flatten()
-        .find(|a| a.key.local_name().as_ref() == key)
-        .and_then(|a| {
-            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .ok()
-                .map(|v| v.into_owned())
-        })
+/// The value of the unprefixed attribute `key` of an element, if it has one — the one
+/// an OPC or ElementTree reader takes (`x:key` is another attribute). An element whose
+/// attributes do not parse (a duplicate, a broken value) is refused, not skimmed.
+fn attribute(e: &quick_xml::events::BytesStart<'_>, key: &str) -> Result<Option<String>, String> {
+    let malformed =
+        |e: &dyn std::fmt::Display| format!("an XML part of the UFP package is malformed: {e}");
+    // Every attribute is read, so a duplicate after the one wanted is still found.
+    let mut found = None;
+    for a in e.attributes() {
+        let a = a.map_err(|e| malformed(&e))?;
+        if a.key.prefix().is_none() && a.key.local_name().as_ref() == key {
+            let value = a
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|e| malformed(&e))?;
+            found = Some(value.into_owned());
+        }
+    }
+    Ok(found)
 }
 
 /// The package's relationships: any G-code relationship must point at `/3D/model.gcode`
@@ -310,15 +318,14 @@ fn check_relationships(xml: &[u8]) -> Result<(), String> {
             .read_event_into(&mut buf)
             .map_err(|e| format!("_rels/.rels in the UFP package is not XML: {e}"))?;
         match event {
-            Event::Start(e) | Event::Empty(e)
-                if e.local_name().as_ref() == "Relationship"
-                    && attribute(&e, "Type").as_deref() == Some(GCODE_RELATIONSHIP) =>
-            {
-                let target = attribute(&e, "Target").unwrap_or_default();
-                if normalised(&target) != GCODE_PART_NORMALISED {
-                    return Err(format!(
-                        "the UFP package's G-code relationship points at {target}, not {GCODE_PART}"
-                    ));
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "Relationship" => {
+                if attribute(&e, "Type")?.as_deref() == Some(GCODE_RELATIONSHIP) {
+                    let target = attribute(&e, "Target")?.unwrap_or_default();
+                    if normalised(&target) != GCODE_PART_NORMALISED {
+                        return Err(format!(
+                            "the UFP package's G-code relationship points at {target}, not {GCODE_PART}"
+                        ));
+                    }
                 }
             }
             Event::Eof => return Ok(()),
@@ -342,7 +349,7 @@ fn check_material(name: &str, xml: &[u8], profile: Profile) -> Result<(), String
         let event = reader.read_event_into(&mut buf).map_err(|e| not_xml(&e))?;
         match event {
             Event::Start(e) if e.local_name().as_ref() == "setting" => {
-                let key = attribute(&e, "key").unwrap_or_default();
+                let key = attribute(&e, "key")?.unwrap_or_default();
                 open = match key.as_str() {
                     "print temperature" | "standby temperature" => {
                         Some((key, "nozzle", profile.nozzle_max, String::new()))

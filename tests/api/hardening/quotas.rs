@@ -270,6 +270,11 @@ async fn every_part_of_a_ufp_package_a_printer_might_read_is_checked(pool: PgPoo
     let elsewhere = rels("/3D/other.gcode");
     let hot_material = material("400");
     let sly_material = material("2&#56;0");
+    // A reader takes the unprefixed attribute; a prefixed one of the same local name
+    // must not be the one the checker reads instead.
+    let prefixed_rels = r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships" xmlns:x="urn:x"><Relationship x:Type="urn:other" x:Target="/3D/model.gcode" Target="/3D/other.gcode" Type="http://schemas.ultimaker.org/package/2018/relationships/gcode" Id="rel0"/></Relationships>"#;
+    let prefixed_material = r#"<?xml version="1.0" encoding="UTF-8"?><fdmmaterial xmlns="http://www.ultimaker.com/material" xmlns:x="urn:x"><settings><setting x:key="note" key="print temperature">400</setting></settings></fdmmaterial>"#;
+    let twice_material = r#"<?xml version="1.0" encoding="UTF-8"?><fdmmaterial xmlns="http://www.ultimaker.com/material"><settings><setting key="note" key="print temperature">400</setting></settings></fdmmaterial>"#;
     type Parts<'a> = Vec<(&'a str, &'a [u8])>;
     let cases: Vec<(&str, Parts, &str)> = vec![
         (
@@ -306,6 +311,34 @@ async fn every_part_of_a_ufp_package_a_printer_might_read_is_checked(pool: PgPoo
                 ("/Materials/sly.xml.fdm_material", sly_material.as_bytes()),
             ],
             "written with a reference",
+        ),
+        (
+            "a relationship whose prefixed attributes look harmless",
+            vec![
+                ("/3D/model.gcode", &fine),
+                ("/3D/other.gcode", &fine),
+                ("/_rels/.rels", prefixed_rels.as_bytes()),
+            ],
+            "relationship points at /3D/other.gcode",
+        ),
+        (
+            "a material setting whose prefixed key looks harmless",
+            vec![
+                ("/3D/model.gcode", &fine),
+                (
+                    "/Materials/x.xml.fdm_material",
+                    prefixed_material.as_bytes(),
+                ),
+            ],
+            "print temperature of 400",
+        ),
+        (
+            "a material setting with its key twice",
+            vec![
+                ("/3D/model.gcode", &fine),
+                ("/Materials/x.xml.fdm_material", twice_material.as_bytes()),
+            ],
+            "malformed",
         ),
         (
             "compressed G-code",
