@@ -528,6 +528,14 @@ impl Checker {
         if rest.contains(&b'"') {
             return refuse(format!("{name} with a quoted string"));
         }
+        // M303 names the heater it tunes in its `E`, with or without a temperature.
+        let tuned = if name == "M303" {
+            Some(autotune_heater(rest).ok_or_else(|| {
+                format!("line {n}: M303 with a heater (E) that is not -2, -1 or a tool number")
+            })?)
+        } else {
+            None
+        };
         let mut seen = Vec::new();
         for w in rest.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
             let letter = w[0].to_ascii_uppercase();
@@ -546,15 +554,7 @@ impl Checker {
             }
             seen.push(letter);
             if let Some(&(_, heater)) = spec.temperatures.iter().find(|(l, _)| *l == letter) {
-                let heater = if name == "M303" {
-                    autotune_heater(rest).ok_or_else(|| {
-                        format!(
-                            "line {n}: M303 with a heater (E) that is not -2, -1 or a tool number"
-                        )
-                    })?
-                } else {
-                    heater
-                };
+                let heater = tuned.unwrap_or(heater);
                 let values: Vec<&[u8]> = if spec.lists {
                     value.split(|&b| b == b':').collect()
                 } else {

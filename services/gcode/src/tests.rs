@@ -215,6 +215,8 @@ fn what_some_firmware_would_run_as_over_temperature_is_refused() {
         b"M303 E-1.0 S250\n",
         b"M303 E-2 S200\n",
         b"M303 E-3 S200\n",
+        // Found by the fuzzer: a heater M303 cannot tune, with no temperature given.
+        b"M303 E-303\n",
         b"M65640 S300\n",
         b"M4294967400 S300\n",
         b"\"M104 S300 X\"\n",
