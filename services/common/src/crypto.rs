@@ -126,6 +126,21 @@ pub fn key_id(key: &MasterKey) -> [u8; KEY_ID_LEN] {
     id
 }
 
+/// The configured current and previous master keys: the settings' ones, or the data
+/// directory's (`keys/master.key`, created on first use, and `keys/previous/*.key`).
+fn configured_keys(settings: &Settings) -> anyhow::Result<(MasterKey, Vec<MasterKey>)> {
+    let keys = settings.data_dir.join("keys");
+    let current = match &settings.master_key {
+        Some(key) => key.clone(),
+        None => load_or_create_key_file(&keys.join("master.key"))?,
+    };
+    let mut previous = settings.master_key_previous.clone();
+    if settings.master_key.is_none() {
+        previous.extend(previous_key_files(&keys.join("previous"))?);
+    }
+    Ok((current, previous))
+}
+
 /// The name under which the MAC root is kept in `service_keys`.
 const MAC_ROOT: &str = "mac-root";
 
@@ -187,15 +202,7 @@ impl SecretBox {
     /// Its MAC root is derived from the current key: use [`SecretBox::load`] wherever
     /// MACs matter.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        let keys = settings.data_dir.join("keys");
-        let current = match &settings.master_key {
-            Some(key) => key.clone(),
-            None => load_or_create_key_file(&keys.join("master.key"))?,
-        };
-        let mut previous = settings.master_key_previous.clone();
-        if settings.master_key.is_none() {
-            previous.extend(previous_key_files(&keys.join("previous"))?);
-        }
+        let (current, previous) = configured_keys(settings)?;
         Ok(Self::new(&current).with_previous(&previous))
     }
 
@@ -203,9 +210,34 @@ impl SecretBox {
     /// first use, as the one derived from the current key). A database whose migrations
     /// have not made the table yet has never seen a rotation: the derived root is its
     /// root, and is kept there by the first process that finds the table.
+    ///
+    /// A database with no root kept whose master key was already rotated (the old key
+    /// configured as the one previous key) gets the root derived from that old key — the
+    /// one its pairing codes and printers' pinned keys were made with. With several
+    /// previous keys and no root kept, which one it was is unknown: refused.
     pub async fn load(settings: &Settings, db: &sqlx::PgPool) -> anyhow::Result<Self> {
-        let mut b = Self::from_settings(settings)?;
+        let (current, previous) = configured_keys(settings)?;
+        let mut b = Self::new(&current).with_previous(&previous);
         let context = format!("service-key:{MAC_ROOT}");
+        let stored: Result<Option<Vec<u8>>, sqlx::Error> =
+            sqlx::query_scalar("SELECT key_sealed FROM service_keys WHERE name = $1")
+                .bind(MAC_ROOT)
+                .fetch_optional(db)
+                .await;
+        match stored {
+            Ok(Some(_)) => {}
+            Ok(None) => match previous.as_slice() {
+                [] => {}
+                [old] => b.mac_root = Self::new(old).mac_root,
+                _ => anyhow::bail!(
+                    "no MAC root is kept in the database and several previous master keys \
+                     are configured: start once with only the key the database was last \
+                     used with as previous"
+                ),
+            },
+            Err(e) if is_undefined_table(&e) => return Ok(b),
+            Err(e) => return Err(e.into()),
+        }
         let kept = sqlx::query(
             "INSERT INTO service_keys (name, key_id, key_sealed, created_at)
              VALUES ($1, $1, $2, now()) ON CONFLICT (name) DO NOTHING",

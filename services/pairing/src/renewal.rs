@@ -27,6 +27,7 @@ pub use printworks_common::printer::{renewal_message, renewal_proof};
 use printworks_common::throttle::Gate;
 use printworks_common::{ApiError, AppContext};
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::ca::PrinterCa;
@@ -210,7 +211,7 @@ pub async fn renew_with_secret(
     if req.proof.len() > 100 {
         return Err(refused());
     }
-    let org = check_secret_proof(
+    let proven = check_secret_proof(
         &state,
         printer,
         &req.challenge,
@@ -224,9 +225,22 @@ pub async fn renew_with_secret(
     let mut tx = ctx.db.begin().await?;
     // One renewal at a time per printer (its row lock orders them), and only while it
     // is still paired.
-    if !printworks_org::printers::lock_paired(&mut tx, printer).await? {
+    if !printworks_org::printers::lock_paired(&mut tx, printer).await?
+        || !proven.still_current(&mut tx, &ctx.secrets, printer).await?
+    {
+        drop(tx);
+        audit_failure(
+            ctx,
+            "printer.certificate_renew",
+            printer,
+            Some(proven.org),
+            client.addr,
+            "secret_changed",
+        )
+        .await?;
         return Err(refused());
     }
+    let org = proven.org;
     // Whatever certificates the printer had are superseded: if its key was stolen, the
     // thief's certificate dies now (the printer endpoint drops its connections).
     identity::revoke_all(&mut tx, printer, now, "superseded").await?;
@@ -268,7 +282,8 @@ pub async fn renew_with_secret(
 /// challenge): the challenge must be one this service issued for the printer, unexpired
 /// and not answered before (it is used up here, right or wrong); only then is the
 /// attempt counted ([`proof_subject`]) and the proof compared, in constant time. Every
-/// refusal is audited as `action`. Returns the printer's organization.
+/// refusal is audited as `action`. The caller that acts on the proof asks
+/// [`Proven::still_current`] under the printer's lock.
 pub async fn check_secret_proof(
     state: &PairingState,
     printer: Uuid,
@@ -277,24 +292,29 @@ pub async fn check_secret_proof(
     message: &[u8],
     client: &ClientInfo,
     action: &'static str,
-) -> Result<Uuid, ApiError> {
+) -> Result<Proven, ApiError> {
     let ctx = &state.ctx;
     let now = ctx.now();
     let refuse = |org: Option<Uuid>, reason: &'static str| async move {
         audit_failure(ctx, action, printer, org, client.addr, reason).await?;
-        Err::<Uuid, ApiError>(refused())
+        Err::<Proven, ApiError>(refused())
     };
     let Some(expires) = challenge_expiry(&ctx.secrets, printer, challenge, now) else {
         return refuse(None, "no_such_challenge").await;
     };
+    // The connection goes back before any refusal is audited (on a connection of its
+    // own): holding one while waiting for another starves the pool under a flood.
     let mut conn = ctx.db.acquire().await?;
-    let Some((org, secret)) = identity::load_secret(&mut conn, &ctx.secrets, printer).await? else {
+    let loaded = identity::load_secret(&mut conn, &ctx.secrets, printer).await?;
+    let Some((org, secret)) = loaded else {
+        drop(conn);
         return refuse(None, "not_paired").await;
     };
-    if !use_challenge(&mut conn, printer, challenge, expires, now).await? {
+    let fresh = use_challenge(&mut conn, printer, challenge, expires, now).await?;
+    drop(conn);
+    if !fresh {
         return refuse(Some(org), "challenge_used").await;
     }
-    drop(conn);
     let subject = proof_subject(printer, client);
     if let Gate::Wait(wait) = state.guesses.attempt(&ctx.db, &subject, now).await? {
         audit_failure(ctx, action, printer, Some(org), client.addr, "throttled").await?;
@@ -305,7 +325,31 @@ pub async fn check_secret_proof(
     if !constant_time_eq(&given, &expected) {
         return refuse(Some(org), "wrong_proof").await;
     }
-    Ok(org)
+    Ok(Proven { org, secret })
+}
+
+/// A proof [`check_secret_proof`] accepted: the printer's organization, and the secret
+/// it was checked against.
+pub struct Proven {
+    pub org: Uuid,
+    secret: Vec<u8>,
+}
+
+impl Proven {
+    /// Whether the secret the proof was checked against is still the printer's — asked
+    /// under the printer's lock, so a re-pairing between the check and the use of the
+    /// proof (which gives the printer a new secret) makes the proof worthless.
+    pub async fn still_current(
+        &self,
+        conn: &mut PgConnection,
+        secrets: &SecretBox,
+        printer: Uuid,
+    ) -> anyhow::Result<bool> {
+        Ok(match identity::load_secret(conn, secrets, printer).await? {
+            Some((org, secret)) => org == self.org && constant_time_eq(&secret, &self.secret),
+            None => false,
+        })
+    }
 }
 
 /// A new certificate for the printer on a valid mutual-TLS session, from a fresh CSR,

@@ -67,6 +67,14 @@ pub async fn rotate_master_file(settings: &Settings, db: &PgPool) -> anyhow::Res
         .with_context(|| format!("reading {}", current_path.display()))?
         .try_into()
         .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", current_path.display()))?;
+    // The service keys are made under the old key first (a database that never ran a
+    // server since they were kept would otherwise get ones derived from the new key,
+    // and every pairing code, audit checkpoint and printer's pinned job key would
+    // break).
+    let old = SecretBox::load(settings, db).await?;
+    let mut conn = db.acquire().await?;
+    printworks_common::printer::JobSigner::load(&mut conn, &old).await?;
+    drop(conn);
     let old_id = hex(&key_id(&MasterKey::from_bytes(current)));
     let previous_file = keys.join("previous").join(format!("{old_id}.key"));
     if !previous_file.exists() {

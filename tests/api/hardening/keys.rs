@@ -161,3 +161,72 @@ async fn the_job_signing_key_and_every_secret_survive_a_master_key_rotation(
     let (ok, out) = printworks(data.path(), &url, &["audit", "verify"]);
     assert!(ok, "{out}");
 }
+
+/// The service keys of a database that has not kept them yet (one last served before
+/// they were kept), as the rotated master key finds them.
+async fn job_key_id(db: &sqlx::PgPool, settings: &printworks_common::Settings) -> String {
+    let secrets = printworks_common::crypto::SecretBox::load(settings, db)
+        .await
+        .unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    printworks_common::printer::JobSigner::load(&mut conn, &secrets)
+        .await
+        .unwrap()
+        .key_id
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_rotation_before_the_service_keys_were_kept_keeps_the_keys_printers_pinned(
+    pool: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let url = connect.to_url_lossy().to_string();
+    let db = pool.connect_with(connect).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let shared = move |s: &mut printworks_common::Settings| s.data_dir = dir.clone();
+    let app = TestApp::spawn_with(db.clone(), &ServiceSet::all(), shared).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-EARLY").await;
+    app.stop().await.unwrap();
+    // As a database from before the keys were kept: no rows.
+    sqlx::query("DELETE FROM service_keys")
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let original = std::fs::read(data.path().join("keys/master.key")).unwrap();
+    // Rotated by the command: the keys are kept under the old key before it is swapped.
+    let (ok, out) = printworks(data.path(), &url, &["keys", "rotate-master"]);
+    assert!(ok, "{out}");
+    let settings = crate::helpers::test_settings(data.path());
+    assert_eq!(job_key_id(&db, &settings).await, printer.job_signing_key_id);
+
+    // Rotated by configuration instead (a new key, the one the database was last served
+    // with as the one previous key), the database without its keys: the roots are the
+    // old key's.
+    sqlx::query("DELETE FROM service_keys")
+        .execute(&db)
+        .await
+        .unwrap();
+    let old = printworks_common::settings::MasterKey::from_bytes(original.try_into().unwrap());
+    let mut configured = settings.clone();
+    configured.master_key = Some(printworks_common::settings::MasterKey::from_bytes(
+        printworks_common::crypto::random_bytes::<32>(),
+    ));
+    configured.master_key_previous = vec![old.clone()];
+    // Which of several previous keys the database knew is unknown: refused, nothing kept.
+    let mut ambiguous = configured.clone();
+    ambiguous
+        .master_key_previous
+        .push(printworks_common::settings::MasterKey::from_bytes(
+            printworks_common::crypto::random_bytes::<32>(),
+        ));
+    let refused = printworks_common::crypto::SecretBox::load(&ambiguous, &db).await;
+    assert!(refused.is_err());
+    assert_eq!(
+        job_key_id(&db, &configured).await,
+        printer.job_signing_key_id
+    );
+}
