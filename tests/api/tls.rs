@@ -43,7 +43,25 @@ pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> rustls::Cl
 /// Connects and completes the handshake (as far as the client can tell: with TLS 1.3
 /// a refused client certificate shows on the first read).
 pub async fn connect(addr: SocketAddr, config: rustls::ClientConfig) -> std::io::Result<Conn> {
-    let tcp = TcpStream::connect(addr).await?;
+    handshake(TcpStream::connect(addr).await?, addr, config).await
+}
+
+/// [`connect`] from the local address `from` (another loopback address, say).
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+) -> std::io::Result<Conn> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    handshake(socket.connect(addr).await?, addr, config).await
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+) -> std::io::Result<Conn> {
     let name = ServerName::IpAddress(addr.ip().into());
     TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

@@ -147,6 +147,19 @@ pub async fn deliver_due(
         attempts,
     } in due
     {
+        // A message withdrawn since the batch was taken (a revoked invitation) is not
+        // sent: asked again right before each one, so only a send already under way
+        // can race a withdrawal.
+        let live: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM email_outbox
+                            WHERE id = $1 AND sent_at IS NULL AND gave_up_at IS NULL)",
+        )
+        .bind(id)
+        .fetch_one(&ctx.db)
+        .await?;
+        if !live {
+            continue;
+        }
         let body = match (sealed, plain) {
             (Some(sealed), _) => ctx
                 .secrets

@@ -5,7 +5,7 @@
 //! over, and the replica holding that printer's event stream wakes it. Behind the hints,
 //! a sweep every `PRINTWORKS_DISPATCH_SWEEP_INTERVAL` asks the database which connected
 //! printers have work their stream has not seen — a job still queued, an abort newer
-//! than the stream's last look, settings newer than it sent — and wakes those: a lost
+//! than the newest it sent, settings newer than it sent — and wakes those: a lost
 //! hint delays a job, it never loses one, and work a printer has been told of and not
 //! yet acknowledged (an abort, unconfirmed settings) wakes nobody again.
 
@@ -27,7 +27,7 @@ const CHANNEL: &str = "printworks_printer_work";
 #[derive(Debug, Default)]
 pub struct EventStream {
     pub notify: Notify,
-    /// When the stream last looked at its printer's work (unix microseconds).
+    /// When the newest abort the stream has sent was asked for (unix microseconds).
     seen_at: AtomicI64,
     /// The settings version it sent (-1: none yet).
     settings_sent: AtomicI64,
@@ -42,10 +42,13 @@ impl EventStream {
         }
     }
 
-    /// The stream looked at its printer's work as of `at`, and has sent `settings`.
-    pub fn saw(&self, at: OffsetDateTime, settings: i64) {
-        let micros = i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-        self.seen_at.fetch_max(micros, Ordering::Relaxed);
+    /// The stream has sent the aborts asked for up to `latest_abort` (as the database
+    /// recorded them) and the settings version `settings`.
+    pub fn saw(&self, latest_abort: Option<OffsetDateTime>, settings: i64) {
+        if let Some(at) = latest_abort {
+            let micros = i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+            self.seen_at.fetch_max(micros, Ordering::Relaxed);
+        }
         self.settings_sent.fetch_max(settings, Ordering::Relaxed);
     }
 }

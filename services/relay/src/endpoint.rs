@@ -51,6 +51,60 @@ const SERVER_CERT_TTL: time::Duration = time::Duration::days(365);
 /// download and a report need three; more is a loop or a stolen key).
 pub const MAX_CONNECTIONS_PER_CERTIFICATE: usize = 8;
 
+/// TLS handshakes one source address (an IPv6 /64) may have under way at once. A
+/// handshake holds one of the endpoint's connection slots for up to
+/// [`HANDSHAKE_TIMEOUT`] before any certificate is seen; without this, one host opening
+/// sockets and saying nothing could hold them all. A print farm behind one address
+/// reconnecting at once only waits a moment: handshakes take milliseconds.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 16;
+
+/// Handshakes under way, by source address.
+#[derive(Default)]
+struct Handshakes(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One handshake under way, counted until dropped.
+struct Handshake {
+    of: Arc<Handshakes>,
+    addr: std::net::IpAddr,
+}
+
+impl Handshakes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A handshake from `addr`, unless it has as many under way as it may.
+    fn start(self: &Arc<Self>, addr: std::net::IpAddr) -> Option<Handshake> {
+        let addr = printworks_common::http::limit_key(addr);
+        let mut map = self.lock();
+        let n = map.entry(addr).or_default();
+        if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Handshake {
+            of: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut map = self.of.lock();
+        if let Some(n) = map.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.addr);
+            }
+        }
+    }
+}
+
 /// The printer a request comes from (from its client certificate, checked).
 #[derive(Clone, Debug)]
 pub struct Printer(pub PrinterIdentity);
@@ -237,6 +291,7 @@ pub struct PrinterEndpoint {
     connections: Arc<Connections>,
     /// One permit per connection held (`PRINTWORKS_PRINTER_MAX_CONNECTIONS`).
     slots: Arc<tokio::sync::Semaphore>,
+    handshakes: Arc<Handshakes>,
 }
 
 impl PrinterEndpoint {
@@ -269,6 +324,7 @@ impl PrinterEndpoint {
             ctx,
             connections: Arc::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
+            handshakes: Arc::default(),
         })
     }
 
@@ -306,9 +362,17 @@ impl PrinterEndpoint {
                 drop(tcp);
                 continue;
             };
+            // So is one from an address with as many handshakes under way as it may.
+            let Some(handshake) = self.handshakes.start(peer.ip()) else {
+                self.ctx.metrics.printer_connections_refused.inc();
+                tracing::debug!(%peer, "printer connection refused: too many handshakes from its address");
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let served = serve_connection(
                 tcp,
+                handshake,
                 peer,
                 self.acceptor.clone(),
                 (self.router.clone(), self.refusal.clone(), self.busy.clone()),
@@ -384,13 +448,16 @@ async fn answer_and_close(
 
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
+    handshake: Handshake,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     (router, refusal, busy): (Router, Router, Router),
     ctx: AppContext,
     connections: Arc<Connections>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    drop(handshake);
+    let tls = match accepted {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "printer TLS handshake refused");

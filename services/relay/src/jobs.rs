@@ -365,7 +365,7 @@ pub async fn submit(
         "INSERT INTO print_jobs (id, printer_id, organization_id, submitted_by, submitted_by_client,
                                  idempotency_key, name, content_type, size, sha256, blob_key, key_sealed,
                                  state, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, '', $9, $10, 'receiving', $11, $11)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $12, '', $9, $10, 'receiving', $11, $11)
          ON CONFLICT DO NOTHING",
     )
     .bind(id)
@@ -379,6 +379,9 @@ pub async fn submit(
     .bind(&blob_key)
     .bind(ctx.secrets.seal(&format!("job-key:{id}"), &data_key))
     .bind(now)
+    // The declared size counts against the storage quotas while the file arrives, so
+    // uploads running side by side see each other (a chunked one counts at its end).
+    .bind(i64::try_from(declared.unwrap_or(0)).unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -416,15 +419,30 @@ pub async fn submit(
             let mut tx = ctx.db.begin().await?;
             // The stored bytes once more, with the real size, before the job counts.
             check_quotas(&mut tx, ctx, &printer, "", size, Some(id)).await?;
-            sqlx::query(
-                "UPDATE print_jobs SET state = 'queued', size = $2, sha256 = $3, updated_at = $4 WHERE id = $1",
+            // Only a job still arriving is queued: one failed meanwhile (its printer
+            // was removed) stays failed.
+            let queued = sqlx::query(
+                "UPDATE print_jobs SET state = 'queued', size = $2, sha256 = $3, updated_at = $4
+                 WHERE id = $1 AND state = 'receiving'",
             )
             .bind(id)
             .bind(i64::try_from(size).unwrap_or(i64::MAX))
             .bind(&digest[..])
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if queued == 0 {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "printer-removed",
+                    "The printer was removed",
+                )
+                .detail(
+                    "The printer was removed while the file was being sent; nothing was queued.",
+                )
+                .into());
+            }
             record(&mut tx, id, "queued", None, None, now).await?;
             AuditEvent::new("job.submit", m.audit_actor(), Outcome::Success)
                 .organization(printer.organization_id)

@@ -65,27 +65,30 @@ pub struct RelayState {
 /// are hashed, so that a few large packages slow neither logins nor anything else. At
 /// most `n` run at once; the rest wait their turn.
 pub struct Checkers {
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Checkers {
     pub fn new(n: usize) -> Self {
         Self {
-            slots: tokio::sync::Semaphore::new(n.max(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
         }
     }
 
-    /// Runs `check` on a thread of its own once a slot is free.
+    /// Runs `check` on a thread of its own once a slot is free. The thread holds the
+    /// slot until it ends, even when the request that asked is gone: a caller that hangs
+    /// up cannot leave more than `n` checks running.
     pub async fn run<T: Send + 'static>(
         &self,
         check: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _slot = self.slots.acquire().await?;
+        let slot = self.slots.clone().acquire_owned().await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("check".into())
             .spawn(move || {
                 let _ = tx.send(check());
+                drop(slot);
             })?;
         Ok(rx.await?)
     }
@@ -230,4 +233,30 @@ async fn renew(
 ) -> Result<(axum::http::StatusCode, Json<Renewed>), ApiError> {
     let renewed = renew_over_tls(&state.ctx, &state.ca, &who, &req.csr_pem, client.addr).await?;
     Ok((axum::http::StatusCode::CREATED, Json(renewed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Checkers;
+
+    #[tokio::test]
+    async fn a_caller_that_hangs_up_leaves_its_check_holding_the_slot() {
+        let checkers = Checkers::new(1);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let mut first = Box::pin(checkers.run(move || {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+        }));
+        let started = tokio::task::spawn_blocking(move || started_rx.recv());
+        tokio::select! {
+            _ = &mut first => panic!("the check ended before it was released"),
+            r = started => r.unwrap().unwrap(),
+        }
+        // The request is gone; its check runs on, and still counts.
+        drop(first);
+        assert_eq!(checkers.slots.available_permits(), 0);
+        release_tx.send(()).unwrap();
+        assert_eq!(checkers.run(|| 7).await.unwrap(), 7);
+    }
 }

@@ -84,6 +84,8 @@ struct Collected {
     mine: bool,
     jobs: sqlx::types::Json<Vec<Dispatchable>>,
     aborts: Vec<Uuid>,
+    /// When the newest of `aborts` was asked for.
+    latest_abort: Option<time::OffsetDateTime>,
     settings: Option<sqlx::types::Json<SettingsRow>>,
 }
 
@@ -112,6 +114,8 @@ SELECT
     ) AS jobs,
     ARRAY(SELECT id FROM print_jobs WHERE printer_id = $1 AND abort_requested_at IS NOT NULL
             AND abort_acknowledged_at IS NULL ORDER BY seq) AS aborts,
+    (SELECT max(abort_requested_at) FROM print_jobs WHERE printer_id = $1
+            AND abort_acknowledged_at IS NULL) AS latest_abort,
     (SELECT json_build_object('firewall_enabled', firewall_enabled, 'pin_hash', pin_hash,
                               'version', version)
      FROM printer_security WHERE printer_id = $1) AS settings";
@@ -181,7 +185,9 @@ impl Feed {
             self.pending
                 .push_front(Event::default().event("settings").data(data.to_string()));
         }
-        self.stream.saw(now, settings.version);
+        // What the stream has seen is what this statement read — not the clock, which
+        // an abort asked for on another replica need not agree with.
+        self.stream.saw(c.latest_abort, settings.version);
         Ok(true)
     }
 

@@ -319,13 +319,12 @@ fn check_relationships(xml: &[u8]) -> Result<(), String> {
             .map_err(|e| format!("_rels/.rels in the UFP package is not XML: {e}"))?;
         match event {
             Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == "Relationship" => {
-                if attribute(&e, "Type")?.as_deref() == Some(GCODE_RELATIONSHIP) {
-                    let target = attribute(&e, "Target")?.unwrap_or_default();
-                    if normalised(&target) != GCODE_PART_NORMALISED {
-                        return Err(format!(
-                            "the UFP package's G-code relationship points at {target}, not {GCODE_PART}"
-                        ));
-                    }
+                let gcode = attribute(&e, "Type")?.as_deref() == Some(GCODE_RELATIONSHIP);
+                let target = attribute(&e, "Target")?.unwrap_or_default();
+                if gcode && normalised(&target) != GCODE_PART_NORMALISED {
+                    return Err(format!(
+                        "the UFP package's G-code relationship points at {target}, not {GCODE_PART}"
+                    ));
                 }
             }
             Event::Eof => return Ok(()),

@@ -367,3 +367,111 @@ async fn every_part_of_a_ufp_package_a_printer_might_read_is_checked(pool: PgPoo
     let (status, body) = send_ufp(&app, &token, printer.id, package(&parts)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+/// An upload that sends `first` and then waits: send the rest on the sender, or drop it
+/// to end the body. With `length`, the body declares it (Content-Length).
+fn trickle(
+    app: &TestApp,
+    token: &str,
+    printer: Uuid,
+    name: &str,
+    first: &'static [u8],
+    length: Option<u64>,
+) -> (
+    tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tx.try_send(Ok(bytes::Bytes::from_static(first))).unwrap();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let mut req = app
+        .client
+        .post(app.url(&format!("/relay/v1/printers/{printer}/jobs")))
+        .query(&[("name", name)])
+        .header("content-type", "text/x-gcode")
+        .bearer_auth(token)
+        .body(body);
+    if let Some(length) = length {
+        req = req.header("content-length", length);
+    }
+    (tx, tokio::spawn(req.send()))
+}
+
+async fn until_receiving(app: &TestApp, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count(
+        app,
+        "SELECT count(*) FROM print_jobs WHERE state = 'receiving'",
+    )
+    .await
+        < n
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn uploads_side_by_side_count_their_declared_sizes(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &ServiceSet::all(), |s| {
+        s.relay.max_stored_bytes_per_printer = 1000;
+    })
+    .await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-SIDE").await;
+    // 800 bytes declared, 4 sent so far.
+    let (tx, first) = trickle(&app, &token, printer.id, "big.gcode", b"G28\n", Some(800));
+    until_receiving(&app, 1).await;
+    let second = app
+        .submit_gcode(&token, printer.id, "small.gcode", b"G28\n".repeat(75))
+        .await
+        .expect(StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        second.body["type"],
+        "urn:printworks:problem:storage-quota-exceeded"
+    );
+    // The first ends as declared, and is queued.
+    tx.send(Ok(bytes::Bytes::from(b"G1 X1\n".repeat(796 / 6))))
+        .await
+        .unwrap();
+    tx.send(Ok(bytes::Bytes::from(vec![b'\n'; 796 % 6])))
+        .await
+        .unwrap();
+    drop(tx);
+    let res = first.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_file_still_arriving_when_its_printer_is_removed_is_not_queued(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-MIDWAY").await;
+    let (tx, upload) = trickle(&app, &token, printer.id, "late.gcode", b"G28\n", None);
+    until_receiving(&app, 1).await;
+    app.call(
+        reqwest::Method::DELETE,
+        &format!("/org/v1/organizations/{}/printers/{}", w.org, printer.id),
+        Some(&token),
+        None,
+    )
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    tx.send(Ok(bytes::Bytes::from_static(b"G1 X1\n")))
+        .await
+        .unwrap();
+    drop(tx);
+    let res = upload.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "urn:printworks:problem:printer-removed");
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM print_jobs")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(states, vec!["failed"]);
+}

@@ -1,5 +1,5 @@
 //! The printer endpoint's resources: one live event stream per printer, connections
-//! bounded per certificate and in all, wake-ups that cost one query per printer, and
+//! bounded per certificate and in all, handshakes under way bounded per address, wake-ups that cost one query per printer, and
 //! work a printer was told of that wakes nobody again at every sweep.
 
 use std::time::Duration;
@@ -109,6 +109,40 @@ async fn the_printer_endpoint_holds_no_more_connections_than_its_limit(pool: PgP
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn one_address_cannot_hold_the_endpoint_with_handshakes_it_never_finishes(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let printer = app.pair_printer(&w.admin_token, w.org, "SN-HELLO").await;
+    let addr = app.printer_addr.unwrap();
+    // Sockets from one address that never say hello.
+    let mut silent = Vec::new();
+    for _ in 0..printworks_relay::endpoint::MAX_HANDSHAKES_PER_ADDRESS {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // A printer from that address is closed before its handshake...
+    assert!(identity_status(&app, &printer).await.is_none());
+    // ...one from another address is served.
+    let config = tls::client_config(
+        &printer.ca_pem,
+        Some((&printer.certificate_pem, &printer.key_pem)),
+    );
+    let mut conn = tls::connect_from([127, 0, 0, 2].into(), addr, config)
+        .await
+        .unwrap();
+    let (status, _) = tls::request(&mut conn, "GET", "/printer/v1/identity", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // Once the silent ones go, the address may connect again.
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while identity_status(&app, &printer).await.map(|(_, s)| s) != Some(200) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn a_wake_up_costs_one_query_per_printer_however_many_streams_it_opened(pool: PgPool) {
     let app = TestApp::spawn_with(pool, &ServiceSet::all(), |s| {
         // No sweep during the test: only the job's hint wakes anyone.
@@ -180,6 +214,24 @@ async fn settings_and_aborts_a_printer_does_not_answer_do_not_wake_it_at_every_s
     .await
     .expect(StatusCode::OK);
     assert_eq!(stream.next(WAIT).await.unwrap().0, "abort");
+    // An abort asked for on another replica, whose clock runs ahead of this one's.
+    let second = app
+        .submit_gcode(&token, printer.id, "ahead.gcode", gcode(3))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    assert_eq!(stream.next(WAIT).await.unwrap().0, "job");
+    sqlx::query("UPDATE print_jobs SET abort_requested_at = $2 WHERE id = $1")
+        .bind(second)
+        .bind(app.now() + time::Duration::hours(1))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (name, data) = stream.next(WAIT).await.unwrap();
+    assert_eq!(
+        (name.as_str(), data["id"].clone()),
+        ("abort", json!(second))
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = collects(&app).await;
     // Fifteen sweeps later, nobody has looked again.

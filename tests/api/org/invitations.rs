@@ -686,3 +686,80 @@ async fn smtp_delivers_the_message_and_refuses_passwords_in_the_clear() {
     );
     assert!(mail::SmtpSender::new("smtps://user:secret@mail.example.com", "a@example.com").is_ok());
 }
+
+/// A sender that, while sending a message, sees every other message withdrawn (their
+/// invitations revoked meanwhile).
+struct WithdrawingSender {
+    db: PgPool,
+    now: time::OffsetDateTime,
+    sent: Mutex<Vec<String>>,
+}
+
+impl MailSender for WithdrawingSender {
+    fn send<'a>(
+        &'a self,
+        to: &'a str,
+        _subject: &'a str,
+        _body: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let others: Vec<String> = sqlx::query_scalar(
+                "SELECT topic FROM email_outbox WHERE to_address <> $1 AND topic IS NOT NULL",
+            )
+            .bind(to)
+            .fetch_all(&self.db)
+            .await?;
+            let mut conn = self.db.acquire().await?;
+            for topic in others {
+                mail::cancel(&mut conn, &topic, self.now).await?;
+            }
+            self.sent.lock().unwrap().push(to.to_owned());
+            Ok(())
+        })
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn mail_withdrawn_while_its_batch_is_being_sent_is_not_sent(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone())
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    for (to, topic) in [
+        ("first@example.com", "invitation:first"),
+        ("second@example.com", "invitation:second"),
+    ] {
+        mail::enqueue(
+            &mut conn,
+            &ctx.secrets,
+            to,
+            "Hello",
+            "Body",
+            Some(topic),
+            clock_now(&clock),
+        )
+        .await
+        .unwrap();
+    }
+    drop(conn);
+    let sender = WithdrawingSender {
+        db: pool.clone(),
+        now: clock_now(&clock),
+        sent: Mutex::default(),
+    };
+    // Both are taken in one batch; whichever goes first, the other is withdrawn before
+    // its turn, and is not sent.
+    assert_eq!(mail::deliver_due(&ctx, &sender, 10).await.unwrap(), 1);
+    let sent = sender.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    let (unsent, withdrawn): (bool, bool) = sqlx::query_as(
+        "SELECT sent_at IS NULL, gave_up_at IS NOT NULL FROM email_outbox WHERE to_address <> $1",
+    )
+    .bind(&sent[0])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(unsent && withdrawn);
+}

@@ -34,7 +34,7 @@ use axum::routing::{MethodRouter, get};
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-pub use client::{ClientInfo, network_of};
+pub use client::{ClientInfo, limit_key, network_of};
 pub use extract::{Page, PageQuery, Paginated, Path, Query};
 pub use health::health_routes;
 pub use json::Json;
