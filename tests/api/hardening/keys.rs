@@ -36,14 +36,23 @@ fn printworks(data_dir: &std::path::Path, url: &str, args: &[&str]) -> (bool, St
     )
 }
 
+/// The test's database, also by URL (for the binary), and a data directory (where the
+/// master key is kept) for the servers and commands it runs to share.
+async fn database_and_data_dir(
+    pool: PgPoolOptions,
+    connect: PgConnectOptions,
+) -> (String, sqlx::PgPool, tempfile::TempDir) {
+    let url = connect.to_url_lossy().to_string();
+    let db = pool.connect_with(connect).await.unwrap();
+    (url, db, tempfile::tempdir().unwrap())
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn the_job_signing_key_and_every_secret_survive_a_master_key_rotation(
     pool: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let url = connect.to_url_lossy().to_string();
-    let db = pool.connect_with(connect).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
+    let (url, db, data) = database_and_data_dir(pool, connect).await;
     let dir = data.path().to_path_buf();
     let shared = move |s: &mut printworks_common::Settings| s.data_dir = dir.clone();
 
@@ -180,9 +189,7 @@ async fn a_rotation_before_the_service_keys_were_kept_keeps_the_keys_printers_pi
     pool: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let url = connect.to_url_lossy().to_string();
-    let db = pool.connect_with(connect).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
+    let (url, db, data) = database_and_data_dir(pool, connect).await;
     let dir = data.path().to_path_buf();
     let shared = move |s: &mut printworks_common::Settings| s.data_dir = dir.clone();
     let app = TestApp::spawn_with(db.clone(), &ServiceSet::all(), shared).await;

@@ -123,36 +123,19 @@ async fn one_caller_cannot_keep_unbounded_uploads_open(pool: PgPool) {
     .await
     .expect(StatusCode::NO_CONTENT);
     // Two uploads that trickle and never end.
-    let mut held = Vec::new();
-    for i in 0..2 {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
-        tx.send(Ok(bytes::Bytes::from_static(b"G28\n")))
-            .await
-            .unwrap();
-        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async {
-            rx.recv().await.map(|item| (item, rx))
-        }));
-        let req = app
-            .client
-            .post(app.url(&format!("/relay/v1/printers/{}/jobs", printer.id)))
-            .query(&[("name", format!("slow-{i}.gcode"))])
-            .header("content-type", "text/x-gcode")
-            .bearer_auth(&token)
-            .body(body)
-            .send();
-        held.push((tx, tokio::spawn(req)));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while count(
-        &app,
-        "SELECT count(*) FROM print_jobs WHERE state = 'receiving'",
-    )
-    .await
-        < 2
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            trickle(
+                &app,
+                &token,
+                printer.id,
+                &format!("slow-{i}.gcode"),
+                b"G28\n",
+                None,
+            )
+        })
+        .collect();
+    until_receiving(&app, 2).await;
     let third = app
         .submit_gcode(&token, printer.id, "third.gcode", gcode(2))
         .await
