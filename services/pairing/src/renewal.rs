@@ -225,19 +225,17 @@ pub async fn renew_with_secret(
     let mut tx = ctx.db.begin().await?;
     // One renewal at a time per printer (its row lock orders them), and only while it
     // is still paired.
-    if !printworks_org::printers::lock_paired(&mut tx, printer).await?
-        || !proven.still_current(&mut tx, &ctx.secrets, printer).await?
-    {
+    let refusal = if !printworks_org::printers::lock_paired(&mut tx, printer).await? {
+        Some("not_paired")
+    } else if !proven.still_current(&mut tx, &ctx.secrets, printer).await? {
+        Some("secret_changed")
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
         drop(tx);
-        audit_failure(
-            ctx,
-            "printer.certificate_renew",
-            printer,
-            Some(proven.org),
-            client.addr,
-            "secret_changed",
-        )
-        .await?;
+        let action = "printer.certificate_renew";
+        audit_failure(ctx, action, printer, Some(proven.org), client.addr, reason).await?;
         return Err(refused());
     }
     let org = proven.org;
