@@ -285,6 +285,37 @@ impl TestApp {
         self.decide(user, &page, "approve").await
     }
 
+    /// Registers an OAuth client for `org` as `admin` (`body` without its organization).
+    pub async fn register_client(
+        &self,
+        admin: &TestUser,
+        org: Uuid,
+        mut body: serde_json::Value,
+    ) -> reqwest::Response {
+        body["organization_id"] = serde_json::json!(org);
+        admin
+            .browser
+            .post(self.url("/account/v1/clients"))
+            .json(&body)
+            .send()
+            .await
+            .expect("client registration")
+    }
+
+    /// What `/oauth/introspect` says of `token` to the client `id` (which must be let in).
+    pub async fn introspect(&self, id: &str, secret: &str, token: &str) -> serde_json::Value {
+        let res = self
+            .client
+            .post(self.url("/oauth/introspect"))
+            .basic_auth(id, Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection");
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.expect("introspection JSON")
+    }
+
     /// Posts the consent form of `page` (as the person's browser) with `decision`
     /// (`approve` or `deny`).
     pub async fn decide(&self, user: &TestUser, page: &str, decision: &str) -> reqwest::Response {
@@ -589,9 +620,28 @@ impl TestApp {
     }
 
     /// A challenge for proving `printer`'s shared secret.
+    /// A team of `org` named `name`, made with `token`.
+    pub async fn create_team(&self, org: Uuid, token: &str, name: &str) -> Uuid {
+        self.call(
+            Method::POST,
+            &format!("/org/v1/organizations/{org}/teams"),
+            Some(token),
+            Some(&serde_json::json!({ "name": name })),
+        )
+        .await
+        .expect(StatusCode::CREATED)
+        .id()
+    }
+
     pub async fn printer_challenge(&self, printer: Uuid) -> String {
+        self.printer_challenge_from(None, printer).await
+    }
+
+    /// [`TestApp::printer_challenge`] as if from `addr` (see [`TestApp::call_from`]).
+    pub async fn printer_challenge_from(&self, addr: Option<&str>, printer: Uuid) -> String {
         let res = self
-            .call(
+            .call_from(
+                addr,
                 Method::POST,
                 &format!("/pairing/v1/printers/{printer}/challenge"),
                 None,

@@ -15,18 +15,6 @@ use crate::helpers::{
 
 const APP_REDIRECT: &str = "https://slicer.example.com/oauth/callback";
 
-async fn register(app: &TestApp, admin: &TestUser, org: Uuid, body: Value) -> reqwest::Response {
-    let mut body = body;
-    body["organization_id"] = json!(org);
-    admin
-        .browser
-        .post(app.url("/account/v1/clients"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn web_app() -> Value {
     json!({
         "name": "Slicer Cloud",
@@ -59,23 +47,6 @@ async fn consent(
     .await
 }
 
-async fn decide(app: &TestApp, user: &TestUser, page: &str, decision: &str) -> reqwest::Response {
-    app.decide(user, page, decision).await
-}
-
-async fn introspect(app: &TestApp, id: &str, secret: &str, token: &str) -> Value {
-    let res = app
-        .client
-        .post(app.url("/oauth/introspect"))
-        .basic_auth(id, Some(secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json().await.unwrap()
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn only_admins_of_the_organization_register_clients(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -85,7 +56,7 @@ async fn only_admins_of_the_organization_register_clients(pool: PgPool) {
     let org = app.new_org(&admin, "Fab Lab").await;
     app.add_member(org, &member, "member").await;
 
-    let res = register(&app, &admin, org, web_app()).await;
+    let res = app.register_client(&admin, org, web_app()).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let c: Value = res.json().await.unwrap();
     let id = c["client_id"].as_str().unwrap();
@@ -103,18 +74,18 @@ async fn only_admins_of_the_organization_register_clients(pool: PgPool) {
     );
 
     let body = expect_problem(
-        register(&app, &member, org, web_app()).await,
+        app.register_client(&member, org, web_app()).await,
         StatusCode::FORBIDDEN,
     )
     .await;
     assert_eq!(body["type"], "urn:printworks:problem:forbidden");
     expect_problem(
-        register(&app, &outsider, org, web_app()).await,
+        app.register_client(&outsider, org, web_app()).await,
         StatusCode::NOT_FOUND,
     )
     .await;
     expect_problem(
-        register(&app, &admin, Uuid::new_v4(), web_app()).await,
+        app.register_client(&admin, Uuid::new_v4(), web_app()).await,
         StatusCode::NOT_FOUND,
     )
     .await;
@@ -214,7 +185,7 @@ async fn registrations_are_validated(pool: PgPool) {
         },
     ];
     for body in cases {
-        let res = register(&app, &admin, org, body.clone()).await;
+        let res = app.register_client(&admin, org, body.clone()).await;
         expect_problem(res, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
     let n: i64 =
@@ -231,7 +202,8 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
     let app = TestApp::spawn(pool).await;
     let admin = app.new_user("admin").await;
     let org = app.new_org(&admin, "Fab Lab").await;
-    let c: Value = register(&app, &admin, org, web_app())
+    let c: Value = app
+        .register_client(&admin, org, web_app())
         .await
         .json()
         .await
@@ -267,7 +239,7 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
     }
 
     // Deny: the app learns only that.
-    let res = decide(&app, &ada, &page, "deny").await;
+    let res = app.decide(&ada, &page, "deny").await;
     let p = redirect_params(&res, APP_REDIRECT);
     assert_eq!(param(&p, "error").as_deref(), Some("access_denied"));
     assert_eq!(param(&p, "state").as_deref(), Some("s1"));
@@ -305,7 +277,7 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
     // Approve: a code, then tokens for the confidential client.
     let res = consent(&app, &ada, id, &pkce, "openid offline_access printer.read").await;
     let page = res.text().await.unwrap();
-    let code = code_from_redirect(&decide(&app, &ada, &page, "approve").await, APP_REDIRECT);
+    let code = code_from_redirect(&app.decide(&ada, &page, "approve").await, APP_REDIRECT);
     let res = app
         .client
         .post(app.url("/oauth/token"))
@@ -323,7 +295,7 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
     let t: Value = res.json().await.unwrap();
     let access = t["access_token"].as_str().unwrap().to_owned();
     let refresh = t["refresh_token"].as_str().unwrap().to_owned();
-    assert_eq!(introspect(&app, id, secret, &access).await["active"], true);
+    assert_eq!(app.introspect(id, secret, &access).await["active"], true);
 
     // Remembered: the same scopes again need no page.
     let res = consent(&app, &ada, id, &pkce, "printer.read").await;
@@ -358,7 +330,7 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    assert_eq!(introspect(&app, id, secret, &access).await["active"], false);
+    assert_eq!(app.introspect(id, secret, &access).await["active"], false);
     let res = app
         .client
         .post(app.url("/oauth/token"))
@@ -399,7 +371,8 @@ async fn automated_systems_act_inside_their_organization(pool: PgPool) {
         "grant_types": ["client_credentials"],
         "role": "member",
     });
-    let c: Value = register(&app, &admin, org, body)
+    let c: Value = app
+        .register_client(&admin, org, body)
         .await
         .json()
         .await
@@ -427,7 +400,9 @@ async fn automated_systems_act_inside_their_organization(pool: PgPool) {
         "person-only scopes are not given"
     );
     assert!(t.get("refresh_token").is_none() && t.get("id_token").is_none());
-    let info = introspect(&app, id, secret, t["access_token"].as_str().unwrap()).await;
+    let info = app
+        .introspect(id, secret, t["access_token"].as_str().unwrap())
+        .await;
     assert_eq!(info["sub"], id);
     assert_eq!(info["organization_id"], org.to_string());
 
@@ -479,7 +454,8 @@ async fn introspection_sees_a_session_end_before_the_token_expires(pool: PgPool)
     let app = TestApp::spawn(pool).await;
     let admin = app.new_user("admin").await;
     let org = app.new_org(&admin, "Fab Lab").await;
-    let c: Value = register(&app, &admin, org, web_app())
+    let c: Value = app
+        .register_client(&admin, org, web_app())
         .await
         .json()
         .await
@@ -497,7 +473,7 @@ async fn introspection_sees_a_session_end_before_the_token_expires(pool: PgPool)
         .text()
         .await
         .unwrap();
-    let code = code_from_redirect(&decide(&app, &ada, &page, "approve").await, APP_REDIRECT);
+    let code = code_from_redirect(&app.decide(&ada, &page, "approve").await, APP_REDIRECT);
     let t: Value = app
         .client
         .post(app.url("/oauth/token"))
@@ -516,21 +492,21 @@ async fn introspection_sees_a_session_end_before_the_token_expires(pool: PgPool)
         .unwrap();
     let access = t["access_token"].as_str().unwrap();
     let refresh = t["refresh_token"].as_str().unwrap();
-    let info = introspect(&app, id, secret, access).await;
+    let info = app.introspect(id, secret, access).await;
     assert_eq!(
         (info["active"].as_bool(), info["client_id"].as_str()),
         (Some(true), Some(id))
     );
-    assert_eq!(introspect(&app, id, secret, refresh).await["active"], true);
+    assert_eq!(app.introspect(id, secret, refresh).await["active"], true);
     ada.browser
         .delete(app.url("/account/v1/sessions/current"))
         .send()
         .await
         .unwrap();
-    assert_eq!(introspect(&app, id, secret, access).await["active"], false);
-    assert_eq!(introspect(&app, id, secret, refresh).await["active"], false);
+    assert_eq!(app.introspect(id, secret, access).await["active"], false);
+    assert_eq!(app.introspect(id, secret, refresh).await["active"], false);
     assert_eq!(
-        introspect(&app, id, secret, "garbage").await,
+        app.introspect(id, secret, "garbage").await,
         json!({ "active": false })
     );
     // Public clients may not introspect.
@@ -582,7 +558,8 @@ async fn a_code_issued_before_consent_was_withdrawn_is_worthless_after(pool: PgP
     let app = TestApp::spawn(pool).await;
     let admin = app.new_user("admin").await;
     let org = app.new_org(&admin, "Fab Lab").await;
-    let c: Value = register(&app, &admin, org, web_app())
+    let c: Value = app
+        .register_client(&admin, org, web_app())
         .await
         .json()
         .await
@@ -598,7 +575,7 @@ async fn a_code_issued_before_consent_was_withdrawn_is_worthless_after(pool: PgP
         .text()
         .await
         .unwrap();
-    let code = code_from_redirect(&decide(&app, &ada, &page, "approve").await, APP_REDIRECT);
+    let code = code_from_redirect(&app.decide(&ada, &page, "approve").await, APP_REDIRECT);
     let res = ada
         .browser
         .delete(app.url(&format!("/account/v1/consents/{id}")))
@@ -631,7 +608,8 @@ async fn a_third_party_app_cannot_mint_clients_with_its_token(pool: PgPool) {
     let org = app.new_org(&admin, "Fab Lab").await;
     let mut body = web_app();
     body["scopes"] = json!(["organization.write"]);
-    let c: Value = register(&app, &admin, org, body)
+    let c: Value = app
+        .register_client(&admin, org, body)
         .await
         .json()
         .await
@@ -647,7 +625,7 @@ async fn a_third_party_app_cannot_mint_clients_with_its_token(pool: PgPool) {
         .text()
         .await
         .unwrap();
-    let code = code_from_redirect(&decide(&app, &admin, &page, "approve").await, APP_REDIRECT);
+    let code = code_from_redirect(&app.decide(&admin, &page, "approve").await, APP_REDIRECT);
     let t: Value = app
         .client
         .post(app.url("/oauth/token"))

@@ -7,28 +7,12 @@ use printworks_common::db::MIGRATOR;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::helpers::{
-    CLI, CLI_REDIRECT, Pkce, TestApp, TestUser, code_from_redirect, error_page_params, param,
-    redirect_params,
+    CLI, CLI_REDIRECT, Pkce, TestApp, code_from_redirect, error_page_params, param, redirect_params,
 };
 
 const APP_REDIRECT: &str = "https://slicer.example.com/oauth/callback";
-
-async fn register(app: &TestApp, admin: &TestUser, org: Uuid, body: Value) -> Value {
-    let mut body = body;
-    body["organization_id"] = json!(org);
-    let res = admin
-        .browser
-        .post(app.url("/account/v1/clients"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
-    res.json().await.unwrap()
-}
 
 fn cli(pkce: &Pkce, scope: &'static str) -> Vec<(&'static str, String)> {
     vec![
@@ -89,16 +73,18 @@ async fn an_invalid_request_of_a_registered_client_is_not_redirected_to_it(pool:
     let app = TestApp::spawn(pool).await;
     let admin = app.new_user("admin").await;
     let org = app.new_org(&admin, "Fab Lab").await;
-    let c = register(
-        &app,
-        &admin,
-        org,
-        json!({
-            "name": "Slicer Cloud", "type": "confidential", "redirect_uris": [APP_REDIRECT],
-            "scopes": ["openid", "printer.read"], "grant_types": ["authorization_code"],
-        }),
-    )
-    .await;
+    let res = app
+        .register_client(
+            &admin,
+            org,
+            json!({
+                "name": "Slicer Cloud", "type": "confidential", "redirect_uris": [APP_REDIRECT],
+                "scopes": ["openid", "printer.read"], "grant_types": ["authorization_code"],
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let c: Value = res.json().await.unwrap();
     let id = c["client_id"].as_str().unwrap();
     let pkce = Pkce::new();
     // Someone sends a person a link that asks for what the client may not have: the
@@ -122,34 +108,23 @@ async fn an_invalid_request_of_a_registered_client_is_not_redirected_to_it(pool:
     assert_eq!(param(&back, "state").as_deref(), Some("s1"));
 }
 
-async fn introspect(app: &TestApp, id: &str, secret: &str, token: &str) -> Value {
-    let res = app
-        .client
-        .post(app.url("/oauth/introspect"))
-        .basic_auth(id, Some(secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json().await.unwrap()
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_others(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
     let admin = app.new_user("admin").await;
     let org = app.new_org(&admin, "Fab Lab").await;
-    let c = register(
-        &app,
-        &admin,
-        org,
-        json!({
-            "name": "Gateway", "type": "confidential", "scopes": ["printer.read"],
-            "grant_types": ["client_credentials"], "role": "guest",
-        }),
-    )
-    .await;
+    let res = app
+        .register_client(
+            &admin,
+            org,
+            json!({
+                "name": "Gateway", "type": "confidential", "scopes": ["printer.read"],
+                "grant_types": ["client_credentials"], "role": "guest",
+            }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let c: Value = res.json().await.unwrap();
     let (id, secret) = (
         c["client_id"].as_str().unwrap().to_owned(),
         c["client_secret"].as_str().unwrap().to_owned(),
@@ -160,11 +135,11 @@ async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_other
     let access = t["access_token"].as_str().unwrap();
     let refresh = t["refresh_token"].as_str().unwrap();
     assert_eq!(
-        introspect(&app, &id, &secret, access).await,
+        app.introspect(&id, &secret, access).await,
         json!({"active": false})
     );
     assert_eq!(
-        introspect(&app, &id, &secret, refresh).await,
+        app.introspect(&id, &secret, refresh).await,
         json!({"active": false})
     );
     // Its own token, it may look at.
@@ -180,7 +155,7 @@ async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_other
         .await
         .unwrap();
     let own = own["access_token"].as_str().unwrap();
-    assert_eq!(introspect(&app, &id, &secret, own).await["active"], true);
+    assert_eq!(app.introspect(&id, &secret, own).await["active"], true);
     // A resource server the operator names may look at any token (another replica with
     // that setting, over the same database and keys).
     let shared = app.data_dir.path().to_path_buf();
@@ -192,7 +167,7 @@ async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_other
         s.account.introspection_clients = vec![trusted_id.clone()];
     })
     .await;
-    let info = introspect(&resource_server, &id, &secret, access).await;
+    let info = resource_server.introspect(&id, &secret, access).await;
     assert_eq!(
         (info["active"].as_bool(), info["client_id"].as_str()),
         (Some(true), Some(CLI))
@@ -303,17 +278,11 @@ async fn an_unverified_address_cannot_create_organizations_claim_printers_or_reg
         .expect(StatusCode::FORBIDDEN);
     // nor register a client.
     let client = json!({
-        "organization_id": w.org, "name": "Eve's app", "type": "confidential",
+        "name": "Eve's app", "type": "confidential",
         "redirect_uris": [APP_REDIRECT], "scopes": ["openid"],
         "grant_types": ["authorization_code"],
     });
-    let res = eve
-        .browser
-        .post(app.url("/account/v1/clients"))
-        .json(&client)
-        .send()
-        .await
-        .unwrap();
+    let res = app.register_client(&eve, w.org, client.clone()).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     // A new link at most once a minute.
     let resend = |b: &reqwest::Client| {
@@ -352,13 +321,7 @@ async fn an_unverified_address_cannot_create_organizations_claim_printers_or_reg
     app.claim(&token, w.org, &code, "eve's")
         .await
         .expect(StatusCode::CREATED);
-    let res = eve
-        .browser
-        .post(app.url("/account/v1/clients"))
-        .json(&client)
-        .send()
-        .await
-        .unwrap();
+    let res = app.register_client(&eve, w.org, client.clone()).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     // A link that expired does not work.
     let late = app.new_unverified_user("late").await;

@@ -358,38 +358,12 @@ async fn a_stranger_who_knows_a_printer_id_cannot_keep_it_from_renewing_by_secre
     let at_printer = Some("198.51.100.5");
     let stranger = Some("203.0.113.9");
     // The printer asks for its challenge first.
-    let mine = app
-        .call_from(
-            at_printer,
-            Method::POST,
-            &format!("{base}/challenge"),
-            None,
-            None,
-        )
-        .await
-        .expect(StatusCode::CREATED)
-        .body["challenge"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mine = app.printer_challenge_from(at_printer, printer.id).await;
     // The stranger asks for many challenges and answers them all wrongly, and sends
     // made-up challenges too.
     let (_, csr) = printer_key_and_csr();
     for i in 0..12 {
-        let c = app
-            .call_from(
-                stranger,
-                Method::POST,
-                &format!("{base}/challenge"),
-                None,
-                None,
-            )
-            .await
-            .expect(StatusCode::CREATED)
-            .body["challenge"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let c = app.printer_challenge_from(stranger, printer.id).await;
         let challenge = if i % 2 == 0 {
             c
         } else {

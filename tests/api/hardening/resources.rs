@@ -41,16 +41,7 @@ async fn a_member_cannot_join_a_team_they_do_not_manage_to_inherit_its_shares(po
     let admin = app.access_token(&w.admin, ALL_SCOPES).await;
     let member = app.access_token(&w.member, ALL_SCOPES).await;
     let printer = app.pair_printer(&admin, w.org, "SN-TEAM").await;
-    let team = app
-        .call(
-            Method::POST,
-            &format!("/org/v1/organizations/{}/teams", w.org),
-            Some(&admin),
-            Some(&json!({"name": "Night shift"})),
-        )
-        .await
-        .expect(StatusCode::CREATED)
-        .id();
+    let team = app.create_team(w.org, &admin, "Night shift").await;
     app.call(
         Method::PUT,
         &format!(
@@ -88,16 +79,7 @@ async fn a_member_cannot_join_a_team_they_do_not_manage_to_inherit_its_shares(po
         .await
         .expect(StatusCode::NO_CONTENT);
     // A team a member made, they manage.
-    let own = app
-        .call(
-            Method::POST,
-            &format!("/org/v1/organizations/{}/teams", w.org),
-            Some(&member),
-            Some(&json!({"name": "Members' own"})),
-        )
-        .await
-        .expect(StatusCode::CREATED)
-        .id();
+    let own = app.create_team(w.org, &member, "Members' own").await;
     app.call(
         Method::PUT,
         &format!(
@@ -291,16 +273,7 @@ async fn pruning_a_large_audit_backlog_does_not_hold_the_chain_head(pool: PgPool
 async fn adding_a_team_member_cannot_race_their_removal_from_the_organization(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
-    let team = app
-        .call(
-            Method::POST,
-            &format!("/org/v1/organizations/{}/teams", w.org),
-            Some(&w.admin_token),
-            Some(&json!({"name": "Racers"})),
-        )
-        .await
-        .expect(StatusCode::CREATED)
-        .id();
+    let team = app.create_team(w.org, &w.admin_token, "Racers").await;
     let leaving = w.member.id;
     // A removal of the member is under way (it holds the organization's lock, as member
     // changes do, and has taken them out, not yet committed)…
