@@ -190,6 +190,13 @@ pub async fn lock_org(conn: &mut PgConnection, org: Uuid) -> sqlx::Result<()> {
     Ok(())
 }
 
+/// Takes the organization's lock (held for the rest of the transaction on `conn`) and
+/// reads the caller's role again under it; 404 if they no longer belong.
+pub async fn lock_org_and_role(conn: &mut PgConnection, m: &Membership) -> Result<Role, ApiError> {
+    lock_org(&mut *conn, m.org).await?;
+    m.current_role(conn).await?.ok_or_else(ApiError::not_found)
+}
+
 /// The caller's standing, read again under the organization's lock: someone removed or
 /// demoted (or a client revoked) a moment ago cannot act on a membership read before.
 pub async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {

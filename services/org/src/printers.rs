@@ -122,11 +122,7 @@ pub async fn lock_for_removal(
     m: &Membership,
     printer: Uuid,
 ) -> Result<(), ApiError> {
-    crate::access::lock_org(&mut *conn, m.org).await?;
-    let role = m
-        .current_role(&mut *conn)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let role = crate::access::lock_org_and_role(&mut *conn, m).await?;
     let claimed_by: Option<Option<Uuid>> = sqlx::query_scalar(
         "SELECT claimed_by FROM printers
          WHERE id = $1 AND organization_id = $2 AND unpaired_at IS NULL FOR UPDATE",

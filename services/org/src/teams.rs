@@ -51,11 +51,7 @@ async fn lock_and_require_manager(
     m: &Membership,
     team: Uuid,
 ) -> Result<(), ApiError> {
-    crate::access::lock_org(&mut *conn, m.org).await?;
-    let role = m
-        .current_role(&mut *conn)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let role = crate::access::lock_org_and_role(&mut *conn, m).await?;
     let created_by: Option<Option<Uuid>> =
         sqlx::query_scalar("SELECT created_by FROM teams WHERE id = $1 AND organization_id = $2")
             .bind(team)
