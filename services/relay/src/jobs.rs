@@ -159,6 +159,25 @@ pub async fn record(
     Ok(())
 }
 
+/// `jobs` failed at `at` with `message`, in their histories.
+async fn record_failed(
+    conn: &mut sqlx::PgConnection,
+    jobs: &[Uuid],
+    message: &str,
+    at: OffsetDateTime,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO print_job_events (job_id, state, message, at)
+         SELECT id, 'failed', $2, $3 FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(jobs)
+    .bind(message)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Deserialize)]
 pub struct Submit {
     name: Option<String>,
@@ -787,15 +806,7 @@ pub async fn fail_unfinished(
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO print_job_events (job_id, state, message, at)
-         SELECT id, 'failed', $2, $3 FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(&failed)
-    .bind(message)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    record_failed(conn, &failed, message, now).await?;
     Ok(failed.len() as u64)
 }
 
@@ -824,15 +835,7 @@ pub async fn expire_queued(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO print_job_events (job_id, state, message, at)
-         SELECT id, 'failed', $2, $3 FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(&expired)
-    .bind(&message)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    record_failed(&mut tx, &expired, &message, now).await?;
     tx.commit().await?;
     Ok(expired.len() as u64)
 }
