@@ -10,13 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-version=0.20.2
-tools=./.tools
-deny=$tools/bin/cargo-deny
-if ! "$deny" --version 2>/dev/null | grep -qx "cargo-deny $version"; then
-  printf 'deny: installing cargo-deny %s into %s (once)\n' "$version" "$tools" >&2
-  cargo install --quiet --locked --root "$tools" cargo-deny --version "$version" >&2
-fi
+deny=$(deploy/cargo-tool.sh cargo-deny 0.20.2)
 
 "$deny" --log-level error check licenses bans sources
 

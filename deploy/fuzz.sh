@@ -13,13 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-300}
-version=0.13.2
-tools=./.tools
-fuzz=$tools/bin/cargo-fuzz
-if ! "$fuzz" --version 2>/dev/null | grep -q " $version"; then
-  printf 'fuzz: installing cargo-fuzz %s into %s (once)\n' "$version" "$tools" >&2
-  cargo install --quiet --locked --root "$tools" cargo-fuzz --version "$version" >&2
-fi
+fuzz=$(deploy/cargo-tool.sh cargo-fuzz 0.13.2)
 
 work=target/fuzz-corpus
 mkdir -p "$work"
