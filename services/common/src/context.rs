@@ -9,6 +9,7 @@ use crate::auth::TokenVerifier;
 use crate::clock::SharedClock;
 use crate::crypto::SecretBox;
 use crate::metrics::Metrics;
+use crate::printer::JobSigner;
 use crate::settings::Settings;
 
 /// What the binary hands each service: the pool, the settings, the clock, the metrics
@@ -22,6 +23,9 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenVerifier>,
     pub secrets: SecretBox,
+    /// The relay's job-signing key: the relay signs with it, pairing hands printers its
+    /// public half.
+    pub job_signer: Arc<JobSigner>,
     /// Wakes the e-mail worker when a message was queued.
     pub outbox: crate::mail::Outbox,
     /// Cancelled when the process stops: background tasks watch it.
@@ -29,10 +33,11 @@ pub struct AppContext {
 }
 
 impl AppContext {
-    /// Loads (or, in the data directory, creates) the master key, and the MAC root from
-    /// the database (which must be migrated).
+    /// Loads (or, in the data directory, creates) the master key, and the MAC root and
+    /// the job-signing key from the database (which must be migrated).
     pub async fn new(db: PgPool, settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         let secrets = SecretBox::load(&settings, &db).await?;
+        let job_signer = Arc::new(JobSigner::load(&mut *db.acquire().await?, &secrets).await?);
         let tokens = Arc::new(TokenVerifier::new(
             db.clone(),
             settings.public_url.as_str().to_owned(),
@@ -45,6 +50,7 @@ impl AppContext {
             metrics: Arc::new(Metrics::new()),
             tokens,
             secrets,
+            job_signer,
             outbox: crate::mail::Outbox::default(),
             shutdown: CancellationToken::new(),
         })

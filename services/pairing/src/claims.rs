@@ -329,7 +329,7 @@ pub async fn claim(
     identity::record_certificate(&mut tx, printer_id, &issued, now, "pairing").await?;
     let shared_secret = random_token();
     identity::store_secret(&mut tx, &ctx.secrets, printer_id, &shared_secret, now).await?;
-    let signer = printworks_common::printer::JobSigner::load(&mut tx, &ctx.secrets).await?;
+    let signer = &ctx.job_signer;
     let organization_name = printworks_org::organizations::name_of(&mut *tx, org)
         .await?
         .ok_or_else(ApiError::not_found)?;

@@ -42,6 +42,11 @@ impl EventStream {
         }
     }
 
+    /// Whether the stream has not sent the settings version `version` yet.
+    pub fn settings_unsent(&self, version: i64) -> bool {
+        version > self.settings_sent.load(Ordering::Relaxed)
+    }
+
     /// The stream has sent the aborts asked for up to `latest_abort` (as the database
     /// recorded them) and the settings version `settings`.
     pub fn saw(&self, latest_abort: Option<OffsetDateTime>, settings: i64) {
@@ -103,7 +108,7 @@ fn unseen(stream: &EventStream, w: &Waiting) -> bool {
     });
     let settings_new = w
         .settings_version
-        .is_some_and(|v| v > stream.settings_sent.load(Ordering::Relaxed));
+        .is_some_and(|v| stream.settings_unsent(v));
     w.queued || abort_new || settings_new
 }
 

@@ -53,8 +53,6 @@ pub struct RelayState {
     pub ctx: AppContext,
     pub ca: Arc<PrinterCa>,
     pub store: Arc<dyn blob::BlobStore>,
-    /// Signs every job sent to a printer (its own key, kept sealed in the database).
-    pub signer: Arc<printworks_common::printer::JobSigner>,
     pub wakers: Arc<dispatch::Wakers>,
     /// Where UFP packages are checked: a few threads of their own.
     pub ufp_checkers: Arc<Checkers>,
@@ -106,13 +104,6 @@ impl RelayState {
     pub async fn new(ctx: AppContext, ca: Arc<PrinterCa>) -> anyhow::Result<Self> {
         let store = blob::from_settings(&ctx.settings).await?;
         let state = Self {
-            signer: Arc::new(
-                printworks_common::printer::JobSigner::load(
-                    &mut *ctx.db.acquire().await?,
-                    &ctx.secrets,
-                )
-                .await?,
-            ),
             wakers: Arc::default(),
             ufp_checkers: Arc::new(Checkers::new(
                 usize::try_from(ctx.settings.relay.ufp_checkers).unwrap_or(1),

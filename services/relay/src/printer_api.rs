@@ -54,7 +54,6 @@ struct Feed {
     pending: VecDeque<Event>,
     sent_jobs: HashSet<Uuid>,
     sent_aborts: HashSet<Uuid>,
-    settings_sent: Option<i64>,
     first: bool,
 }
 
@@ -137,12 +136,13 @@ impl Feed {
         if !c.mine {
             return Ok(false);
         }
+        let signer = &self.state.ctx.job_signer;
         for job in c.jobs.0 {
             if !self.sent_jobs.insert(job.id) {
                 continue;
             }
             let size = u64::try_from(job.size).unwrap_or_default();
-            let signature = self.state.signer.sign(printer, job.id, size, &job.sha256);
+            let signature = signer.sign(printer, job.id, size, &job.sha256);
             let data = json!({
                 "id": job.id,
                 "name": job.name,
@@ -151,7 +151,7 @@ impl Feed {
                 "sha256": job.sha256,
                 "state": job.state,
                 "signature": signature,
-                "key_id": self.state.signer.key_id,
+                "key_id": signer.key_id,
             });
             self.pending.push_back(
                 Event::default()
@@ -174,8 +174,7 @@ impl Feed {
             pin_hash: None,
             version: 0,
         });
-        if self.settings_sent.is_none_or(|v| v < settings.version) {
-            self.settings_sent = Some(settings.version);
+        if self.stream.settings_unsent(settings.version) {
             let data = json!({
                 "firewall_enabled": settings.firewall_enabled,
                 "pin_hash": settings.pin_hash,
@@ -257,7 +256,6 @@ pub async fn events(
         pending: VecDeque::new(),
         sent_jobs: HashSet::new(),
         sent_aborts: HashSet::new(),
-        settings_sent: None,
         first: true,
     };
     let stream = futures_util::stream::unfold(feed, Feed::next);
