@@ -19,5 +19,6 @@ mod org;
 mod pairing;
 mod plumbing;
 mod relay;
+mod routes;
 mod services;
 mod shutdown;

@@ -1,6 +1,6 @@
 //! The OpenAPI document (`openapi/printworks.json`) held against the running server:
-//! every route the org service declares is documented with the scope it needs, every
-//! documented operation is served, and every response the API tests receive through
+//! every row of every service's route table is documented with the access it declares,
+//! every documented operation is a row and is served, and every response the API tests receive through
 //! [`crate::helpers::TestApp::call`] has a documented status and a body that validates
 //! against the documented schema.
 
@@ -176,35 +176,83 @@ impl Spec {
     }
 }
 
+/// The security schemes an operation may be called with, as the document names them
+/// (`[]` for "no credential"), sorted.
+fn documented_security(op: &Value) -> Vec<String> {
+    let mut schemes: Vec<String> = op["security"]
+        .as_array()
+        .map(|alternatives| {
+            alternatives
+                .iter()
+                .map(|r| {
+                    let names: Vec<&str> = r
+                        .as_object()
+                        .map(|o| o.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    if names.is_empty() {
+                        "[]".to_owned()
+                    } else {
+                        names.join("+")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    schemes.sort();
+    schemes
+}
+
+/// Every row of every service's route table is documented with the access it declares
+/// (the scope in `x-required-scope`, the credentials in `security`), and every
+/// documented operation is a row of some table: the tables and the document describe
+/// the same API.
 #[test]
-fn every_org_route_is_documented_with_its_scope() {
+fn every_route_table_row_is_documented_with_its_access() {
+    use printworks_common::routes::Access;
     let spec = spec();
-    for (method, path, scope) in printworks_org::ROUTES {
-        let op = spec
-            .operation(method, path)
-            .unwrap_or_else(|| panic!("{method} {path} is not in openapi/printworks.json"));
-        assert_eq!(
-            op["x-required-scope"].as_str(),
-            Some(scope.as_str()),
-            "{method} {path}: x-required-scope"
-        );
-        assert!(
-            op["security"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some())),
-            "{method} {path}: security must name the bearer scheme"
-        );
+    let rows = printworks::route_specs();
+    let mut failures = Vec::new();
+    for row in &rows {
+        let (method, path) = (row.method.as_str(), row.path.as_str());
+        let Some(op) = spec.operation(method, path) else {
+            failures.push(format!("{method} {path} is not in openapi/printworks.json"));
+            continue;
+        };
+        let scope = op["x-required-scope"].as_str();
+        let security = documented_security(op);
+        let security: Vec<&str> = security.iter().map(String::as_str).collect();
+        let (want_scope, want_security): (Option<&str>, &[&[&str]]) = match row.access {
+            // Public operations name no scheme, or an optional session or client.
+            Access::Public => (None, &[&[], &["[]", "session"]]),
+            Access::Session => (None, &[&["session"]]),
+            Access::Token(s) => (Some(s.as_str()), &[&["bearer"]]),
+            Access::SessionOrToken(s) => (Some(s.as_str()), &[&["bearer", "session"]]),
+            Access::Client => (None, &[&["[]", "client_basic"]]),
+            Access::Printer => (None, &[&["printer_certificate"]]),
+        };
+        if scope != want_scope {
+            failures.push(format!(
+                "{method} {path}: x-required-scope is {scope:?}, the table says {want_scope:?}"
+            ));
+        }
+        if !want_security.contains(&security.as_slice()) {
+            failures.push(format!(
+                "{method} {path}: security is {security:?}, the table says {:?}",
+                row.access
+            ));
+        }
     }
-    let documented_org_ops = spec
-        .operations()
-        .into_iter()
-        .filter(|(_, p)| p.starts_with("/org/v1/") && p != "/org/v1/")
-        .count();
-    assert_eq!(
-        documented_org_ops,
-        printworks_org::ROUTES.len(),
-        "the document describes org routes the server does not have"
-    );
+    for (method, path) in spec.operations() {
+        if !rows
+            .iter()
+            .any(|r| r.method.as_str() == method && r.path == path)
+        {
+            failures.push(format!(
+                "{method} {path} is documented but no route table has it"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Every documented path is routed, with at least the documented methods: a request

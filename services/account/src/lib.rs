@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use printworks_common::AppContext;
-use printworks_common::auth::Role;
-use printworks_common::http::{rate_limit, service_index};
+use printworks_common::auth::{Role, Scope};
+use printworks_common::routes::{Access, RouteTable};
 use uuid::Uuid;
 
 use crate::keys::SigningKeys;
@@ -106,36 +106,59 @@ impl AccountState {
     }
 }
 
-/// The account service's routes. Creates the first signing key on a fresh database.
+/// Every route of the account service: the JSON API under [`PREFIX`], the OAuth2 /
+/// OpenID Connect provider and the pages. The routes a stranger can use to guess a
+/// secret share one per-address rate limit.
+#[rustfmt::skip]
+pub fn routes() -> RouteTable<AccountState> {
+    use Access::*;
+    use Scope::*;
+    use api::{clients, consents, sessions, totp, users};
+    use oauth::{authorize, discovery, introspect, token};
+    let api = RouteTable::new(PREFIX)
+        .index(NAME, env!("CARGO_PKG_VERSION"))
+        .post("/users", Public, users::sign_up).rate_limited()
+        .get("/users/me", Session, users::me)
+        .post("/users/me/email-verification", Session, verification::resend).rate_limited()
+        .post("/password", Session, users::change_password).rate_limited()
+        .post("/sessions", Public, sessions::log_in).rate_limited()
+        .get("/sessions", Session, sessions::list)
+        .delete("/sessions/current", Session, sessions::logout)
+        .delete("/sessions/{id}", Session, sessions::end_one)
+        .post("/totp", Session, totp::enrol).rate_limited()
+        .post("/totp/confirm", Session, totp::confirm).rate_limited()
+        .post("/totp/disable", Session, totp::disable).rate_limited()
+        .get("/consents", Session, consents::list)
+        .delete("/consents/{client_id}", Session, consents::withdraw)
+        .get("/clients", SessionOrToken(OrganizationRead), clients::list)
+        .post("/clients", SessionOrToken(OrganizationWrite), clients::register)
+        .delete("/clients/{client_id}", SessionOrToken(OrganizationWrite), clients::revoke);
+    let provider = RouteTable::new("")
+        .get("/.well-known/openid-configuration", Public, discovery::configuration)
+        .get("/oauth/jwks", Public, discovery::jwks)
+        .get("/oauth/authorize", Public, authorize::authorize)
+        .post("/oauth/authorize", Public, authorize::decide)
+        .post("/oauth/token", Client, token::token).rate_limited()
+        .post("/oauth/revoke", Client, introspect::revoke)
+        .post("/oauth/introspect", Client, introspect::introspect)
+        .get("/oauth/userinfo", Token(OpenId), introspect::userinfo)
+        .post("/oauth/userinfo", Token(OpenId), introspect::userinfo);
+    let pages = RouteTable::new("")
+        .get("/account/", Public, pages::home)
+        .get("/account/login", Public, pages::login_page).rate_limited()
+        .post("/account/login", Public, pages::login_submit).rate_limited()
+        .post("/account/login/totp", Public, pages::totp_submit).rate_limited()
+        .get("/account/verify-email", Public, verification::follow).rate_limited()
+        .get("/account/logout", Public, pages::logout_page)
+        .post("/account/logout", Public, pages::logout)
+        .get("/assets/printworks.css", Public, pages::stylesheet);
+    api.merge(provider).merge(pages)
+}
+
+/// The account service's routes, built from [`routes`]. Creates the first signing key
+/// on a fresh database.
 pub async fn router(ctx: AppContext, orgs: Arc<dyn OrgDirectory>) -> anyhow::Result<Router> {
     let state = AccountState::new(ctx, orgs)?;
     state.keys.ensure_current().await?;
-    let limit = rate_limit(&state.ctx.settings);
-
-    let api = Router::new()
-        .merge(api::users::router())
-        .merge(api::sessions::router())
-        .merge(api::clients::router())
-        .merge(api::consents::router());
-    let limited_api = Router::new()
-        .merge(api::users::limited_router())
-        .merge(api::sessions::limited_router())
-        .merge(api::totp::limited_router())
-        .route_layer(limit.clone());
-    let limited_pages = pages::limited_router()
-        .merge(oauth::token::router())
-        .route_layer(limit);
-
-    Ok(Router::new()
-        .route(
-            &format!("{PREFIX}/"),
-            service_index(NAME, env!("CARGO_PKG_VERSION")),
-        )
-        .nest(PREFIX, api.merge(limited_api))
-        .merge(pages::router())
-        .merge(limited_pages)
-        .merge(oauth::authorize::router())
-        .merge(oauth::discovery::router())
-        .merge(oauth::introspect::router())
-        .with_state(state))
+    Ok(routes().into_router(&state.ctx).with_state(state))
 }

@@ -6,8 +6,9 @@
 //! - [`http`]: request ids, access logs, metrics, body limits, timeouts, the JSON
 //!   extractor and the health routes, assembled by [`http::apply_common_layers`].
 //! - [`clock`]: time as a parameter, so expiry is testable without waiting.
-//! - [`auth`]: the scope catalogue, access-token verification and the `Auth<scope>`
-//!   extractor every service uses.
+//! - [`auth`]: the scope catalogue, access-token verification and the `Auth` extractor.
+//! - [`routes`]: the route table every service declares its routes in; the scope a
+//!   token needs is enforced from it.
 //! - [`audit`]: the hash-chained audit log writer every service calls.
 //! - [`hooks`]: what one service does when another changes what it depends on.
 //! - [`mail`]: the e-mail outbox (nothing lost while the mail server is down).
@@ -31,6 +32,7 @@ pub mod mail;
 pub mod metrics;
 pub mod printer;
 pub mod reseal;
+pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod telemetry;

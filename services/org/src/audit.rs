@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt as _;
 use printworks_common::ApiError;
 use printworks_common::audit::{GLOBAL_CHAIN, chain_hash};
-use printworks_common::auth::{Auth, scope};
+use printworks_common::auth::Auth;
 use printworks_common::crypto::{SecretBox, constant_time_eq, hex};
 use printworks_common::http::{Json, Page, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
@@ -117,7 +117,7 @@ fn check_action(action: &Option<String>) -> Result<(), ApiError> {
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::AuditRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(f): Query<Filter>,
 ) -> Result<Json<Paginated<EventView>>, ApiError> {
@@ -154,7 +154,7 @@ pub async fn list(
 /// per line, where `record` is the exact text that was hashed.
 pub async fn export(
     State(state): State<OrgState>,
-    auth: Auth<scope::AuditRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(f): Query<Filter>,
 ) -> Result<Response, ApiError> {
@@ -758,7 +758,7 @@ pub async fn verify_all(
 
 pub async fn verify(
     State(state): State<OrgState>,
-    auth: Auth<scope::AuditRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
 ) -> Result<Json<Verification>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use printworks_account::email::Email;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role, scope};
+use printworks_common::auth::{Auth, Role};
 use printworks_common::crypto::{random_token, token_digest};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
@@ -59,7 +59,7 @@ pub fn invitation_topic(id: Uuid) -> String {
 
 pub async fn create(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path(org): Path<Uuid>,
     Json(req): Json<Invite>,
@@ -170,7 +170,7 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<InvitationView>>, ApiError> {
@@ -196,7 +196,7 @@ pub async fn list(
 
 pub async fn revoke(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, id)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
@@ -242,7 +242,7 @@ pub struct Accepted {
 
 pub async fn accept(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Json(req): Json<Accept>,
 ) -> Result<Json<Accepted>, ApiError> {

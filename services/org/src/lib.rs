@@ -1,7 +1,7 @@
 //! The organization service: organizations, roles (admin, member, guest), invitations,
 //! teams, projects, sharing, printer security settings and the audit log. Routes live
-//! under [`PREFIX`]; [`ROUTES`] lists every one with the scope it needs (the router is
-//! built from the same list, and the tests hold each against every role).
+//! under [`PREFIX`]; [`routes`] is their table: each with its handler and the scope it
+//! needs (enforced from the table; the tests hold each against every role).
 
 pub mod access;
 pub mod audit;
@@ -23,7 +23,7 @@ use printworks_account::{BoxFuture, OrgDirectory};
 use printworks_common::AppContext;
 use printworks_common::auth::{Role, Scope};
 use printworks_common::hooks::PrinterJobs;
-use printworks_common::http::service_index;
+use printworks_common::routes::{Access::Token, RouteTable};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -45,66 +45,49 @@ impl FromRef<OrgState> for AppContext {
     }
 }
 
-/// Declares the routes once: the router and [`ROUTES`] come from the same lines.
-macro_rules! routes {
-    ($($method:ident $path:literal => $handler:path, $scope:ident;)*) => {
-        /// Every route of the org service: method, path (under [`PREFIX`]) and the scope
-        /// its token must grant.
-        pub const ROUTES: &[(&str, &str, Scope)] = &[
-            $((routes!(@upper $method), concat!("/org/v1", $path), Scope::$scope)),*
-        ];
-
-        fn api() -> Router<OrgState> {
-            let mut r = Router::new();
-            $(r = r.route($path, axum::routing::$method($handler));)*
-            r
-        }
-    };
-    (@upper get) => { "GET" };
-    (@upper post) => { "POST" };
-    (@upper put) => { "PUT" };
-    (@upper patch) => { "PATCH" };
-    (@upper delete) => { "DELETE" };
+/// Every route of the org service: method, path (under [`PREFIX`]), handler and the
+/// scope its token must grant. Every route takes an access token.
+#[rustfmt::skip]
+pub fn routes() -> RouteTable<OrgState> {
+    use Scope::*;
+    RouteTable::new(PREFIX)
+        .index(NAME, env!("CARGO_PKG_VERSION"))
+        .get("/organizations", Token(OrganizationRead), organizations::list)
+        .post("/organizations", Token(OrganizationWrite), organizations::create)
+        .get("/organizations/{org}", Token(OrganizationRead), organizations::get)
+        .patch("/organizations/{org}", Token(OrganizationWrite), organizations::rename)
+        .get("/organizations/{org}/members", Token(OrganizationRead), members::list)
+        .patch("/organizations/{org}/members/{user}", Token(OrganizationWrite), members::change_role)
+        .delete("/organizations/{org}/members/{user}", Token(OrganizationWrite), members::remove)
+        .get("/organizations/{org}/invitations", Token(OrganizationRead), invitations::list)
+        .post("/organizations/{org}/invitations", Token(OrganizationWrite), invitations::create)
+        .delete("/organizations/{org}/invitations/{invitation}", Token(OrganizationWrite), invitations::revoke)
+        .post("/invitations/accept", Token(OrganizationWrite), invitations::accept)
+        .get("/organizations/{org}/teams", Token(OrganizationRead), teams::list)
+        .post("/organizations/{org}/teams", Token(OrganizationWrite), teams::create)
+        .get("/organizations/{org}/teams/{team}", Token(OrganizationRead), teams::get)
+        .delete("/organizations/{org}/teams/{team}", Token(OrganizationWrite), teams::delete)
+        .put("/organizations/{org}/teams/{team}/members/{user}", Token(OrganizationWrite), teams::add_member)
+        .delete("/organizations/{org}/teams/{team}/members/{user}", Token(OrganizationWrite), teams::remove_member)
+        .get("/organizations/{org}/projects", Token(OrganizationRead), projects::list)
+        .post("/organizations/{org}/projects", Token(OrganizationWrite), projects::create)
+        .get("/organizations/{org}/projects/{project}", Token(OrganizationRead), projects::get)
+        .patch("/organizations/{org}/projects/{project}", Token(OrganizationWrite), projects::update)
+        .put("/organizations/{org}/projects/{project}/shares", Token(OrganizationWrite), projects::share)
+        .delete("/organizations/{org}/projects/{project}/shares/{grantee_type}/{grantee}", Token(OrganizationWrite), projects::unshare)
+        .get("/organizations/{org}/printers", Token(PrinterRead), printers::list)
+        .get("/organizations/{org}/printers/{printer}", Token(PrinterRead), printers::get)
+        .delete("/organizations/{org}/printers/{printer}", Token(PrinterWrite), printers::unpair)
+        .put("/organizations/{org}/printers/{printer}/shares", Token(PrinterWrite), printers::share)
+        .delete("/organizations/{org}/printers/{printer}/shares/{grantee_type}/{grantee}", Token(PrinterWrite), printers::unshare)
+        .get("/organizations/{org}/printers/{printer}/security", Token(PrinterRead), printers::get_security)
+        .put("/organizations/{org}/printers/{printer}/security", Token(PrinterWrite), printers::put_security)
+        .get("/organizations/{org}/audit-events", Token(AuditRead), audit::list)
+        .get("/organizations/{org}/audit-events/verify", Token(AuditRead), audit::verify)
+        .get("/organizations/{org}/audit-events/export", Token(AuditRead), audit::export)
 }
 
-routes! {
-    get "/organizations" => organizations::list, OrganizationRead;
-    post "/organizations" => organizations::create, OrganizationWrite;
-    get "/organizations/{org}" => organizations::get, OrganizationRead;
-    patch "/organizations/{org}" => organizations::rename, OrganizationWrite;
-    get "/organizations/{org}/members" => members::list, OrganizationRead;
-    patch "/organizations/{org}/members/{user}" => members::change_role, OrganizationWrite;
-    delete "/organizations/{org}/members/{user}" => members::remove, OrganizationWrite;
-    get "/organizations/{org}/invitations" => invitations::list, OrganizationRead;
-    post "/organizations/{org}/invitations" => invitations::create, OrganizationWrite;
-    delete "/organizations/{org}/invitations/{invitation}" => invitations::revoke, OrganizationWrite;
-    post "/invitations/accept" => invitations::accept, OrganizationWrite;
-    get "/organizations/{org}/teams" => teams::list, OrganizationRead;
-    post "/organizations/{org}/teams" => teams::create, OrganizationWrite;
-    get "/organizations/{org}/teams/{team}" => teams::get, OrganizationRead;
-    delete "/organizations/{org}/teams/{team}" => teams::delete, OrganizationWrite;
-    put "/organizations/{org}/teams/{team}/members/{user}" => teams::add_member, OrganizationWrite;
-    delete "/organizations/{org}/teams/{team}/members/{user}" => teams::remove_member, OrganizationWrite;
-    get "/organizations/{org}/projects" => projects::list, OrganizationRead;
-    post "/organizations/{org}/projects" => projects::create, OrganizationWrite;
-    get "/organizations/{org}/projects/{project}" => projects::get, OrganizationRead;
-    patch "/organizations/{org}/projects/{project}" => projects::update, OrganizationWrite;
-    put "/organizations/{org}/projects/{project}/shares" => projects::share, OrganizationWrite;
-    delete "/organizations/{org}/projects/{project}/shares/{grantee_type}/{grantee}" => projects::unshare, OrganizationWrite;
-    get "/organizations/{org}/printers" => printers::list, PrinterRead;
-    get "/organizations/{org}/printers/{printer}" => printers::get, PrinterRead;
-    delete "/organizations/{org}/printers/{printer}" => printers::unpair, PrinterWrite;
-    put "/organizations/{org}/printers/{printer}/shares" => printers::share, PrinterWrite;
-    delete "/organizations/{org}/printers/{printer}/shares/{grantee_type}/{grantee}" => printers::unshare, PrinterWrite;
-    get "/organizations/{org}/printers/{printer}/security" => printers::get_security, PrinterRead;
-    put "/organizations/{org}/printers/{printer}/security" => printers::put_security, PrinterWrite;
-    get "/organizations/{org}/audit-events" => audit::list, AuditRead;
-    get "/organizations/{org}/audit-events/verify" => audit::verify, AuditRead;
-    get "/organizations/{org}/audit-events/export" => audit::export, AuditRead;
-}
-
-/// The org service's routes; starts the audit retention job, which stops with the
-/// process.
+/// The org service's routes, built from [`routes`].
 pub fn router(ctx: AppContext, jobs: Arc<dyn PrinterJobs>) -> anyhow::Result<Router> {
     let state = OrgState {
         pins: PasswordHasher::from_settings(&ctx.settings.account)?,
@@ -112,13 +95,7 @@ pub fn router(ctx: AppContext, jobs: Arc<dyn PrinterJobs>) -> anyhow::Result<Rou
         ctx,
     };
     spawn_retention(state.ctx.clone());
-    Ok(Router::new()
-        .route(
-            &format!("{PREFIX}/"),
-            service_index(NAME, env!("CARGO_PKG_VERSION")),
-        )
-        .nest(PREFIX, api())
-        .with_state(state))
+    Ok(routes().into_router(&state.ctx).with_state(state))
 }
 
 /// Every five minutes, signs the heads of the audit chains that grew

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role, scope};
+use printworks_common::auth::{Auth, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -30,7 +30,7 @@ pub struct MemberView {
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<MemberView>>, ApiError> {
@@ -136,7 +136,7 @@ pub struct ChangeRole {
 
 pub async fn change_role(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, user)): Path<(Uuid, Uuid)>,
     Json(req): Json<ChangeRole>,
@@ -192,7 +192,7 @@ pub async fn change_role(
 
 pub async fn remove(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, user)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {

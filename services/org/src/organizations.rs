@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Caller, Role, scope};
+use printworks_common::auth::{Auth, Caller, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -59,7 +59,7 @@ pub async fn name_of(db: impl sqlx::PgExecutor<'_>, org: Uuid) -> sqlx::Result<O
 
 pub async fn create(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Json(req): Json<Name>,
 ) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
@@ -110,7 +110,7 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<OrganizationView>>, ApiError> {
     let user_id = person(&auth)?;
@@ -147,7 +147,7 @@ async fn view(state: &OrgState, org: Uuid, role: Role) -> Result<OrganizationVie
 
 pub async fn get(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
 ) -> Result<Json<OrganizationView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
@@ -156,7 +156,7 @@ pub async fn get(
 
 pub async fn rename(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path(org): Path<Uuid>,
     Json(req): Json<Name>,

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role, scope};
+use printworks_common::auth::{Auth, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -181,7 +181,7 @@ pub async fn repaired(
 /// that the printer is still paired, and a trigger tells it to drop live connections.
 pub async fn unpair(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, printer)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
@@ -213,7 +213,7 @@ pub async fn unpair(
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<PrinterView>>, ApiError> {
@@ -237,7 +237,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterRead>,
+    auth: Auth,
     Path((org, printer)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<PrinterView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
@@ -246,7 +246,7 @@ pub async fn get(
 
 pub async fn share(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, printer)): Path<(Uuid, Uuid)>,
     Json(req): Json<Grantee>,
@@ -283,7 +283,7 @@ pub async fn share(
 
 pub async fn unshare(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, printer, kind, grantee)): Path<(Uuid, Uuid, String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
@@ -336,7 +336,7 @@ async fn security_view(db: &PgPool, printer: Uuid) -> sqlx::Result<SecurityView>
 
 pub async fn get_security(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterRead>,
+    auth: Auth,
     Path((org, printer)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<SecurityView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
@@ -349,7 +349,7 @@ pub async fn get_security(
 /// the PIN, so leaving it out must not).
 pub async fn put_security(
     State(state): State<OrgState>,
-    auth: Auth<scope::PrinterWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, printer)): Path<(Uuid, Uuid)>,
     printworks_common::http::Json(body): printworks_common::http::Json<Value>,

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role, scope};
+use printworks_common::auth::{Auth, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -104,7 +104,7 @@ fn require_edit(p: &ProjectView) -> Result<(), ApiError> {
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<ProjectView>>, ApiError> {
@@ -144,7 +144,7 @@ fn checked_description(d: &str) -> Result<String, ApiError> {
 
 pub async fn create(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path(org): Path<Uuid>,
     Json(req): Json<NewProject>,
@@ -194,7 +194,7 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path((org, project)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<ProjectDetail>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
@@ -216,7 +216,7 @@ pub struct Patch {
 
 pub async fn update(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, project)): Path<(Uuid, Uuid)>,
     Json(req): Json<Patch>,
@@ -265,7 +265,7 @@ pub struct Share {
 
 pub async fn share(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, project)): Path<(Uuid, Uuid)>,
     Json(req): Json<Share>,
@@ -308,7 +308,7 @@ pub async fn share(
 
 pub async fn unshare(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, project, kind, grantee)): Path<(Uuid, Uuid, String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {

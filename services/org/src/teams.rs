@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role, scope};
+use printworks_common::auth::{Auth, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -91,7 +91,7 @@ async fn visible_team(state: &OrgState, m: &Membership, team: Uuid) -> Result<Te
 
 pub async fn list(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path(org): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<TeamView>>, ApiError> {
@@ -123,7 +123,7 @@ pub async fn list(
 
 pub async fn create(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path(org): Path<Uuid>,
     Json(req): Json<Name>,
@@ -170,7 +170,7 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationRead>,
+    auth: Auth,
     Path((org, team)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<TeamDetail>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
@@ -190,7 +190,7 @@ pub async fn get(
 
 pub async fn delete(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, team)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
@@ -230,7 +230,7 @@ pub async fn delete(
 
 pub async fn add_member(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, team, user)): Path<(Uuid, Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
@@ -282,7 +282,7 @@ pub async fn add_member(
 
 pub async fn remove_member(
     State(state): State<OrgState>,
-    auth: Auth<scope::OrganizationWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path((org, team, user)): Path<(Uuid, Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {

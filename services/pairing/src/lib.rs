@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::routing::post;
+use axum::extract::FromRef;
 use printworks_common::AppContext;
+use printworks_common::auth::Scope;
 use printworks_common::hooks::PrinterJobs;
-use printworks_common::http::{rate_limit, service_index};
+use printworks_common::routes::{Access, RouteTable};
 use printworks_common::throttle::Throttle;
 
 pub use ca::PrinterCa;
@@ -97,32 +97,29 @@ impl PairingState {
     }
 }
 
-/// The pairing service's routes (every one limited per source address); starts the
-/// job that forgets old pairing requests and challenges.
+/// Every route of the pairing service, each limited per source address (they let
+/// strangers guess codes and secrets).
+#[rustfmt::skip]
+pub fn routes() -> RouteTable<PairingState> {
+    use Access::*;
+    RouteTable::new(PREFIX)
+        .index(NAME, env!("CARGO_PKG_VERSION"))
+        .post("/requests", Public, requests::create).max_body(MAX_REQUEST_BYTES).rate_limited()
+        .post("/requests/{id}/poll", Public, requests::poll).rate_limited()
+        .post("/claims", Token(Scope::PrinterWrite), claims::claim).rate_limited()
+        .post("/printers/{printer}/challenge", Public, renewal::challenge).rate_limited()
+        .post("/printers/{printer}/certificate", Public, renewal::renew_with_secret).max_body(MAX_REQUEST_BYTES).rate_limited()
+}
+
+/// The pairing service's routes, built from [`routes`]; starts the job that forgets
+/// old pairing requests and challenges.
 pub fn router(ctx: AppContext, ca: Arc<PrinterCa>, jobs: Arc<dyn PrinterJobs>) -> Router {
     let state = PairingState::new(ctx, ca, jobs);
     spawn_cleanup(state.ctx.clone());
-    let api = Router::new()
-        .route(
-            "/requests",
-            post(requests::create).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
-        )
-        .route("/requests/{id}/poll", post(requests::poll))
-        .route("/claims", post(claims::claim))
-        .route("/printers/{printer}/challenge", post(renewal::challenge))
-        .route(
-            "/printers/{printer}/certificate",
-            post(renewal::renew_with_secret).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
-        )
-        .route_layer(rate_limit(&state.ctx.settings))
+    routes()
+        .into_router(&state.ctx)
         // Codes, poll tokens, secrets and certificates: never kept by a cache.
-        .layer(axum::middleware::map_response(no_store));
-    Router::new()
-        .route(
-            &format!("{PREFIX}/"),
-            service_index(NAME, env!("CARGO_PKG_VERSION")),
-        )
-        .nest(PREFIX, api)
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
 }
 

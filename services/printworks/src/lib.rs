@@ -13,6 +13,7 @@ use axum::Router;
 use printworks_common::clock::SharedClock;
 use printworks_common::hooks::PrinterJobs;
 use printworks_common::http::{apply_common_layers, health_routes};
+use printworks_common::routes::RouteSpec;
 use printworks_common::{AppContext, Settings, server};
 use printworks_pairing::PrinterCa;
 use printworks_relay::{PrinterEndpoint, RelayState};
@@ -100,7 +101,7 @@ pub async fn router(
     ca: Option<&Arc<PrinterCa>>,
     relay: Option<&RelayState>,
 ) -> anyhow::Result<Router> {
-    let mut app = health_routes().with_state(ctx.clone());
+    let mut app = health_routes().into_router(ctx).with_state(ctx.clone());
     // The relay owns print jobs; the services that remove printers fail theirs through
     // it, whichever services this process runs.
     let jobs: Arc<dyn PrinterJobs> = Arc::new(printworks_relay::jobs::PrinterJobsOfRelay);
@@ -122,9 +123,23 @@ pub async fn router(
     let mut longer = Vec::new();
     if let Some(relay) = relay {
         app = app.merge(printworks_relay::router(relay.clone()));
-        longer = printworks_relay::longer_routes(&ctx.settings);
+        longer = printworks_relay::routes().longer_routes(&ctx.settings);
     }
     Ok(apply_common_layers(app, ctx, &longer))
+}
+
+/// Every route of every service, as their tables declare them: the health routes, each
+/// service's routes, and the printers' routes on the printer endpoint.
+pub fn route_specs() -> Vec<RouteSpec> {
+    [
+        health_routes().specs(),
+        printworks_account::routes().specs(),
+        printworks_org::routes().specs(),
+        printworks_pairing::routes().specs(),
+        printworks_relay::routes().specs(),
+        printworks_relay::printer_routes().specs(),
+    ]
+    .concat()
 }
 
 /// The services, bound to their listener and ready to run.

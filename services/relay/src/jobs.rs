@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt as _;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Caller, scope};
+use printworks_common::auth::{Auth, Caller};
 use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
 use printworks_common::hooks::{BoxFuture, PrinterJobs};
@@ -315,7 +315,7 @@ fn submitter_key(caller: &Caller) -> String {
 
 pub async fn submit(
     State(state): State<RelayState>,
-    auth: Auth<scope::PrintJobWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path(printer): Path<Uuid>,
     Query(q): Query<Submit>,
@@ -677,7 +677,7 @@ async fn receive(
 
 pub async fn get(
     State(state): State<RelayState>,
-    auth: Auth<scope::PrintJobRead>,
+    auth: Auth,
     Path(job): Path<Uuid>,
 ) -> Result<Json<JobDetail>, ApiError> {
     let view = job_view(&state.ctx.db, job)
@@ -696,7 +696,7 @@ pub async fn get(
 
 pub async fn list(
     State(state): State<RelayState>,
-    auth: Auth<scope::PrintJobRead>,
+    auth: Auth,
     Path(printer): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<JobView>>, ApiError> {
@@ -722,7 +722,7 @@ pub async fn list(
 
 pub async fn abort(
     State(state): State<RelayState>,
-    auth: Auth<scope::PrintJobWrite>,
+    auth: Auth,
     client: ClientInfo,
     Path(job): Path<Uuid>,
 ) -> Result<Json<JobView>, ApiError> {

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef, State};
-use axum::http::Method;
-use axum::routing::{get, post};
-use printworks_common::http::{ClientInfo, Json, LongerRoute, apply_common_layers, service_index};
-use printworks_common::{ApiError, AppContext, Settings};
+use axum::extract::{FromRef, State};
+use printworks_common::auth::Scope;
+use printworks_common::http::{ClientInfo, Json, apply_common_layers};
+use printworks_common::routes::{Access, RouteTable};
+use printworks_common::{ApiError, AppContext};
 use printworks_pairing::PrinterCa;
 use printworks_pairing::renewal::{Renewed, renew_over_tls};
 use serde::Deserialize;
@@ -44,9 +44,6 @@ pub const SEALED: &[printworks_common::reseal::SealedColumn] =
 pub const NAME: &str = "relay";
 pub const PREFIX: &str = "/relay/v1";
 pub const PRINTER_PREFIX: &str = "/printer/v1";
-/// The upload route, which may take `PRINTWORKS_UPLOAD_TIMEOUT` rather than the
-/// request timeout.
-pub const UPLOAD_ROUTE: &str = "/relay/v1/printers/{printer}/jobs";
 
 #[derive(Clone)]
 pub struct RelayState {
@@ -137,61 +134,46 @@ impl RelayState {
     }
 }
 
-/// The public routes that may take longer than the request timeout: a job's upload.
-pub fn longer_routes(settings: &Settings) -> Vec<LongerRoute> {
-    vec![LongerRoute {
-        method: Method::POST,
-        route: UPLOAD_ROUTE,
-        timeout: settings.relay.upload_timeout,
-    }]
+/// The public routes (people and apps), under [`PREFIX`].
+#[rustfmt::skip]
+pub fn routes() -> RouteTable<RelayState> {
+    use Access::*;
+    use Scope::*;
+    RouteTable::new(PREFIX)
+        .index(NAME, env!("CARGO_PKG_VERSION"))
+        // The body streams to storage under its own limit (PRINTWORKS_MAX_JOB_BYTES).
+        .post("/printers/{printer}/jobs", Token(PrintJobWrite), jobs::submit).streamed_body().upload_deadline()
+        .get("/printers/{printer}/jobs", Token(PrintJobRead), jobs::list)
+        .get("/jobs/{job}", Token(PrintJobRead), jobs::get)
+        .post("/jobs/{job}/abort", Token(PrintJobWrite), jobs::abort)
 }
 
-/// The public routes (people and apps); [`longer_routes`] names those of them allowed
-/// longer than the request timeout.
+/// The printers' routes, under [`PRINTER_PREFIX`] on the printer endpoint, whose mutual
+/// TLS has identified the printer before any of them runs.
+#[rustfmt::skip]
+pub fn printer_routes() -> RouteTable<RelayState> {
+    use Access::Printer;
+    RouteTable::new(PRINTER_PREFIX)
+        .get("/identity", Printer, identity)
+        .post("/certificate", Printer, renew)
+        .get("/events", Printer, printer_api::events)
+        .get("/jobs/{job}/content", Printer, printer_api::content)
+        .post("/jobs/{job}/status", Printer, printer_api::status)
+        .post("/settings/applied", Printer, printer_api::settings_applied)
+}
+
+/// The public routes, built from [`routes`].
 pub fn router(state: RelayState) -> Router {
-    let api = Router::new()
-        .route(
-            "/printers/{printer}/jobs",
-            // The body streams to storage under its own limit (PRINTWORKS_MAX_JOB_BYTES).
-            post(jobs::submit)
-                .layer(DefaultBodyLimit::disable())
-                .get(jobs::list),
-        )
-        .route("/jobs/{job}", get(jobs::get))
-        .route("/jobs/{job}/abort", post(jobs::abort));
-    Router::new()
-        .route(
-            &format!("{PREFIX}/"),
-            service_index(NAME, env!("CARGO_PKG_VERSION")),
-        )
-        .nest(PREFIX, api)
-        .with_state(state)
+    routes().into_router(&state.ctx).with_state(state)
 }
 
-/// The printers' routes, served on the printer endpoint with the shared layers.
+/// The printers' routes, built from [`printer_routes`], with the shared layers.
 pub fn printer_router(state: RelayState) -> Router {
     let ctx = state.ctx.clone();
-    let routes = Router::new()
-        .route(&format!("{PRINTER_PREFIX}/identity"), get(identity))
-        .route(&format!("{PRINTER_PREFIX}/certificate"), post(renew))
-        .route(
-            &format!("{PRINTER_PREFIX}/events"),
-            get(printer_api::events),
-        )
-        .route(
-            &format!("{PRINTER_PREFIX}/jobs/{{job}}/content"),
-            get(printer_api::content),
-        )
-        .route(
-            &format!("{PRINTER_PREFIX}/jobs/{{job}}/status"),
-            post(printer_api::status),
-        )
-        .route(
-            &format!("{PRINTER_PREFIX}/settings/applied"),
-            post(printer_api::settings_applied),
-        )
-        .with_state(state);
-    apply_common_layers(routes, &ctx, &[])
+    let table = printer_routes();
+    let longer = table.longer_routes(&ctx.settings);
+    let routes = table.into_router(&ctx).with_state(state);
+    apply_common_layers(routes, &ctx, &longer)
 }
 
 /// Binds the printer endpoint on `listener` with the printers' routes.

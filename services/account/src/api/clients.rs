@@ -6,16 +6,12 @@
 //! change, `organization.read` to list); the caller must be an admin of the organization
 //! now (read from the database). A client secret is shown once and stored as a digest.
 
-use std::marker::PhantomData;
-
-use axum::Router;
 use axum::extract::{FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{delete, get};
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
-use printworks_common::auth::{Auth, RequiredScope, Role, ScopeSet, bearer_token, scope};
+use printworks_common::auth::{Caller, Role, ScopeSet};
 use printworks_common::crypto::{base64url, random_bytes, random_token, token_digest};
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
@@ -31,35 +27,27 @@ use crate::oauth::clients::{
 };
 use crate::session::SessionUser;
 
-pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/clients", get(list).post(register))
-        .route("/clients/{client_id}", delete(revoke))
-}
-
 /// A person, signed in with the browser session or calling with an access token that
-/// grants `S` and was issued to a first-party client (the Printworks CLI): a third-party
-/// app must not mint clients of its own, which would outlive the consent it was given.
-pub struct Person<S: RequiredScope> {
+/// grants the route's scope (checked by the route table, [`crate::routes`]) and was
+/// issued to a first-party client (the Printworks CLI): a third-party app must not mint
+/// clients of its own, which would outlive the consent it was given.
+pub struct Person {
     pub user_id: Uuid,
-    _s: PhantomData<S>,
 }
 
-impl<S, St> FromRequestParts<St> for Person<S>
+impl<St> FromRequestParts<St> for Person
 where
-    S: RequiredScope,
     AccountState: FromRef<St>,
     St: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
-        let user_id = if bearer_token(parts).is_some() {
+        let user_id = if let Some(caller) = parts.extensions.get::<Caller>().cloned() {
             let account = AccountState::from_ref(state);
-            let auth = Auth::<S>::from_request_parts(parts, &account).await?;
             let first_party: Option<bool> =
                 sqlx::query_scalar("SELECT first_party FROM oauth_clients WHERE id = $1")
-                    .bind(&auth.client_id)
+                    .bind(&caller.client_id)
                     .fetch_optional(&account.ctx.db)
                     .await?;
             if first_party != Some(true) {
@@ -70,7 +58,7 @@ where
                 )
                 .into());
             }
-            auth.user_id().ok_or_else(|| {
+            caller.user_id().ok_or_else(|| {
                 printworks_common::auth::unauthenticated(
                     "This needs a token issued to a person.",
                     true,
@@ -81,10 +69,7 @@ where
                 .await?
                 .user_id()
         };
-        Ok(Self {
-            user_id,
-            _s: PhantomData,
-        })
+        Ok(Self { user_id })
     }
 }
 
@@ -108,7 +93,7 @@ fn admin_only(role: Option<Role>) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
-struct Register {
+pub(crate) struct Register {
     organization_id: Uuid,
     name: String,
     #[serde(rename = "type")]
@@ -122,7 +107,7 @@ struct Register {
 }
 
 #[derive(Serialize)]
-struct Registered {
+pub(crate) struct Registered {
     client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_secret: Option<String>,
@@ -161,7 +146,7 @@ impl From<Client> for ClientView {
     }
 }
 
-struct Checked {
+pub(crate) struct Checked {
     name: String,
     public: bool,
     redirect_uris: Vec<String>,
@@ -254,9 +239,9 @@ fn check(req: &Register) -> Result<Checked, ApiError> {
     })
 }
 
-async fn register(
+pub(crate) async fn register(
     State(state): State<AccountState>,
-    person: Person<scope::OrganizationWrite>,
+    person: Person,
     client_info: ClientInfo,
     Json(req): Json<Register>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
@@ -319,15 +304,15 @@ async fn register(
 }
 
 #[derive(Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     organization_id: Uuid,
     limit: Option<u32>,
     cursor: Option<String>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AccountState>,
-    person: Person<scope::OrganizationRead>,
+    person: Person,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paginated<ClientView>>, ApiError> {
     require_admin(&state, q.organization_id, person.user_id).await?;
@@ -364,9 +349,9 @@ fn uuid_bytes_of(id: &str) -> [u8; 16] {
         .unwrap_or_default()
 }
 
-async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AccountState>,
-    person: Person<scope::OrganizationWrite>,
+    person: Person,
     client_info: ClientInfo,
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {

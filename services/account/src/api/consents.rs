@@ -2,10 +2,8 @@
 //! `DELETE /account/v1/consents/{client_id}` (withdraw: the app's refresh tokens are
 //! revoked at once, its access tokens stop at their expiry and fail introspection now).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
@@ -16,14 +14,8 @@ use uuid::Uuid;
 use crate::AccountState;
 use crate::session::SessionUser;
 
-pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/consents", get(list))
-        .route("/consents/{client_id}", delete(withdraw))
-}
-
 #[derive(Serialize, sqlx::FromRow)]
-struct ConsentView {
+pub(crate) struct ConsentView {
     client_id: String,
     client_name: String,
     organization_id: Option<Uuid>,
@@ -34,7 +26,7 @@ struct ConsentView {
     key: Uuid,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AccountState>,
     user: SessionUser,
     Query(q): Query<PageQuery>,
@@ -58,7 +50,7 @@ async fn list(
     Ok(Json(page.finish(rows, |c| (c.granted_at, c.key))))
 }
 
-async fn withdraw(
+pub(crate) async fn withdraw(
     State(state): State<AccountState>,
     user: SessionUser,
     client_info: ClientInfo,

@@ -1,11 +1,9 @@
 //! `POST /account/v1/sessions` (log in), `GET /account/v1/sessions` (mine),
 //! `DELETE /account/v1/sessions/{id}`, `DELETE /account/v1/sessions/current` (log out).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum_extra::extract::cookie::CookieJar;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
@@ -19,18 +17,6 @@ use super::users::UserView;
 use crate::session::{self, SessionUser, SessionView};
 use crate::{AccountState, login};
 
-pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/sessions", get(list))
-        .route("/sessions/current", delete(logout))
-        .route("/sessions/{id}", delete(end_one))
-}
-
-/// Logging in is rate-limited per source address.
-pub fn limited_router() -> Router<AccountState> {
-    Router::new().route("/sessions", post(log_in))
-}
-
 #[derive(Deserialize)]
 pub struct LogIn {
     email: String,
@@ -39,19 +25,19 @@ pub struct LogIn {
 }
 
 #[derive(Serialize)]
-struct LoggedIn {
+pub(crate) struct LoggedIn {
     session: SessionSummary,
     user: UserView,
 }
 
 #[derive(Serialize)]
-struct SessionSummary {
+pub(crate) struct SessionSummary {
     id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
 }
 
-async fn log_in(
+pub(crate) async fn log_in(
     State(state): State<AccountState>,
     client: ClientInfo,
     jar: CookieJar,
@@ -82,7 +68,7 @@ async fn log_in(
     Ok((StatusCode::CREATED, jar, Json(body)).into_response())
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AccountState>,
     user: SessionUser,
     Query(q): Query<PageQuery>,
@@ -134,7 +120,7 @@ async fn end_session(
     Ok(ended)
 }
 
-async fn end_one(
+pub(crate) async fn end_one(
     State(state): State<AccountState>,
     user: SessionUser,
     client: ClientInfo,
@@ -147,7 +133,7 @@ async fn end_one(
     }
 }
 
-async fn logout(
+pub(crate) async fn logout(
     State(state): State<AccountState>,
     user: SessionUser,
     client: ClientInfo,

@@ -6,10 +6,8 @@
 //! Every password or code tried here counts in the account's throttle; a success here
 //! does not clear it (only a login does), so these routes cannot be used to reset it.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::http::{ClientInfo, Json};
@@ -23,27 +21,20 @@ use crate::session::SessionUser;
 use crate::totp;
 use printworks_common::throttle::Gate;
 
-pub fn limited_router() -> Router<AccountState> {
-    Router::new()
-        .route("/totp", post(enrol))
-        .route("/totp/confirm", post(confirm))
-        .route("/totp/disable", post(disable))
-}
-
 #[derive(Deserialize)]
-struct Enrol {
+pub(crate) struct Enrol {
     password: SecretString,
 }
 
 #[derive(Serialize)]
-struct Enrolment {
+pub(crate) struct Enrolment {
     secret: String,
     otpauth_uri: String,
     /// The otpauth URI as a QR code: a PNG, base64.
     qr_png: String,
 }
 
-async fn enrol(
+pub(crate) async fn enrol(
     State(state): State<AccountState>,
     user: SessionUser,
     client: ClientInfo,
@@ -113,12 +104,12 @@ fn base64_std(data: &[u8]) -> String {
 }
 
 #[derive(Deserialize)]
-struct Code {
+pub(crate) struct Code {
     code: String,
 }
 
 #[derive(Serialize)]
-struct RecoveryCodes {
+pub(crate) struct RecoveryCodes {
     recovery_codes: Vec<String>,
 }
 
@@ -166,7 +157,7 @@ fn wrong_code() -> ApiError {
 /// Checks the code of the pending enrolment and turns TOTP on, in one transaction under
 /// the credential's row lock: a concurrent enrolment cannot swap the secret in between,
 /// and two confirmations cannot both hand out recovery codes.
-async fn confirm(
+pub(crate) async fn confirm(
     State(state): State<AccountState>,
     user: SessionUser,
     client: ClientInfo,
@@ -212,7 +203,7 @@ async fn confirm(
     }))
 }
 
-async fn disable(
+pub(crate) async fn disable(
     State(state): State<AccountState>,
     user: SessionUser,
     client: ClientInfo,

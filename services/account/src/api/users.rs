@@ -1,11 +1,9 @@
 //! `POST /account/v1/users` (sign up), `GET /account/v1/users/me`,
 //! `POST /account/v1/password` (change it).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::http::{ClientInfo, Json};
@@ -18,22 +16,6 @@ use crate::email::Email;
 use crate::login::{self, LoginError};
 use crate::session::{self, SessionUser};
 use crate::{AccountState, PREFIX, totp};
-
-pub fn router() -> Router<AccountState> {
-    Router::new().route("/users/me", get(me))
-}
-
-/// Sign-up, password change (which tries a password) and sending the verification
-/// link again are rate-limited per source address with the login routes.
-pub fn limited_router() -> Router<AccountState> {
-    Router::new()
-        .route("/users", post(sign_up))
-        .route("/password", post(change_password))
-        .route(
-            "/users/me/email-verification",
-            post(crate::verification::resend),
-        )
-}
 
 #[derive(Deserialize)]
 pub struct SignUp {
@@ -55,7 +37,7 @@ pub struct UserView {
     pub email_verified: bool,
 }
 
-async fn sign_up(
+pub(crate) async fn sign_up(
     State(state): State<AccountState>,
     client: ClientInfo,
     Json(req): Json<SignUp>,
@@ -126,7 +108,7 @@ pub async fn find_user(state: &AccountState, id: Uuid) -> Result<UserView, ApiEr
     Ok(user)
 }
 
-async fn me(
+pub(crate) async fn me(
     State(state): State<AccountState>,
     user: SessionUser,
 ) -> Result<Json<UserView>, ApiError> {
@@ -140,7 +122,7 @@ pub struct ChangePassword {
 }
 
 /// Ends every other session and revokes every refresh token of the user.
-async fn change_password(
+pub(crate) async fn change_password(
     State(state): State<AccountState>,
     user: SessionUser,
     client: ClientInfo,

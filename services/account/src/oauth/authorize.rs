@@ -18,11 +18,9 @@
 //! approved without asking.
 
 use askama::Template;
-use axum::Router;
 use axum::extract::{Form, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
 use axum_extra::extract::cookie::CookieJar;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::auth::{Scope, ScopeSet};
@@ -40,10 +38,6 @@ use crate::session::{ActiveSession, session_from_parts_headers};
 /// Authorization codes live a minute (RFC 6749 §4.1.2 recommends at most ten).
 const CODE_TTL: time::Duration = time::Duration::seconds(60);
 const MAX_PARAM: usize = 1000;
-
-pub fn router() -> Router<AccountState> {
-    Router::new().route("/oauth/authorize", get(authorize).post(decide))
-}
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct AuthorizeParams {
@@ -90,7 +84,7 @@ impl AuthorizeParams {
     }
 }
 
-struct Valid {
+pub(crate) struct Valid {
     client: Client,
     redirect_uri: String,
     scopes: ScopeSet,
@@ -101,7 +95,7 @@ struct Valid {
     prompt_consent: bool,
 }
 
-enum Refusal {
+pub(crate) enum Refusal {
     /// Shown to the person: the client or redirect URI cannot be trusted.
     Page(String),
     /// An invalid request of a known client with a registered redirect URI: shown to the
@@ -360,7 +354,7 @@ async fn issue_code(
 
 #[derive(Template)]
 #[template(path = "consent.html")]
-struct ConsentPage<'a> {
+pub(crate) struct ConsentPage<'a> {
     client_name: &'a str,
     organization_name: &'a str,
     email: &'a str,
@@ -370,7 +364,7 @@ struct ConsentPage<'a> {
     params: Vec<(&'static str, String)>,
 }
 
-struct ScopeItem {
+pub(crate) struct ScopeItem {
     name: &'static str,
     description: &'static str,
 }
@@ -417,7 +411,7 @@ async fn consent_page(
     Ok((jar, html(StatusCode::OK, &page)).into_response())
 }
 
-async fn authorize(
+pub(crate) async fn authorize(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
@@ -498,14 +492,14 @@ fn serde_urlencoded_params(raw: &str) -> Result<AuthorizeParams, ()> {
 }
 
 #[derive(Deserialize)]
-struct Decision {
+pub(crate) struct Decision {
     csrf: String,
     decision: String,
     #[serde(flatten)]
     params: AuthorizeParams,
 }
 
-async fn decide(
+pub(crate) async fn decide(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,

@@ -1,10 +1,8 @@
 //! `GET /.well-known/openid-configuration` and `GET /oauth/jwks`.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use printworks_common::ApiError;
 use printworks_common::auth::Scope;
 use printworks_common::http::Json;
@@ -13,13 +11,7 @@ use serde_json::json;
 use crate::AccountState;
 use crate::keys::JWKS_MAX_AGE_SECS;
 
-pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/.well-known/openid-configuration", get(configuration))
-        .route("/oauth/jwks", get(jwks))
-}
-
-async fn configuration(State(state): State<AccountState>) -> Response {
+pub(crate) async fn configuration(State(state): State<AccountState>) -> Response {
     let base = &state.ctx.settings.public_url;
     let scopes: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
     (
@@ -50,7 +42,7 @@ async fn configuration(State(state): State<AccountState>) -> Response {
         .into_response()
 }
 
-async fn jwks(State(state): State<AccountState>) -> Result<Response, ApiError> {
+pub(crate) async fn jwks(State(state): State<AccountState>) -> Result<Response, ApiError> {
     let doc = state.keys.jwks().await?;
     Ok((
         [

@@ -1,14 +1,12 @@
 //! `POST /oauth/revoke` (RFC 7009), `POST /oauth/introspect` (RFC 7662) and
 //! `GET|POST /oauth/userinfo` (OpenID Connect Core §5.3).
 
-use axum::Router;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Scope, ScopeSet, scope};
+use printworks_common::auth::{Auth, Scope, ScopeSet};
 use printworks_common::crypto::token_digest;
 use printworks_common::http::{ClientInfo, Json};
 use serde::Deserialize;
@@ -21,15 +19,8 @@ use super::token::form_or_error;
 use super::{OAuthError, no_store};
 use crate::AccountState;
 
-pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/oauth/revoke", post(revoke))
-        .route("/oauth/introspect", post(introspect))
-        .route("/oauth/userinfo", get(userinfo).post(userinfo))
-}
-
 #[derive(Deserialize)]
-struct TokenParam {
+pub(crate) struct TokenParam {
     token: Option<String>,
     #[allow(dead_code)] // accepted and ignored: every kind of token is looked for
     token_type_hint: Option<String>,
@@ -49,7 +40,7 @@ async fn authenticated_client(
 
 /// Revokes a refresh token (and its family) of the calling client. Access tokens are
 /// short-lived JWTs and expire by themselves. Unknown tokens answer 200 too (RFC 7009 §2.2).
-async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<AccountState>,
     headers: HeaderMap,
     client_info: ClientInfo,
@@ -108,7 +99,7 @@ fn inactive() -> Response {
 /// `active: false`, as for a token that does not exist. An access token is inactive once
 /// its session has ended, its client is gone or (for a third-party app) the consent was
 /// withdrawn — before it expires.
-async fn introspect(
+pub(crate) async fn introspect(
     State(state): State<AccountState>,
     headers: HeaderMap,
     form: Result<Form<TokenParam>, axum::extract::rejection::FormRejection>,
@@ -217,9 +208,9 @@ async fn access_token_live(
     Ok(true)
 }
 
-async fn userinfo(
+pub(crate) async fn userinfo(
     State(state): State<AccountState>,
-    auth: Auth<scope::OpenId>,
+    auth: Auth,
 ) -> Result<Response, ApiError> {
     let Some(user_id) = auth.user_id() else {
         return Err(printworks_common::auth::unauthenticated(

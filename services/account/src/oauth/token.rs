@@ -10,11 +10,9 @@
 //! - `client_credentials` gives a confidential client an access token for its own
 //!   organization, in which it holds the role its admin chose.
 
-use axum::Router;
 use axum::extract::{Form, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::post;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::auth::{Scope, ScopeSet};
 use printworks_common::crypto::{base64url, constant_time_eq, sha256, token_digest};
@@ -30,10 +28,6 @@ use super::{OAuthError, no_store};
 use crate::AccountState;
 use crate::tokens::{self, Grantee, IdTokenInput, RefreshTokenInput};
 
-pub fn router() -> Router<AccountState> {
-    Router::new().route("/oauth/token", post(token))
-}
-
 #[derive(Deserialize, Default)]
 pub struct TokenForm {
     grant_type: Option<String>,
@@ -47,7 +41,7 @@ pub struct TokenForm {
 }
 
 #[derive(Serialize)]
-struct TokenResponse {
+pub(crate) struct TokenResponse {
     access_token: String,
     token_type: &'static str,
     expires_in: i64,
@@ -76,7 +70,7 @@ pub fn form_or_error<T>(
     })
 }
 
-async fn token(
+pub(crate) async fn token(
     State(state): State<AccountState>,
     headers: HeaderMap,
     client_info: ClientInfo,
@@ -119,7 +113,7 @@ fn require_grant(client: &Client, grant: &str) -> Result<(), OAuthError> {
 }
 
 #[derive(sqlx::FromRow)]
-struct CodeRow {
+pub(crate) struct CodeRow {
     client_id: String,
     user_id: Uuid,
     session_id: Option<Uuid>,
@@ -374,7 +368,7 @@ fn check_code(
 }
 
 #[derive(sqlx::FromRow)]
-struct RefreshRow {
+pub(crate) struct RefreshRow {
     id: Uuid,
     family_id: Uuid,
     client_id: String,

@@ -7,11 +7,9 @@
 //! refused.
 
 use askama::Template;
-use axum::Router;
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::crypto::{constant_time_eq, random_token, token_digest};
@@ -33,21 +31,6 @@ const MFA_CHALLENGE_ATTEMPTS: i32 = 5;
 /// Pages: CSS from this origin only, no scripts, no framing, no plugins.
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
      frame-ancestors 'none'; base-uri 'none'";
-
-pub fn router() -> Router<AccountState> {
-    Router::new()
-        .route("/account/", get(home))
-        .route("/account/logout", get(logout_page).post(logout))
-        .route("/assets/printworks.css", get(stylesheet))
-}
-
-/// The login forms, rate-limited per source address.
-pub fn limited_router() -> Router<AccountState> {
-    Router::new()
-        .route("/account/login", get(login_page).post(login_submit))
-        .route("/account/login/totp", axum::routing::post(totp_submit))
-        .route("/account/verify-email", get(crate::verification::follow))
-}
 
 /// An HTML page with the page headers.
 pub fn html(status: StatusCode, template: &impl Template) -> Response {
@@ -105,7 +88,7 @@ pub fn message(
 
 #[derive(Template)]
 #[template(path = "login.html")]
-struct LoginPage<'a> {
+pub(crate) struct LoginPage<'a> {
     notice: Option<&'a str>,
     error: Option<&'a str>,
     csrf: &'a str,
@@ -115,7 +98,7 @@ struct LoginPage<'a> {
 
 #[derive(Template)]
 #[template(path = "totp.html")]
-struct TotpPage<'a> {
+pub(crate) struct TotpPage<'a> {
     error: Option<&'a str>,
     csrf: &'a str,
     challenge: &'a str,
@@ -123,7 +106,7 @@ struct TotpPage<'a> {
 
 #[derive(Template)]
 #[template(path = "logout.html")]
-struct LogoutPage<'a> {
+pub(crate) struct LogoutPage<'a> {
     email: &'a str,
     csrf: &'a str,
 }
@@ -216,11 +199,11 @@ fn see_other(to: &str) -> Response {
 // ---- Sign in --------------------------------------------------------------------------
 
 #[derive(Deserialize)]
-struct ReturnTo {
+pub(crate) struct ReturnTo {
     return_to: Option<String>,
 }
 
-async fn login_page(
+pub(crate) async fn login_page(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
@@ -245,7 +228,7 @@ async fn login_page(
 }
 
 #[derive(Deserialize)]
-struct LoginForm {
+pub(crate) struct LoginForm {
     email: String,
     password: SecretString,
     csrf: String,
@@ -316,7 +299,7 @@ fn login_error_page(
     }
 }
 
-async fn login_submit(
+pub(crate) async fn login_submit(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
@@ -391,13 +374,13 @@ async fn finish_login(
 }
 
 #[derive(Deserialize)]
-struct TotpForm {
+pub(crate) struct TotpForm {
     challenge: String,
     code: String,
     csrf: String,
 }
 
-async fn totp_submit(
+pub(crate) async fn totp_submit(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
@@ -501,7 +484,7 @@ async fn totp_submit(
 
 // ---- Signed in, sign out --------------------------------------------------------------
 
-async fn home(
+pub(crate) async fn home(
     State(state): State<AccountState>,
     headers: HeaderMap,
 ) -> Result<Response, printworks_common::ApiError> {
@@ -520,7 +503,7 @@ async fn home(
     ))
 }
 
-async fn logout_page(
+pub(crate) async fn logout_page(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
@@ -552,11 +535,11 @@ async fn logout_page(
 }
 
 #[derive(Deserialize)]
-struct CsrfOnly {
+pub(crate) struct CsrfOnly {
     csrf: String,
 }
 
-async fn logout(
+pub(crate) async fn logout(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
@@ -593,7 +576,7 @@ async fn logout(
         .into_response())
 }
 
-async fn stylesheet() -> Response {
+pub(crate) async fn stylesheet() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),

@@ -3,26 +3,27 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::json;
 
 use super::Json;
 use crate::context::AppContext;
 use crate::db::{self, Readiness};
 use crate::error::Problem;
+use crate::routes::{Access, RouteTable};
 
 /// A readiness probe must answer even when the database hangs.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn health_routes() -> Router<AppContext> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+#[rustfmt::skip]
+pub fn health_routes() -> RouteTable<AppContext> {
+    use Access::Public;
+    RouteTable::new("")
+        .get("/healthz", Public, healthz)
+        .get("/readyz", Public, readyz)
+        .get("/metrics", Public, metrics)
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -60,7 +60,7 @@ pub fn current_request_id() -> Option<String> {
 #[derive(Clone, Debug)]
 pub struct LongerRoute {
     pub method: Method,
-    pub route: &'static str,
+    pub route: String,
     pub timeout: Duration,
 }
 
@@ -104,7 +104,7 @@ async fn deadline(State(d): State<Deadlines>, req: Request, next: Next) -> Respo
     let limit = d
         .longer
         .iter()
-        .find(|l| Some(l.route) == route && l.method == req.method())
+        .find(|l| Some(l.route.as_str()) == route && l.method == req.method())
         .map_or(d.default, |l| l.timeout);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
