@@ -2,48 +2,22 @@
 //! reference printer agent: the credentials a printer collects when it is paired, and
 //! the proof of its shared secret that renews an expired certificate.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
 
 use crate::crypto::{SecretBox, base64url, base64url_decode, hmac_sha256, sha256};
 
-/// What a paired printer collects, once (`POST /pairing/v1/requests/{id}/poll`).
-#[derive(Clone, Serialize, Deserialize)]
-pub struct Credentials {
-    pub printer_id: Uuid,
-    pub organization_id: Uuid,
-    pub organization_name: String,
-    /// Proves the printer when its certificate has expired (HMAC over a challenge).
-    pub shared_secret: String,
-    pub certificate_pem: String,
-    pub ca_chain_pem: String,
-    /// Where the printer endpoint is.
-    pub printer_url: String,
-    /// The relay's public key (Ed25519, base64url) that signs every job sent to the
-    /// printer: pin it, and print nothing it did not sign.
-    pub job_signing_key: String,
-    /// That key's id (`job-…`), which every job event names too.
-    #[serde(default)]
-    pub job_signing_key_id: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("printer_id", &self.printer_id)
-            .field("organization_id", &self.organization_id)
-            .field("printer_url", &self.printer_url)
-            .finish_non_exhaustive()
-    }
-}
+pub use printworks_proto::{Credentials, job_message};
 
 /// What the renewal proof is an HMAC of: the printer, the server's challenge and the
 /// digest of the CSR, so that a proof cannot be replayed or moved to another CSR.
 pub fn renewal_message(printer_id: Uuid, challenge: &str, csr_der: &[u8]) -> Vec<u8> {
-    let digest = crate::crypto::hex(&sha256(csr_der));
-    format!("printworks-renew-v1\n{printer_id}\n{challenge}\n{digest}").into_bytes()
+    printworks_proto::renewal_message_from_digest(
+        printer_id,
+        challenge,
+        &crate::crypto::hex(&sha256(csr_der)),
+    )
 }
 
 /// The proof a printer sends: base64url of HMAC-SHA256(shared secret, message).
@@ -63,8 +37,11 @@ pub fn renewal_proof(
 /// challenge and the digest of the CSR it asks to be paired with. Only a request carrying
 /// such a proof re-pairs that printer under the same identity.
 pub fn repair_message(printer_id: Uuid, challenge: &str, csr_der: &[u8]) -> Vec<u8> {
-    let digest = crate::crypto::hex(&sha256(csr_der));
-    format!("printworks-repair-v1\n{printer_id}\n{challenge}\n{digest}").into_bytes()
+    printworks_proto::repair_message_from_digest(
+        printer_id,
+        challenge,
+        &crate::crypto::hex(&sha256(csr_der)),
+    )
 }
 
 /// The re-pairing proof a printer sends: base64url of HMAC-SHA256(shared secret, message).
@@ -152,11 +129,6 @@ impl JobSigner {
                 .as_ref(),
         )
     }
-}
-
-/// What a job signature covers: the printer, the job, its size and its SHA-256 (hex).
-pub fn job_message(printer_id: Uuid, job_id: Uuid, size: u64, sha256_hex: &str) -> Vec<u8> {
-    format!("printworks-job-v1\n{printer_id}\n{job_id}\n{size}\n{sha256_hex}").into_bytes()
 }
 
 /// Whether `signature` is the relay's (whose public key the printer pinned) over this job.
