@@ -3,8 +3,17 @@
 //! under [`PREFIX`]; [`routes`] is their table: each with its handler and the scope it
 //! needs (enforced from the table; the tests hold each against every role).
 
+/// "A printer is paired", as SQL on `printers` (alias-free): the one place the rule is
+/// written. Use with `concat!`.
+macro_rules! paired {
+    () => {
+        "unpaired_at IS NULL"
+    };
+}
+
 pub mod access;
 pub mod audit;
+pub mod fleet;
 pub mod invitations;
 pub mod members;
 pub mod organizations;

@@ -11,7 +11,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
-use printworks_common::audit::{Actor, AuditEvent, Outcome};
+use printworks_common::audit::{AuditEvent, Outcome};
 use printworks_common::auth::{Auth, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use secrecy::SecretString;
@@ -42,7 +42,9 @@ macro_rules! visible_printers {
     ($tail:literal) => {
         concat!(
             "SELECT p.id, p.name, p.model, p.serial, p.claimed_by, p.created_at FROM printers p
-             WHERE p.organization_id = $1 AND p.unpaired_at IS NULL
+             WHERE p.organization_id = $1 AND p.",
+            paired!(),
+            "
                AND ($2 = 'admin' OR ($2 <> 'guest' AND p.claimed_by = $3) OR EXISTS (
                    SELECT 1 FROM printer_shares s WHERE s.printer_id = p.id
                      AND ((s.grantee_type = 'user' AND s.grantee_id = $3)
@@ -97,9 +99,11 @@ pub async fn register(
 /// still paired: `false` if it is not. What changes a printer's credentials or its
 /// owner takes it first, so such changes happen one after another.
 pub async fn lock_paired(conn: &mut PgConnection, printer: Uuid) -> sqlx::Result<bool> {
-    Ok(sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM printers WHERE id = $1 AND unpaired_at IS NULL FOR UPDATE",
-    )
+    Ok(sqlx::query_scalar::<_, i32>(concat!(
+        "SELECT 1 FROM printers WHERE id = $1 AND ",
+        paired!(),
+        " FOR UPDATE"
+    ))
     .bind(printer)
     .fetch_optional(conn)
     .await?
@@ -123,10 +127,11 @@ pub async fn lock_for_removal(
     printer: Uuid,
 ) -> Result<(), ApiError> {
     let role = crate::access::lock_org_and_role(&mut *conn, m).await?;
-    let claimed_by: Option<Option<Uuid>> = sqlx::query_scalar(
-        "SELECT claimed_by FROM printers
-         WHERE id = $1 AND organization_id = $2 AND unpaired_at IS NULL FOR UPDATE",
-    )
+    let claimed_by: Option<Option<Uuid>> = sqlx::query_scalar(concat!(
+        "SELECT claimed_by FROM printers WHERE id = $1 AND organization_id = $2 AND ",
+        paired!(),
+        " FOR UPDATE"
+    ))
     .bind(printer)
     .bind(m.org)
     .fetch_optional(&mut *conn)
@@ -148,15 +153,16 @@ pub async fn remove(
     printer: Uuid,
     now: OffsetDateTime,
 ) -> sqlx::Result<bool> {
-    Ok(
-        sqlx::query("UPDATE printers SET unpaired_at = $2 WHERE id = $1 AND unpaired_at IS NULL")
-            .bind(printer)
-            .bind(now)
-            .execute(conn)
-            .await?
-            .rows_affected()
-            == 1,
-    )
+    Ok(sqlx::query(concat!(
+        "UPDATE printers SET unpaired_at = $2 WHERE id = $1 AND ",
+        paired!()
+    ))
+    .bind(printer)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// A printer of the organization was paired again (same serial): it keeps its id,
@@ -408,40 +414,4 @@ pub async fn put_security(
         .await?;
     tx.commit().await?;
     Ok(Json(security_view(&state.ctx.db, printer).await?))
-}
-
-/// For the relay: the printer reports that it applied `version`.
-pub async fn confirm_security(
-    db: &PgPool,
-    printer: Uuid,
-    version: i64,
-    now: OffsetDateTime,
-) -> sqlx::Result<bool> {
-    let mut tx = db.begin().await?;
-    let org: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE printer_security s SET confirmed_version = $2, confirmed_at = $3
-         FROM printers p
-         WHERE s.printer_id = $1 AND p.id = s.printer_id AND s.version = $2
-           AND (s.confirmed_version IS NULL OR s.confirmed_version < $2)
-         RETURNING p.organization_id",
-    )
-    .bind(printer)
-    .bind(version)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(org) = org {
-        AuditEvent::new(
-            "printer.security_confirmed",
-            Actor::Printer(printer),
-            Outcome::Success,
-        )
-        .organization(org)
-        .target("printer", printer)
-        .detail("version", version)
-        .write(&mut tx, now)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(org.is_some())
 }

@@ -259,16 +259,12 @@ pub async fn claim(
     }
     // Re-pairing: the printer the request proved to be, if it is this organization's;
     // else the organization's printer with this serial, if any.
-    let existing: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM printers
-         WHERE organization_id = $1 AND unpaired_at IS NULL
-           AND (id = $2 OR ($2 IS NULL AND serial = $3))
-         ORDER BY created_at DESC LIMIT 1",
+    let existing = printworks_org::fleet::paired_for_repairing(
+        &mut tx,
+        org,
+        waiting.proven_printer_id,
+        &waiting.serial,
     )
-    .bind(org)
-    .bind(waiting.proven_printer_id)
-    .bind(&waiting.serial)
-    .fetch_optional(&mut *tx)
     .await?;
     let proven = existing.is_some() && existing == waiting.proven_printer_id;
     if let Some(id) = existing

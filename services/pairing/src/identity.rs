@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 
 use printworks_common::crypto::SecretBox;
-use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -14,15 +13,7 @@ use uuid::Uuid;
 use crate::ca::Issued;
 
 /// Who is on the other end of a printer connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct PrinterIdentity {
-    pub printer_id: Uuid,
-    pub organization_id: Uuid,
-    /// Serial number (hex) of the certificate it presented.
-    pub certificate_serial: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-}
+pub use printworks_proto::PrinterIdentity;
 
 /// The printer a certificate (by its SHA-256) identifies, if it is valid now.
 pub async fn identify(
@@ -30,16 +21,27 @@ pub async fn identify(
     fingerprint: &[u8],
     now: OffsetDateTime,
 ) -> sqlx::Result<Option<PrinterIdentity>> {
-    sqlx::query_as(
-        "SELECT c.printer_id, p.organization_id, c.serial AS certificate_serial, c.not_after
-         FROM printer_certificates c JOIN printers p ON p.id = c.printer_id
-         WHERE c.fingerprint = $1 AND c.revoked_at IS NULL AND p.unpaired_at IS NULL
-           AND c.not_before <= $2 AND c.not_after > $2",
+    let row: Option<(Uuid, String, OffsetDateTime)> = sqlx::query_as(
+        "SELECT printer_id, serial, not_after FROM printer_certificates
+         WHERE fingerprint = $1 AND revoked_at IS NULL AND not_before <= $2 AND not_after > $2",
     )
     .bind(fingerprint)
     .bind(now)
     .fetch_optional(db)
-    .await
+    .await?;
+    let Some((printer_id, certificate_serial, not_after)) = row else {
+        return Ok(None);
+    };
+    // The printer must still be paired: the org service says so, and to which
+    // organization.
+    Ok(printworks_org::fleet::paired(db, printer_id)
+        .await?
+        .map(|p| PrinterIdentity {
+            printer_id,
+            organization_id: p.organization_id,
+            certificate_serial,
+            not_after,
+        }))
 }
 
 /// Of these certificates (by SHA-256), the ones still valid now.
@@ -48,16 +50,25 @@ pub async fn still_valid(
     fingerprints: &[Vec<u8>],
     now: OffsetDateTime,
 ) -> sqlx::Result<HashSet<Vec<u8>>> {
-    let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT c.fingerprint FROM printer_certificates c JOIN printers p ON p.id = c.printer_id
-         WHERE c.fingerprint = ANY($1) AND c.revoked_at IS NULL AND p.unpaired_at IS NULL
-           AND c.not_before <= $2 AND c.not_after > $2",
+    let rows: Vec<(Vec<u8>, Uuid)> = sqlx::query_as(
+        "SELECT fingerprint, printer_id FROM printer_certificates
+         WHERE fingerprint = ANY($1) AND revoked_at IS NULL AND not_before <= $2 AND not_after > $2",
     )
     .bind(fingerprints)
     .bind(now)
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().collect())
+    let printers: Vec<Uuid> = rows.iter().map(|(_, p)| *p).collect();
+    let paired: HashSet<Uuid> = printworks_org::fleet::paired_among(db, &printers)
+        .await?
+        .into_iter()
+        .map(|(printer, _)| printer)
+        .collect();
+    Ok(rows
+        .into_iter()
+        .filter(|(_, p)| paired.contains(p))
+        .map(|(fingerprint, _)| fingerprint)
+        .collect())
 }
 
 /// Records an issued certificate (`how`: pairing, renewal or secret).
@@ -136,17 +147,18 @@ pub async fn load_secret(
     secrets: &SecretBox,
     printer_id: Uuid,
 ) -> anyhow::Result<Option<(Uuid, Vec<u8>)>> {
-    let row: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT p.organization_id, s.secret_sealed FROM printer_secrets s
-         JOIN printers p ON p.id = s.printer_id
-         WHERE s.printer_id = $1 AND p.unpaired_at IS NULL",
-    )
-    .bind(printer_id)
-    .fetch_optional(conn)
-    .await?;
-    let Some((org, sealed)) = row else {
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT secret_sealed FROM printer_secrets WHERE printer_id = $1")
+            .bind(printer_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(sealed) = sealed else {
         return Ok(None);
     };
+    let Some(printer) = printworks_org::fleet::paired(&mut *conn, printer_id).await? else {
+        return Ok(None);
+    };
+    let org = printer.organization_id;
     let secret = secrets
         .open(&secret_context(printer_id), &sealed)
         .ok_or_else(|| anyhow::anyhow!("a printer secret does not open"))?;

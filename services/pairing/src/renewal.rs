@@ -136,14 +136,16 @@ pub async fn challenge(
     Path(printer): Path<Uuid>,
 ) -> Result<(StatusCode, Json<Challenge>), ApiError> {
     let ctx = &state.ctx;
-    let paired: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM printer_secrets s JOIN printers p ON p.id = s.printer_id
-                        WHERE s.printer_id = $1 AND p.unpaired_at IS NULL)",
-    )
-    .bind(printer)
-    .fetch_one(&ctx.db)
-    .await?;
-    if !paired {
+    let has_secret: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM printer_secrets WHERE printer_id = $1)")
+            .bind(printer)
+            .fetch_one(&ctx.db)
+            .await?;
+    if !has_secret
+        || printworks_org::fleet::paired(&ctx.db, printer)
+            .await?
+            .is_none()
+    {
         return Err(ApiError::not_found());
     }
     Ok((

@@ -79,25 +79,33 @@ struct Waiting {
 }
 
 async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waiting>> {
-    sqlx::query_as(
-        "SELECT printer_id, bool_or(queued) AS queued, max(latest_abort) AS latest_abort,
-                max(settings_version) AS settings_version
-         FROM (
-           SELECT printer_id, state = 'queued' AS queued,
-                  CASE WHEN abort_acknowledged_at IS NULL THEN abort_requested_at END AS latest_abort,
-                  NULL::bigint AS settings_version
-           FROM print_jobs
-           WHERE printer_id = ANY($1)
-             AND (state = 'queued' OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
-           UNION ALL
-           SELECT printer_id, false, NULL, version FROM printer_security
-           WHERE printer_id = ANY($1) AND version > coalesce(confirmed_version, 0)
-         ) w
+    let mut waiting: Vec<Waiting> = sqlx::query_as(
+        "SELECT printer_id, bool_or(state = 'queued') AS queued,
+                max(CASE WHEN abort_acknowledged_at IS NULL THEN abort_requested_at END) AS latest_abort,
+                NULL::bigint AS settings_version
+         FROM print_jobs
+         WHERE printer_id = ANY($1)
+           AND (state = 'queued' OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
          GROUP BY printer_id",
     )
     .bind(printers)
     .fetch_all(&ctx.db)
-    .await
+    .await?;
+    // The settings waiting to be confirmed, as the org service (their owner) says.
+    for (printer_id, version) in
+        printworks_org::fleet::unconfirmed_security(&ctx.db, printers).await?
+    {
+        match waiting.iter_mut().find(|w| w.printer_id == printer_id) {
+            Some(w) => w.settings_version = Some(version),
+            None => waiting.push(Waiting {
+                printer_id,
+                queued: false,
+                latest_abort: None,
+                settings_version: Some(version),
+            }),
+        }
+    }
+    Ok(waiting)
 }
 
 /// Whether `stream` has not seen what `w` says waits.

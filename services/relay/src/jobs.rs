@@ -27,7 +27,7 @@ use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
 use printworks_common::hooks::{BoxFuture, PrinterJobs};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
-use printworks_org::access::{Membership, membership};
+use printworks_org::fleet::PairedPrinter;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt as _;
@@ -39,41 +39,6 @@ use printworks_gcode::{Checker, profile_for};
 
 pub const GCODE: &str = "text/x-gcode";
 pub const UFP: &str = "application/x-ufp";
-
-/// A printer of an organization, as the relay needs it.
-pub struct PrinterRef {
-    pub id: Uuid,
-    pub organization_id: Uuid,
-    pub model: Option<String>,
-    pub claimed_by: Option<Uuid>,
-}
-
-/// The printer (paired), the caller's membership of its organization, and proof that
-/// the caller may use it (admin, claimer, or shared with them). Anything else is 404.
-pub async fn usable_printer(
-    state: &RelayState,
-    caller: &Caller,
-    printer: Uuid,
-) -> Result<(PrinterRef, Membership), ApiError> {
-    let row: Option<(Uuid, Option<String>, Option<Uuid>)> = sqlx::query_as(
-        "SELECT organization_id, model, claimed_by FROM printers WHERE id = $1 AND unpaired_at IS NULL",
-    )
-    .bind(printer)
-    .fetch_optional(&state.ctx.db)
-    .await?;
-    let (organization_id, model, claimed_by) = row.ok_or_else(ApiError::not_found)?;
-    let m = membership(&state.ctx, organization_id, caller).await?;
-    printworks_org::printers::visible(&state.ctx.db, &m, printer).await?;
-    Ok((
-        PrinterRef {
-            id: printer,
-            organization_id,
-            model,
-            claimed_by,
-        },
-        m,
-    ))
-}
 
 #[derive(Serialize, sqlx::FromRow)]
 pub struct JobView {
@@ -322,7 +287,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (printer, m) = usable_printer(&state, &auth, printer).await?;
+    let (printer, m) = printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
     let name = job_name(q.name.as_deref())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -525,7 +490,7 @@ fn storage_full(detail: String) -> ApiError {
 async fn check_quotas(
     tx: &mut sqlx::PgConnection,
     ctx: &printworks_common::AppContext,
-    printer: &PrinterRef,
+    printer: &PairedPrinter,
     submitter: &str,
     adding: u64,
     this: Option<Uuid>,
@@ -683,7 +648,7 @@ pub async fn get(
     let view = job_view(&state.ctx.db, job)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    usable_printer(&state, &auth, view.printer_id).await?;
+    printworks_org::fleet::usable(&state.ctx, &auth, view.printer_id).await?;
     let mut history: Vec<HistoryEntry> = sqlx::query_as(
         "SELECT state, progress, message, at FROM print_job_events WHERE job_id = $1 ORDER BY id DESC LIMIT 200",
     )
@@ -700,7 +665,7 @@ pub async fn list(
     Path(printer): Path<Uuid>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<JobView>>, ApiError> {
-    usable_printer(&state, &auth, printer).await?;
+    printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
     let page = Page::from_query(&q)?;
     let (after_time, after_id) = page.after.unzip();
     let rows: Vec<JobView> = sqlx::query_as(concat!(
@@ -729,7 +694,7 @@ pub async fn abort(
     let view = job_view(&state.ctx.db, job)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let (printer, m) = usable_printer(&state, &auth, view.printer_id).await?;
+    let (printer, m) = printworks_org::fleet::usable(&state.ctx, &auth, view.printer_id).await?;
     let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
         || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
             && m.user_id().is_none();
@@ -875,14 +840,29 @@ pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
     }
     // Unpairing fails a printer's jobs at once; this catches any left behind (a
     // removal written by something other than the org and pairing services).
-    let orphaned: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT DISTINCT j.printer_id FROM print_jobs j JOIN printers p ON p.id = j.printer_id
-         WHERE p.unpaired_at IS NOT NULL
-           AND j.state IN ('queued', 'dispatched', 'downloading', 'printing')
-         LIMIT 1000",
-    )
-    .fetch_all(&ctx.db)
-    .await?;
+    // The org service says which printers are paired; asked a page at a time.
+    let mut orphaned: Vec<Uuid> = Vec::new();
+    let mut after = Uuid::nil();
+    while orphaned.len() < 1000 {
+        let active: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT DISTINCT printer_id FROM print_jobs
+             WHERE state IN ('queued', 'dispatched', 'downloading', 'printing')
+               AND printer_id > $1
+             ORDER BY printer_id LIMIT 1000",
+        )
+        .bind(after)
+        .fetch_all(&ctx.db)
+        .await?;
+        let Some(last) = active.last() else { break };
+        after = *last;
+        let paired: std::collections::HashSet<Uuid> =
+            printworks_org::fleet::paired_among(&ctx.db, &active)
+                .await?
+                .into_iter()
+                .map(|(printer, _)| printer)
+                .collect();
+        orphaned.extend(active.into_iter().filter(|p| !paired.contains(p)));
+    }
     let mut failed = expire_queued(&ctx.db, now, ctx.settings.relay.queued_job_ttl).await?;
     for printer in &orphaned {
         let mut tx = ctx.db.begin().await?;

@@ -5,7 +5,9 @@
 
 pub mod blob;
 pub mod dispatch;
+pub mod download;
 pub mod endpoint;
+pub mod events;
 pub mod gcs;
 pub mod jobs;
 mod listen;
@@ -18,14 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, State};
+use axum::extract::FromRef;
+use printworks_common::AppContext;
 use printworks_common::auth::Scope;
-use printworks_common::http::{ClientInfo, Json, apply_common_layers};
+use printworks_common::http::apply_common_layers;
 use printworks_common::routes::{Access, RouteTable};
-use printworks_common::{ApiError, AppContext};
 use printworks_pairing::PrinterCa;
-use printworks_pairing::renewal::{Renewed, renew_over_tls};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 pub use endpoint::{Printer, PrinterEndpoint};
@@ -43,7 +43,7 @@ pub const SEALED: &[printworks_common::reseal::SealedColumn] =
 
 pub const NAME: &str = "relay";
 pub const PREFIX: &str = "/relay/v1";
-pub const PRINTER_PREFIX: &str = "/printer/v1";
+pub use printworks_proto::PRINTER_PREFIX;
 
 #[derive(Clone)]
 pub struct RelayState {
@@ -154,10 +154,10 @@ pub fn routes() -> RouteTable<RelayState> {
 pub fn printer_routes() -> RouteTable<RelayState> {
     use Access::Printer;
     RouteTable::new(PRINTER_PREFIX)
-        .get("/identity", Printer, identity)
-        .post("/certificate", Printer, renew)
-        .get("/events", Printer, printer_api::events)
-        .get("/jobs/{job}/content", Printer, printer_api::content)
+        .get("/identity", Printer, printer_api::identity)
+        .post("/certificate", Printer, printer_api::renew)
+        .get("/events", Printer, events::events)
+        .get("/jobs/{job}/content", Printer, download::content)
         .post("/jobs/{job}/status", Printer, printer_api::status)
         .post("/settings/applied", Printer, printer_api::settings_applied)
 }
@@ -184,28 +184,6 @@ pub fn printer_endpoint(
     let ca = state.ca.clone();
     let ctx = state.ctx.clone();
     PrinterEndpoint::new(listener, ctx, &ca, printer_router(state))
-}
-
-/// `GET /printer/v1/identity`: who the endpoint takes the caller for.
-async fn identity(Printer(who): Printer) -> Json<printworks_pairing::PrinterIdentity> {
-    Json(who)
-}
-
-#[derive(Deserialize)]
-struct Renew {
-    csr_pem: String,
-}
-
-/// `POST /printer/v1/certificate {csr_pem}`: a new certificate while the current one
-/// is valid.
-async fn renew(
-    State(state): State<RelayState>,
-    Printer(who): Printer,
-    client: ClientInfo,
-    Json(req): Json<Renew>,
-) -> Result<(axum::http::StatusCode, Json<Renewed>), ApiError> {
-    let renewed = renew_over_tls(&state.ctx, &state.ca, &who, &req.csr_pem, client.addr).await?;
-    Ok((axum::http::StatusCode::CREATED, Json(renewed)))
 }
 
 #[cfg(test)]

@@ -510,15 +510,24 @@ async fn printer_security_settings_are_admin_only_hashed_and_versioned(pool: PgP
 
     // The printer confirms what it applied (the relay records it); stale versions are
     // ignored.
-    assert!(
-        !printworks_org::printers::confirm_security(&app.db, printer, 1, app.now())
+    use printworks_org::fleet::{Confirmation, confirm_security};
+    assert_eq!(
+        confirm_security(&app.db, printer, 1, app.now())
             .await
-            .unwrap()
+            .unwrap(),
+        Confirmation::NotCurrent(Some(2))
     );
-    assert!(
-        printworks_org::printers::confirm_security(&app.db, printer, 2, app.now())
+    assert_eq!(
+        confirm_security(&app.db, printer, 2, app.now())
             .await
-            .unwrap()
+            .unwrap(),
+        Confirmation::Confirmed
+    );
+    assert_eq!(
+        confirm_security(&app.db, printer, 2, app.now())
+            .await
+            .unwrap(),
+        Confirmation::AlreadyConfirmed
     );
     let now = app
         .call(Method::GET, &path, admin, None)
