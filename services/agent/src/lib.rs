@@ -4,20 +4,28 @@
 //! ([`state`]), talks to the printer endpoint over mutual TLS ([`printer_client`]) and
 //! renews its certificate ([`renew`]).
 //!
-//! `printworks printer pair|identity|renew|run` run it from the command line; [`run`]
-//! holds the connection and prints.
+//! `printworks printer pair|identity|renew|run` run it from the command line ([`cli`]);
+//! [`run`] holds the connection and prints.
+//!
+//! Everything it sends and reads is a type of `printworks_proto`, the protocol the
+//! relay and the pairing service speak too; it depends on nothing of the server.
 
+pub mod cli;
+pub mod crypto;
 pub mod run;
 pub mod state;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use printworks_common::printer::{Credentials, renewal_proof};
+use printworks_proto::pairing::path as pairing_path;
+use printworks_proto::printer::path as printer_path;
+use printworks_proto::{
+    Credentials, PairingPollRequest, PairingRequestCreate, PairingRequestCreated, PrinterChallenge,
+    ProblemReport, RenewedCertificate, SecretRenewalRequest, TlsRenewalRequest,
+};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use reqwest::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 pub use state::{PrinterRecord, Saved, StateDir};
 
@@ -58,9 +66,12 @@ fn csr_der(csr_pem: &str) -> anyhow::Result<Vec<u8>> {
 /// What went wrong, from a problem+json answer (its title and detail).
 async fn problem(res: reqwest::Response) -> anyhow::Error {
     let status = res.status();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    let title = body["title"].as_str().unwrap_or("request failed");
-    match body["detail"].as_str() {
+    let body: ProblemReport = res.json().await.unwrap_or_default();
+    let title = match body.title.as_str() {
+        "" => "request failed",
+        title => title,
+    };
+    match body.detail {
         Some(detail) => anyhow::anyhow!("{status}: {title}: {detail}"),
         None => anyhow::anyhow!("{status}: {title}"),
     }
@@ -73,15 +84,6 @@ fn retry_after(res: &reqwest::Response) -> Duration {
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(Duration::from_secs(5), Duration::from_secs)
         .min(Duration::from_secs(300))
-}
-
-#[derive(Deserialize)]
-struct RequestCreated {
-    request_id: uuid::Uuid,
-    poll_token: String,
-    code: String,
-    expires_in: u64,
-    interval: u64,
 }
 
 /// Pairs the printer with the cloud at `server` (the public API URL): asks for a code,
@@ -107,15 +109,16 @@ pub async fn pair(
         tracing::warn!(%server, "pairing over plain HTTP: the credentials could be swapped in transit; use https");
     }
     let (key, csr_pem) = new_key_and_csr()?;
-    let body = json!({
-        "serial": info.serial,
-        "model": info.model,
-        "firmware_version": info.firmware_version,
-        "csr_pem": csr_pem,
-    });
-    let created: RequestCreated = loop {
+    let body = PairingRequestCreate {
+        csr_pem,
+        firmware_version: info.firmware_version.clone(),
+        model: info.model.clone(),
+        previous: None,
+        serial: info.serial.clone(),
+    };
+    let created: PairingRequestCreated = loop {
         let res = http
-            .post(format!("{server}/pairing/v1/requests"))
+            .post(format!("{server}{}", pairing_path::REQUESTS))
             .json(&body)
             .send()
             .await
@@ -134,7 +137,9 @@ pub async fn pair(
         interval = interval.min(max);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(created.expires_in + 60);
-    let poll = json!({ "poll_token": created.poll_token });
+    let poll = PairingPollRequest {
+        poll_token: created.poll_token,
+    };
     loop {
         tokio::time::sleep(interval).await;
         if tokio::time::Instant::now() > deadline {
@@ -142,8 +147,8 @@ pub async fn pair(
         }
         let res = match http
             .post(format!(
-                "{server}/pairing/v1/requests/{}/poll",
-                created.request_id
+                "{server}{}",
+                pairing_path::poll(created.request_id)
             ))
             .json(&poll)
             .send()
@@ -199,11 +204,6 @@ pub fn certificate_expiry(saved: &Saved) -> anyhow::Result<time::OffsetDateTime>
     Ok(cert.validity().not_after.to_datetime())
 }
 
-#[derive(Deserialize)]
-struct Renewed {
-    certificate_pem: String,
-}
-
 /// Whether `certificate_pem` is for `key` (the public key in it is the key's).
 fn certificate_is_for(certificate_pem: &str, key: &KeyPair) -> bool {
     x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
@@ -216,13 +216,16 @@ fn certificate_is_for(certificate_pem: &str, key: &KeyPair) -> bool {
         .unwrap_or(false)
 }
 
-async fn renew_over_tls(saved: &Saved, csr_pem: &str) -> anyhow::Result<Renewed> {
+async fn renew_over_tls(saved: &Saved, csr_pem: &str) -> anyhow::Result<RenewedCertificate> {
     let res = printer_client(saved)?
         .post(format!(
-            "{}/printer/v1/certificate",
-            saved.printer.printer_url
+            "{}{}",
+            saved.printer.printer_url,
+            printer_path::CERTIFICATE
         ))
-        .json(&json!({ "csr_pem": csr_pem }))
+        .json(&TlsRenewalRequest {
+            csr_pem: csr_pem.to_owned(),
+        })
         .send()
         .await
         .context("cannot reach the printer endpoint")?;
@@ -234,27 +237,31 @@ async fn renew_over_tls(saved: &Saved, csr_pem: &str) -> anyhow::Result<Renewed>
     Ok(res.json().await?)
 }
 
-async fn renew_with_secret(saved: &Saved, csr_pem: &str) -> anyhow::Result<Renewed> {
+async fn renew_with_secret(saved: &Saved, csr_pem: &str) -> anyhow::Result<RenewedCertificate> {
     let http = reqwest::Client::new();
-    let base = format!(
-        "{}/pairing/v1/printers/{}",
-        saved.printer.server_url, saved.printer.printer_id
-    );
-    let res = http.post(format!("{base}/challenge")).send().await?;
+    let server = &saved.printer.server_url;
+    let printer = saved.printer.printer_id;
+    let res = http
+        .post(format!("{server}{}", pairing_path::challenge(printer)))
+        .send()
+        .await?;
     if res.status() != StatusCode::CREATED {
         return Err(problem(res).await.context("asking for a renewal challenge"));
     }
-    let challenge: Value = res.json().await?;
-    let challenge = challenge["challenge"].as_str().context("no challenge")?;
-    let proof = renewal_proof(
+    let PrinterChallenge { challenge, .. } = res.json().await.context("no challenge")?;
+    let proof = crypto::renewal_proof(
         &saved.shared_secret,
-        saved.printer.printer_id,
-        challenge,
+        printer,
+        &challenge,
         &csr_der(csr_pem)?,
     );
     let res = http
-        .post(format!("{base}/certificate"))
-        .json(&json!({ "challenge": challenge, "proof": proof, "csr_pem": csr_pem }))
+        .post(format!("{server}{}", pairing_path::certificate(printer)))
+        .json(&SecretRenewalRequest {
+            challenge,
+            csr_pem: csr_pem.to_owned(),
+            proof,
+        })
         .send()
         .await?;
     if res.status() != StatusCode::CREATED {

@@ -18,16 +18,20 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
-use printworks_common::printer::verify_job;
+use printworks_proto::printer::path;
+use printworks_proto::{
+    AbortEvent, JobEvent, JobStatusReport, PrinterEvent, ReportedState, SettingsAppliedRequest,
+    SettingsEvent,
+};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::state::{StateDir, write_private};
+use crate::crypto::{random_below, verify_job};
+use crate::state::{StateDir, ensure_private_dir, write_private};
 use crate::{Saved, printer_client};
 
 /// How the agent behaves (tests make it quick).
@@ -74,12 +78,25 @@ pub struct LocalJob {
     pub aborted: bool,
 }
 
+/// A status report waiting in the outbox (kept in `book.json`: the state is written as
+/// it travels, `"printing"` and so on).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Report {
     job: Uuid,
-    state: String,
+    state: ReportedState,
     progress: Option<f32>,
     message: Option<String>,
+}
+
+impl Report {
+    /// What `POST /printer/v1/jobs/{job}/status` carries.
+    fn body(&self) -> JobStatusReport {
+        JobStatusReport {
+            message: self.message.clone(),
+            progress: self.progress,
+            state: self.state,
+        }
+    }
 }
 
 /// What the printer keeps between runs.
@@ -87,7 +104,8 @@ struct Report {
 struct Book {
     jobs: Vec<LocalJob>,
     outbox: VecDeque<Report>,
-    settings: Option<Value>,
+    /// The last settings applied.
+    settings: Option<SettingsEvent>,
 }
 
 struct Shared {
@@ -114,7 +132,7 @@ impl Shared {
     fn report(
         &self,
         job: Uuid,
-        state: &str,
+        state: ReportedState,
         progress: Option<f32>,
         message: Option<&str>,
     ) -> anyhow::Result<()> {
@@ -126,7 +144,7 @@ impl Shared {
     fn finish(
         &self,
         job: Uuid,
-        state: &str,
+        state: ReportedState,
         progress: Option<f32>,
         message: Option<&str>,
     ) -> anyhow::Result<()> {
@@ -137,7 +155,7 @@ impl Shared {
         &self,
         job: Uuid,
         done: bool,
-        state: &str,
+        state: ReportedState,
         progress: Option<f32>,
         message: Option<&str>,
     ) -> anyhow::Result<()> {
@@ -147,7 +165,7 @@ impl Shared {
             }
             b.outbox.push_back(Report {
                 job,
-                state: state.to_owned(),
+                state,
                 progress,
                 message: message.map(str::to_owned),
             });
@@ -177,7 +195,7 @@ impl Backoff {
     }
 
     async fn wait(&mut self) {
-        let jitter = u64::from(printworks_common::crypto::random_below(1000));
+        let jitter = u64::from(random_below(1000));
         let pause = self.step.mul_f64(0.5 + jitter as f64 / 2000.0);
         tokio::time::sleep(pause).await;
         self.step = (self.step * 2).min(self.max);
@@ -192,7 +210,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let saved = state.load()?;
     let jobs_dir = state.path().join("jobs");
-    printworks_common::settings::ensure_private_dir(&jobs_dir)?;
+    ensure_private_dir(&jobs_dir)?;
     let book_path = state.path().join("book.json");
     let mut book: Book = match std::fs::read(&book_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).context("book.json is damaged")?,
@@ -204,7 +222,7 @@ pub async fn run(
         job.phase = Phase::Done;
         book.outbox.push_back(Report {
             job: job.id,
-            state: "failed".into(),
+            state: ReportedState::Failed,
             progress: None,
             message: Some("the printer restarted in the middle of the print".into()),
         });
@@ -266,7 +284,7 @@ async fn events_loop(ctx: Ctx) {
 async fn listen(ctx: &Ctx, backoff: &mut Backoff) -> anyhow::Result<()> {
     let res = ctx
         .client
-        .get(ctx.url("/printer/v1/events"))
+        .get(ctx.url(path::EVENTS))
         .header("accept", "text/event-stream")
         .send()
         .await?;
@@ -304,21 +322,31 @@ async fn listen(ctx: &Ctx, backoff: &mut Backoff) -> anyhow::Result<()> {
                     data.push_str(v.trim_start());
                 }
             }
-            handle(ctx, event, &data).await?;
+            if let Some(event) = PrinterEvent::parse(event, &data)
+                .with_context(|| format!("a {event} event that does not parse"))?
+            {
+                handle(ctx, event).await?;
+            }
         }
     }
 }
 
-async fn handle(ctx: &Ctx, event: &str, data: &str) -> anyhow::Result<()> {
+async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
     match event {
-        "job" => {
-            let v: Value = serde_json::from_str(data)?;
+        PrinterEvent::Job(JobEvent {
+            id,
+            name,
+            size,
+            sha256,
+            signature,
+            ..
+        }) => {
             let job = LocalJob {
-                id: serde_json::from_value(v["id"].clone())?,
-                name: v["name"].as_str().unwrap_or_default().to_owned(),
-                size: v["size"].as_u64().unwrap_or_default(),
-                sha256: v["sha256"].as_str().unwrap_or_default().to_owned(),
-                signature: v["signature"].as_str().unwrap_or_default().to_owned(),
+                id,
+                name,
+                size,
+                sha256,
+                signature,
                 phase: Phase::Waiting,
                 aborted: false,
             };
@@ -335,9 +363,7 @@ async fn handle(ctx: &Ctx, event: &str, data: &str) -> anyhow::Result<()> {
                 ctx.shared.work.notify_one();
             }
         }
-        "abort" => {
-            let v: Value = serde_json::from_str(data)?;
-            let id: Uuid = serde_json::from_value(v["id"].clone())?;
+        PrinterEvent::Abort(AbortEvent { id }) => {
             let known = ctx.shared.change(|b| {
                 b.jobs.iter_mut().find(|j| j.id == id).map(|j| {
                     j.aborted = true;
@@ -347,19 +373,20 @@ async fn handle(ctx: &Ctx, event: &str, data: &str) -> anyhow::Result<()> {
             // A job it never had, or finished, is acknowledged at once; a running one
             // is acknowledged by the worker when it has stopped.
             if known.is_none_or(|p| p == Phase::Done) {
-                ctx.shared.report(id, "aborted", None, Some("stopped"))?;
+                ctx.shared
+                    .report(id, ReportedState::Aborted, None, Some("stopped"))?;
             }
             ctx.shared.work.notify_one();
         }
-        "settings" => {
-            let v: Value = serde_json::from_str(data)?;
-            let version = v["version"].as_i64().unwrap_or_default();
-            ctx.shared.change(|b| b.settings = Some(v.clone()))?;
-            tracing::info!(version, firewall = %v["firewall_enabled"], "settings applied");
+        PrinterEvent::Settings(settings) => {
+            let version = settings.version;
+            let firewall = settings.firewall_enabled;
+            ctx.shared.change(|b| b.settings = Some(settings))?;
+            tracing::info!(version, firewall, "settings applied");
             let res = ctx
                 .client
-                .post(ctx.url("/printer/v1/settings/applied"))
-                .json(&json!({ "version": version }))
+                .post(ctx.url(path::SETTINGS_APPLIED))
+                .json(&SettingsAppliedRequest { version })
                 .send()
                 .await?;
             anyhow::ensure!(
@@ -368,7 +395,7 @@ async fn handle(ctx: &Ctx, event: &str, data: &str) -> anyhow::Result<()> {
                 res.status()
             );
         }
-        _ => {}
+        PrinterEvent::Heartbeat => {}
     }
     Ok(())
 }
@@ -383,8 +410,8 @@ async fn outbox_loop(ctx: Ctx) {
         };
         let sent = ctx
             .client
-            .post(ctx.url(&format!("/printer/v1/jobs/{}/status", report.job)))
-            .json(&json!({ "state": report.state, "progress": report.progress, "message": report.message }))
+            .post(ctx.url(&path::job_status(report.job)))
+            .json(&report.body())
             .send()
             .await;
         match sent {
@@ -425,7 +452,7 @@ async fn worker_loop(ctx: Ctx) {
             tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "job failed");
             let _ = ctx
                 .shared
-                .finish(job.id, "failed", None, Some(&format!("{e:#}")));
+                .finish(job.id, ReportedState::Failed, None, Some(&format!("{e:#}")));
         }
         let _ = tokio::fs::remove_file(ctx.jobs_dir.join(format!("{}.gcode", job.id))).await;
     }
@@ -442,7 +469,8 @@ async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
         return stop_aborted(ctx, job);
     }
     let file = ctx.jobs_dir.join(format!("{}.gcode", job.id));
-    ctx.shared.report(job.id, "downloading", Some(0.0), None)?;
+    ctx.shared
+        .report(job.id, ReportedState::Downloading, Some(0.0), None)?;
     download(ctx, job, &file).await?;
     if aborted(ctx, job.id) {
         return stop_aborted(ctx, job);
@@ -477,18 +505,19 @@ async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
         let progress = 100.0 * step as f32 / steps as f32;
         if step < steps {
             ctx.shared
-                .report(job.id, "printing", Some(progress), None)?;
+                .report(job.id, ReportedState::Printing, Some(progress), None)?;
             tokio::time::sleep(ctx.options.print_time / steps).await;
         }
     }
-    ctx.shared.finish(job.id, "completed", Some(100.0), None)?;
+    ctx.shared
+        .finish(job.id, ReportedState::Completed, Some(100.0), None)?;
     tracing::info!(job_id = %job.id, name = %job.name, "printed");
     Ok(())
 }
 
 fn stop_aborted(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
     ctx.shared
-        .finish(job.id, "aborted", None, Some("stopped"))?;
+        .finish(job.id, ReportedState::Aborted, None, Some("stopped"))?;
     tracing::info!(job_id = %job.id, "aborted");
     Ok(())
 }
@@ -524,9 +553,7 @@ enum Fetch {
 }
 
 async fn fetch(ctx: &Ctx, job: &LocalJob, file: &std::path::Path, from: u64) -> Result<(), Fetch> {
-    let mut req = ctx
-        .client
-        .get(ctx.url(&format!("/printer/v1/jobs/{}/content", job.id)));
+    let mut req = ctx.client.get(ctx.url(&path::job_content(job.id)));
     if from > 0 {
         req = req.header("range", format!("bytes={from}-"));
     }
@@ -586,7 +613,7 @@ async fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
         }
         ctx.update(&buf[..n]);
     }
-    Ok(printworks_common::crypto::hex(ctx.finish().as_ref()))
+    Ok(printworks_proto::hex(ctx.finish().as_ref()))
 }
 
 /// The jobs the printer knows, for tests and diagnostics.
@@ -594,4 +621,55 @@ pub fn local_jobs(state: &StateDir) -> anyhow::Result<Vec<LocalJob>> {
     let path = state.path().join("book.json");
     let book: Book = serde_json::from_slice(&std::fs::read(path)?)?;
     Ok(book.jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `book.json` as the agent wrote it when states and settings were plain JSON
+    /// (`"state": "printing"`, the settings event's data as it came): it reads, and is
+    /// written back byte for byte.
+    #[test]
+    fn books_written_before_read_and_write_the_same() {
+        let job = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let before = format!(
+            r#"{{"jobs":[{{"id":"{job}","name":"benchy.gcode","size":42,"sha256":"ab01","signature":"c2ln","phase":"printing","aborted":false}}],"outbox":[{{"job":"{job}","state":"printing","progress":12.5,"message":null}},{{"job":"{job}","state":"aborted","progress":null,"message":"stopped"}}],"settings":{{"firewall_enabled":true,"pin_hash":null,"version":3}}}}"#
+        );
+        let book: Book = serde_json::from_str(&before).unwrap();
+        assert_eq!(book.outbox[0].state, ReportedState::Printing);
+        assert_eq!(book.outbox[1].state, ReportedState::Aborted);
+        assert_eq!(book.settings.as_ref().map(|s| s.version), Some(3));
+        assert_eq!(serde_json::to_string(&book).unwrap(), before);
+        let empty: Book =
+            serde_json::from_str(r#"{"jobs":[],"outbox":[],"settings":null}"#).unwrap();
+        assert!(empty.settings.is_none());
+    }
+
+    /// The status report's body is what the agent built with `json!` before.
+    #[test]
+    fn reports_are_sent_as_before() {
+        let job = Uuid::new_v4();
+        for (state, progress, message) in [
+            (ReportedState::Downloading, Some(0.0f32), None),
+            (ReportedState::Printing, Some(50.0), None),
+            (ReportedState::Failed, None, Some("the printer restarted")),
+        ] {
+            let report = Report {
+                job,
+                state,
+                progress,
+                message: message.map(str::to_owned),
+            };
+            let by_hand = serde_json::json!({
+                "state": state.as_str(),
+                "progress": progress,
+                "message": message,
+            });
+            assert_eq!(
+                serde_json::to_string(&report.body()).unwrap(),
+                by_hand.to_string()
+            );
+        }
+    }
 }

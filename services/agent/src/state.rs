@@ -8,8 +8,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use printworks_common::printer::Credentials;
-use printworks_common::settings::ensure_private_dir;
+use printworks_proto::Credentials;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -57,6 +56,18 @@ impl std::fmt::Debug for Saved {
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
+}
+
+/// Creates `dir` (and its parents) readable only by the owner, unless it exists.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Writes `bytes` to `path` atomically, readable only by the owner.

@@ -56,54 +56,7 @@ enum Command {
     },
     /// The reference printer agent: what a printer's firmware does to pair with
     /// Printworks and talk to it.
-    Printer {
-        /// The printer's state directory: its key, certificate, the CA it trusts and
-        /// its shared secret (created owner-only).
-        #[arg(
-            long,
-            global = true,
-            env = "PRINTWORKS_PRINTER_STATE",
-            value_name = "DIR",
-            default_value = "./.printworks-printer"
-        )]
-        state_dir: std::path::PathBuf,
-
-        #[command(subcommand)]
-        action: PrinterAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum PrinterAction {
-    /// Pair this printer: shows a six-digit code to enter in Printworks (valid ten
-    /// minutes), waits until someone does, and keeps the credentials.
-    Pair {
-        /// The Printworks public API.
-        #[arg(long, env = "PRINTWORKS_SERVER", value_name = "URL", default_value = printworks_common::settings::DEFAULT_PUBLIC_URL)]
-        server: String,
-        /// The printer's serial number.
-        #[arg(long, default_value = "PW-VIRTUAL-0001")]
-        serial: String,
-        /// The printer's model.
-        #[arg(long, default_value = "Printworks Virtual Printer")]
-        model: String,
-        /// The printer's firmware version.
-        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
-        firmware_version: String,
-    },
-    /// Ask the printer endpoint who it takes this printer for (checks the credentials).
-    Identity,
-    /// Get a new certificate: over the printer endpoint while the current one is
-    /// valid, with the shared secret after it expired.
-    Renew,
-    /// Run the printer: hold the connection to the printer endpoint, download and
-    /// "print" the jobs it is sent (checking their digest and signature first), apply
-    /// settings, report every state. Stops on SIGTERM or Ctrl-C.
-    Run {
-        /// How long a simulated print takes, in seconds.
-        #[arg(long, default_value = "20", value_parser = clap::value_parser!(u32).range(0..=86400))]
-        print_seconds: u32,
-    },
+    Printer(printworks_agent::cli::PrinterArgs),
 }
 
 #[derive(Subcommand)]
@@ -163,14 +116,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     telemetry::init(settings.log_format, &settings.log_filter)?;
-    if let Command::Printer { state_dir, action } = cli.command {
-        return printer(&state_dir, action).await;
+    if let Command::Printer(args) = cli.command {
+        return printworks_agent::cli::run(args, SystemClock.now()).await;
     }
     let database_url = settings
         .resolve_database_url()
         .map_err(anyhow::Error::msg)?;
     match cli.command {
-        Command::Printer { .. } => Ok(()),
+        Command::Printer(_) => Ok(()),
         Command::Migrate => {
             let pool = db::connect(&settings, &database_url).await?;
             db::migrate(&pool).await?;
@@ -298,99 +251,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run().await?;
             pool.close().await;
             tracing::info!("stopped");
-            Ok(())
-        }
-    }
-}
-
-/// The printer agent's commands.
-#[allow(clippy::print_stdout)] // the commands' answers
-async fn printer(state_dir: &std::path::Path, action: PrinterAction) -> anyhow::Result<()> {
-    let state = printworks_agent::StateDir::new(state_dir);
-    match action {
-        PrinterAction::Pair {
-            server,
-            serial,
-            model,
-            firmware_version,
-        } => {
-            if state.is_paired() {
-                anyhow::bail!(
-                    "{} already holds a paired printer; pair again with another --state-dir, or remove it first",
-                    state_dir.display()
-                );
-            }
-            let info = printworks_agent::PrinterInfo {
-                serial,
-                model,
-                firmware_version,
-            };
-            let http = reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .build()?;
-            let saved = printworks_agent::pair(
-                &http,
-                &server,
-                &info,
-                &state,
-                &printworks_agent::PairOptions {
-                    max_poll_interval: None,
-                },
-                |code, valid| {
-                    println!(
-                        "Pairing code: {} {} (valid {} minutes). Enter it in Printworks to add this printer.",
-                        &code[..3],
-                        &code[3..],
-                        valid.as_secs() / 60
-                    );
-                },
-            )
-            .await?;
-            println!(
-                "Paired: printer {} in organization \"{}\". Credentials are in {}.",
-                saved.printer.printer_id,
-                saved.printer.organization_name,
-                state_dir.display()
-            );
-            Ok(())
-        }
-        PrinterAction::Identity => {
-            let saved = state.load()?;
-            let res = printworks_agent::printer_client(&saved)?
-                .get(format!("{}/printer/v1/identity", saved.printer.printer_url))
-                .send()
-                .await?;
-            let status = res.status();
-            let body = res.text().await?;
-            println!("{body}");
-            anyhow::ensure!(
-                status.is_success(),
-                "the printer endpoint answered {status}"
-            );
-            Ok(())
-        }
-        PrinterAction::Run { print_seconds } => {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                server::shutdown_signal().await;
-                on_signal.cancel();
-            });
-            let options = printworks_agent::run::RunOptions {
-                print_time: std::time::Duration::from_secs(u64::from(print_seconds)),
-                ..Default::default()
-            };
-            printworks_agent::run::run(&state, options, stop).await
-        }
-        PrinterAction::Renew => {
-            let saved = printworks_agent::renew(&state, SystemClock.now()).await?;
-            println!(
-                "New certificate for printer {}, valid until {}.",
-                saved.printer.printer_id,
-                printworks_agent::certificate_expiry(&saved)?
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
-            );
             Ok(())
         }
     }
