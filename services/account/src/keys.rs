@@ -16,6 +16,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use jsonwebtoken::EncodingKey;
 use printworks_common::clock::SharedClock;
 use printworks_common::crypto::{SecretBox, base64url, random_bytes};
+use printworks_common::hooks::{BoxFuture, PublishedKey, PublishedKeys};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -108,15 +109,43 @@ impl SigningKeys {
 
     /// The public keys published now, as a JWKS document.
     pub async fn jwks(&self) -> anyhow::Result<Value> {
-        let keys: Vec<Value> = sqlx::query_scalar(
-            "SELECT public_jwk FROM signing_keys
-             WHERE published_from <= $1 AND (published_until IS NULL OR published_until > $1)
-             ORDER BY published_from",
-        )
-        .bind(self.clock.now())
-        .fetch_all(&self.db)
-        .await?;
+        let keys: Vec<Value> = published(&self.db, self.clock.now())
+            .await?
+            .into_iter()
+            .map(|k| k.jwk)
+            .collect();
         Ok(json!({ "keys": keys }))
+    }
+}
+
+/// The public keys published at `now`, oldest first: the JWKS, and what every service
+/// verifies access tokens with ([`Published`]).
+pub async fn published(db: &PgPool, now: OffsetDateTime) -> sqlx::Result<Vec<PublishedKey>> {
+    let rows: Vec<(String, Value, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT kid, public_jwk, published_until FROM signing_keys
+         WHERE published_from <= $1 AND (published_until IS NULL OR published_until > $1)
+         ORDER BY published_from",
+    )
+    .bind(now)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kid, jwk, published_until)| PublishedKey {
+            kid,
+            jwk,
+            published_until,
+        })
+        .collect())
+}
+
+/// The account service's published keys, for every service's token verifier
+/// (`AppContext::new`).
+pub struct Published(pub PgPool);
+
+impl PublishedKeys for Published {
+    fn published(&self, now: OffsetDateTime) -> BoxFuture<'_, sqlx::Result<Vec<PublishedKey>>> {
+        Box::pin(published(&self.0, now))
     }
 }
 

@@ -48,6 +48,24 @@ pub const SEALED: &[printworks_common::reseal::SealedColumn] = &[
     },
 ];
 
+/// The tables the account service owns (see `printworks_common::db::Owned`).
+pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
+    tables: &[
+        "users",
+        "sessions",
+        "totp_credentials",
+        "recovery_codes",
+        "mfa_challenges",
+        "signing_keys",
+        "oauth_clients",
+        "oauth_codes",
+        "oauth_refresh_tokens",
+        "oauth_consents",
+        "email_verifications",
+    ],
+    functions: &[],
+};
+
 pub const NAME: &str = "account";
 pub const PREFIX: &str = "/account/v1";
 

@@ -1,7 +1,7 @@
 //! Who is calling. People and apps carry OAuth2 access tokens: JWTs (RFC 9068, `typ:
 //! at+jwt`) signed by the account service with EdDSA and a `kid`. Every service verifies
-//! them locally, on every call, with the public keys the account service publishes in
-//! the `signing_keys` table (the same keys as its JWKS): signature, algorithm, type,
+//! them locally, on every call, with the public keys the account service publishes (the
+//! same keys as its JWKS, read through [`crate::hooks::PublishedKeys`]): signature, algorithm, type,
 //! issuer, audience, expiry (by the injected clock) and, through [`Auth`], the scope the
 //! route's table row names ([`crate::routes`]). Roles are never taken from a token.
 
@@ -12,7 +12,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use std::sync::Arc;
+
+use crate::hooks::PublishedKeys;
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
@@ -116,7 +118,7 @@ pub enum TokenError {
 /// Verifies access tokens with the published keys, cached in memory and reloaded from
 /// the database when a token names a key not seen yet.
 pub struct TokenVerifier {
-    db: PgPool,
+    keys_source: Arc<dyn PublishedKeys>,
     issuer: String,
     clock: SharedClock,
     keys: RwLock<KeyCache>,
@@ -136,9 +138,9 @@ struct PublishedKey {
 }
 
 impl TokenVerifier {
-    pub fn new(db: PgPool, issuer: String, clock: SharedClock) -> Self {
+    pub fn new(keys_source: Arc<dyn PublishedKeys>, issuer: String, clock: SharedClock) -> Self {
         Self {
-            db,
+            keys_source,
             issuer,
             clock,
             keys: RwLock::new(KeyCache::default()),
@@ -197,7 +199,7 @@ impl TokenVerifier {
             .is_some_and(|t| now - t < KEY_RELOAD_INTERVAL);
         let fresh = cache.loaded_at.is_some_and(|t| now - t < KEY_CACHE_TTL);
         if !(recently || fresh && cache.keys.contains_key(kid)) {
-            match load_published_keys(&self.db, self.clock.now()).await {
+            match load_published_keys(self.keys_source.as_ref(), self.clock.now()).await {
                 Ok(keys) => {
                     cache.keys = keys;
                     cache.loaded_at = Some(now);
@@ -220,32 +222,25 @@ impl TokenVerifier {
 }
 
 async fn load_published_keys(
-    db: &PgPool,
+    source: &dyn PublishedKeys,
     now: time::OffsetDateTime,
 ) -> Result<HashMap<String, PublishedKey>, sqlx::Error> {
-    let rows: Vec<(String, serde_json::Value, Option<time::OffsetDateTime>)> = sqlx::query_as(
-        "SELECT kid, public_jwk, published_until FROM signing_keys
-         WHERE published_from <= $1 AND (published_until IS NULL OR published_until > $1)",
-    )
-    .bind(now)
-    .fetch_all(db)
-    .await?;
     let mut keys = HashMap::new();
-    for (kid, jwk, published_until) in rows {
-        let parsed = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk)
+    for published in source.published(now).await? {
+        let parsed = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(published.jwk)
             .ok()
             .and_then(|jwk| DecodingKey::from_jwk(&jwk).ok());
         match parsed {
             Some(key) => {
                 keys.insert(
-                    kid,
+                    published.kid,
                     PublishedKey {
                         key,
-                        published_until,
+                        published_until: published.published_until,
                     },
                 );
             }
-            None => tracing::error!(%kid, "a published signing key does not parse"),
+            None => tracing::error!(kid = %published.kid, "a published signing key does not parse"),
         }
     }
     Ok(keys)

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::TokenVerifier;
 use crate::clock::SharedClock;
 use crate::crypto::SecretBox;
+use crate::hooks::PublishedKeys;
 use crate::metrics::Metrics;
 use crate::printer::JobSigner;
 use crate::settings::Settings;
@@ -34,12 +35,18 @@ pub struct AppContext {
 
 impl AppContext {
     /// Loads (or, in the data directory, creates) the master key, and the MAC root and
-    /// the job-signing key from the database (which must be migrated).
-    pub async fn new(db: PgPool, settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+    /// the job-signing key from the database (which must be migrated). Access tokens are
+    /// verified with the keys `published_keys` (the account service's) publishes.
+    pub async fn new(
+        db: PgPool,
+        settings: Settings,
+        clock: SharedClock,
+        published_keys: Arc<dyn PublishedKeys>,
+    ) -> anyhow::Result<Self> {
         let secrets = SecretBox::load(&settings, &db).await?;
         let job_signer = Arc::new(JobSigner::load(&mut *db.acquire().await?, &secrets).await?);
         let tokens = Arc::new(TokenVerifier::new(
-            db.clone(),
+            published_keys,
             settings.public_url.as_str().to_owned(),
             clock.clone(),
         ));

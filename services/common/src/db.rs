@@ -98,3 +98,26 @@ pub async fn readiness(pool: &PgPool) -> Result<Readiness, sqlx::Error> {
         Readiness::MigrationsPending { missing }
     })
 }
+
+/// What a crate owns in the one schema: the tables it creates and writes, and the
+/// trigger functions that run on them. Only the owner's SQL names them; other crates
+/// call the owner's functions (`tests/api/ownership.rs` holds every crate to this).
+#[derive(Clone, Copy, Debug)]
+pub struct Owned {
+    pub tables: &'static [&'static str],
+    pub functions: &'static [&'static str],
+}
+
+/// The shared infrastructure's tables: the attempt throttle, the e-mail outbox, the
+/// service keys, and the audit log (written by every service through [`crate::audit`]).
+pub const OWNED: Owned = Owned {
+    tables: &[
+        "attempt_throttle",
+        "email_outbox",
+        "service_keys",
+        "audit_chains",
+        "audit_events",
+        "audit_checkpoints",
+    ],
+    functions: &["audit_events_append_only"],
+};

@@ -1,8 +1,9 @@
-//! What one service does when another changes something it depends on, without the two
-//! depending on each other: the relay owns print jobs, but printers leave through the
-//! org service (unpairing) and the pairing service (a re-pairing that replaces one).
-//! The binary hands each service the owner's implementation, as it hands the account
-//! service the org service's directory.
+//! What one crate needs of another that it may not depend on, as traits the owner
+//! implements: the relay owns print jobs, but printers leave through the org service
+//! (unpairing) and the pairing service (a re-pairing that replaces one); every service
+//! verifies access tokens with the keys the account service publishes. The binary hands
+//! each the owner's implementation, as it hands the account service the org service's
+//! directory.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,4 +27,20 @@ pub trait PrinterJobs: Send + Sync + 'static {
         reason: &'a str,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, sqlx::Result<u64>>;
+}
+
+/// A token-signing public key, as its owner (the account service) publishes it.
+#[derive(Clone, Debug)]
+pub struct PublishedKey {
+    pub kid: String,
+    /// The public JWK.
+    pub jwk: serde_json::Value,
+    /// When it stops being published, if that is decided.
+    pub published_until: Option<OffsetDateTime>,
+}
+
+/// The keys that sign access tokens, published now: what every service verifies tokens
+/// with ([`crate::auth::TokenVerifier`]).
+pub trait PublishedKeys: Send + Sync + 'static {
+    fn published(&self, now: OffsetDateTime) -> BoxFuture<'_, sqlx::Result<Vec<PublishedKey>>>;
 }

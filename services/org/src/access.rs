@@ -8,6 +8,7 @@
 //! A forgotten check is a type error, not a hole.
 
 use axum::http::StatusCode;
+use printworks_account::oauth::clients::client_role;
 use printworks_common::audit;
 use printworks_common::auth::{Caller, Role, Subject};
 use printworks_common::error::Problem;
@@ -160,23 +161,6 @@ pub async fn membership(
             })
         }
     }
-}
-
-/// The role a client acting on its own holds in `org`: `None` if it is revoked, of
-/// another organization, or acts for people only.
-async fn client_role(
-    db: impl sqlx::PgExecutor<'_>,
-    org: Uuid,
-    client_id: &str,
-) -> sqlx::Result<Option<Role>> {
-    let role: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(client_id)
-    .bind(org)
-    .fetch_optional(db)
-    .await?;
-    Ok(role.flatten().as_deref().and_then(Role::parse))
 }
 
 /// Takes the organization's row lock for the rest of the transaction on `conn`. Every

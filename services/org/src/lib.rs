@@ -36,6 +36,24 @@ use printworks_common::routes::{Access::Token, RouteTable};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+/// The tables the org service owns (see `printworks_common::db::Owned`), and the
+/// triggers that tell the printer endpoint when a printer leaves or its settings change.
+pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
+    tables: &[
+        "organizations",
+        "organization_members",
+        "invitations",
+        "teams",
+        "team_members",
+        "projects",
+        "project_shares",
+        "printers",
+        "printer_shares",
+        "printer_security",
+    ],
+    functions: &["org_notify_printer_unpaired", "org_notify_printer_security"],
+};
+
 pub const NAME: &str = "org";
 pub const PREFIX: &str = "/org/v1";
 

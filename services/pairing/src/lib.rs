@@ -52,6 +52,18 @@ pub const SEALED: &[printworks_common::reseal::SealedColumn] = &[
     },
 ];
 
+/// The tables the pairing service owns (see `printworks_common::db::Owned`).
+pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
+    tables: &[
+        "pairing_requests",
+        "printer_certificates",
+        "printer_secrets",
+        "printer_challenges",
+        "pairing_guess_budget",
+    ],
+    functions: &["notify_printer_revoked"],
+};
+
 pub const NAME: &str = "pairing";
 pub const PREFIX: &str = "/pairing/v1";
 

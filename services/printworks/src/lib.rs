@@ -198,7 +198,8 @@ impl Application {
         } else {
             None
         };
-        let ctx = AppContext::new(db, settings, clock).await?;
+        let keys = Arc::new(printworks_account::keys::Published(db.clone()));
+        let ctx = AppContext::new(db, settings, clock, keys).await?;
         // One e-mail worker for the services that send mail (invitations, address
         // verification); replicas share the outbox safely.
         if services.contains(Service::Account) || services.contains(Service::Org) {

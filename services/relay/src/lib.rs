@@ -41,6 +41,12 @@ pub const SEALED: &[printworks_common::reseal::SealedColumn] =
         context_prefix: "job-key:",
     }];
 
+/// The tables the relay owns (see `printworks_common::db::Owned`).
+pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
+    tables: &["print_jobs", "print_job_events", "printer_streams"],
+    functions: &["notify_printer_work"],
+};
+
 pub const NAME: &str = "relay";
 pub const PREFIX: &str = "/relay/v1";
 pub use printworks_proto::PRINTER_PREFIX;

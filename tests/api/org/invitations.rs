@@ -458,9 +458,14 @@ impl MailSender for FlakySender {
 async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone())
-        .await
-        .unwrap();
+    let ctx = AppContext::new(
+        pool.clone(),
+        test_settings(dir.path()),
+        clock.clone(),
+        std::sync::Arc::new(printworks_account::keys::Published(pool.clone())),
+    )
+    .await
+    .unwrap();
     let sender = Arc::new(FlakySender::default());
     *sender.down.lock().unwrap() = true;
 
@@ -537,9 +542,14 @@ async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
 async fn mail_that_cannot_be_sent_is_given_up_on_after_a_day_of_retries(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone())
-        .await
-        .unwrap();
+    let ctx = AppContext::new(
+        pool.clone(),
+        test_settings(dir.path()),
+        clock.clone(),
+        std::sync::Arc::new(printworks_account::keys::Published(pool.clone())),
+    )
+    .await
+    .unwrap();
     let sender = FlakySender::default();
     *sender.down.lock().unwrap() = true;
     let mut conn = pool.acquire().await.unwrap();
@@ -723,9 +733,14 @@ impl MailSender for WithdrawingSender {
 async fn mail_withdrawn_while_its_batch_is_being_sent_is_not_sent(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(pool.clone(), test_settings(dir.path()), clock.clone())
-        .await
-        .unwrap();
+    let ctx = AppContext::new(
+        pool.clone(),
+        test_settings(dir.path()),
+        clock.clone(),
+        std::sync::Arc::new(printworks_account::keys::Published(pool.clone())),
+    )
+    .await
+    .unwrap();
     let mut conn = pool.acquire().await.unwrap();
     for (to, topic) in [
         ("first@example.com", "invitation:first"),

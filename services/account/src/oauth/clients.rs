@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use axum::http::header;
 use base64::Engine as _;
-use printworks_common::auth::ScopeSet;
+use printworks_common::auth::{Role, ScopeSet};
 use printworks_common::crypto::{constant_time_eq, token_digest};
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
@@ -304,4 +304,22 @@ mod tests {
             assert!(validate_redirect_uri(bad).is_err(), "{bad} accepted");
         }
     }
+}
+
+/// The role a client acting on its own (`client_credentials`) holds in `org`: `None` if
+/// it is revoked, of another organization, or acts for people only. For the org
+/// service, which reads it on every call such a client makes.
+pub async fn client_role(
+    db: impl sqlx::PgExecutor<'_>,
+    org: Uuid,
+    client_id: &str,
+) -> sqlx::Result<Option<Role>> {
+    let role: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .bind(org)
+    .fetch_optional(db)
+    .await?;
+    Ok(role.flatten().as_deref().and_then(Role::parse))
 }
