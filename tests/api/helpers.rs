@@ -437,18 +437,20 @@ impl TestApp {
 
     /// A printer in `org`, as pairing registers one when it is claimed.
     pub async fn register_printer(&self, org: Uuid, claimed_by: Uuid, name: &str) -> Uuid {
-        let mut conn = self.db.acquire().await.expect("connection");
-        printworks_org::printers::register(
-            &mut conn,
-            org,
-            name,
-            Some("S5"),
-            Some("SN-1"),
-            Some(claimed_by),
-            self.clock.now(),
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO printers (id, organization_id, name, model, serial, claimed_by, created_at)
+             VALUES ($1, $2, $3, 'S5', 'SN-1', $4, $5)",
         )
+        .bind(id)
+        .bind(org)
+        .bind(name)
+        .bind(claimed_by)
+        .bind(self.clock.now())
+        .execute(&self.db)
         .await
-        .expect("register printer")
+        .expect("register printer");
+        id
     }
 
     /// A JSON request with an optional bearer token; the response is checked against the

@@ -2,10 +2,16 @@
 //! call — never from a token — so a change takes effect on the next request.
 //!
 //! Authorization by type (the habit of lldap's access-control crate): a [`Membership`]
-//! is only obtained for a caller who belongs to the organization, and the functions
-//! that change things admins or writers may change take an [`Admin`] or a [`Writer`],
-//! which only [`Membership::require_admin`] and [`Membership::require_writer`] make.
-//! A forgotten check is a type error, not a hole.
+//! is only obtained for a caller who belongs to the organization, and what changes
+//! anything needs a proof the rules below make: an [`Admin`], a [`Writer`] (admin or
+//! member) or an [`Allowed`] (a rule about the thing itself: leaving, one's own
+//! project, the printer one added). Every change is audited, and only a proof names
+//! the actor of an audit event ([`Admin::audit_actor`] …), so a change whose check was
+//! forgotten does not compile; the functions that change printers for other services
+//! take the proof too ([`crate::printers::register`], [`crate::printers::remove`]).
+//! Every rule is here: handlers never compare roles themselves. Under the
+//! organization's lock, [`relock`] reads the membership again and the proof is asked
+//! for once more.
 
 use axum::http::StatusCode;
 use printworks_account::oauth::clients::client_role;
@@ -41,6 +47,50 @@ pub struct Admin<'a>(&'a Membership);
 #[derive(Clone, Copy, Debug)]
 pub struct Writer<'a>(&'a Membership);
 
+/// Proof that a rule about the thing at hand lets the caller act on it (leaving the
+/// organization, sharing one's own project, removing the printer one added). Only the
+/// rules of [`Membership`] make one.
+#[derive(Clone, Copy, Debug)]
+pub struct Allowed<'a>(&'a Membership);
+
+impl std::ops::Deref for Allowed<'_> {
+    type Target = Membership;
+    fn deref(&self) -> &Membership {
+        self.0
+    }
+}
+
+macro_rules! audited {
+    ($($proof:ident),*) => {$(
+        impl $proof<'_> {
+            /// Who did it, for the audit log: only a proof says.
+            pub fn audit_actor(&self) -> audit::Actor {
+                self.0.actor()
+            }
+        }
+    )*};
+}
+
+audited!(Admin, Writer, Allowed);
+
+impl<'a> From<Admin<'a>> for Writer<'a> {
+    fn from(a: Admin<'a>) -> Self {
+        Writer(a.0)
+    }
+}
+
+impl<'a> From<Writer<'a>> for Allowed<'a> {
+    fn from(w: Writer<'a>) -> Self {
+        Allowed(w.0)
+    }
+}
+
+impl<'a> From<Admin<'a>> for Allowed<'a> {
+    fn from(a: Admin<'a>) -> Self {
+        Allowed(a.0)
+    }
+}
+
 impl std::ops::Deref for Admin<'_> {
     type Target = Membership;
     fn deref(&self) -> &Membership {
@@ -74,15 +124,11 @@ impl Membership {
         }
     }
 
-    pub fn audit_actor(&self) -> audit::Actor {
+    pub(crate) fn actor(&self) -> audit::Actor {
         match &self.who {
             Who::User(id) => audit::Actor::User(*id),
             Who::Client(id) => audit::Actor::Client(id.clone()),
         }
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
     }
 
     /// The caller's role read again on `conn` (inside a transaction that holds the
@@ -109,6 +155,66 @@ impl Membership {
             Role::Guest => Err(forbidden(
                 "Guests cannot change the organization, its teams or its printers.",
             )),
+        }
+    }
+
+    /// The caller leaves the organization (removing themselves), or an admin removes
+    /// `user`.
+    pub fn require_admin_or_self(&self, user: Uuid) -> Result<Allowed<'_>, ApiError> {
+        if self.user_id() == Some(user) {
+            return Ok(Allowed(self));
+        }
+        self.require_admin()
+            .map(Allowed::from)
+            .map_err(|_| forbidden("Only admins remove others; anyone may leave."))
+    }
+
+    /// Admins, and a member for what they made themselves (`made_by`: the team they
+    /// created, the printer they added); guests never.
+    pub fn require_admin_or_maker(
+        &self,
+        made_by: Option<Uuid>,
+        refusal: &str,
+    ) -> Result<Writer<'_>, ApiError> {
+        match self.role {
+            Role::Admin => Ok(Writer(self)),
+            Role::Member if self.user_id().is_some() && self.user_id() == made_by => {
+                Ok(Writer(self))
+            }
+            _ => Err(forbidden(refusal)),
+        }
+    }
+
+    /// The caller's own grant on the thing at hand, as the thing's query read it (a
+    /// project shared with them to edit): `granted` or 403 with `refusal`.
+    pub fn require_granted(&self, granted: bool, refusal: &str) -> Result<Allowed<'_>, ApiError> {
+        if granted {
+            Ok(Allowed(self))
+        } else {
+            Err(forbidden(refusal))
+        }
+    }
+
+    /// Admins and members; a guest only for what they own (`owner`).
+    pub fn require_writer_or_owner(
+        &self,
+        owner: Option<Uuid>,
+        refusal: &str,
+    ) -> Result<Allowed<'_>, ApiError> {
+        match self.role {
+            Role::Admin | Role::Member => Ok(Allowed(self)),
+            Role::Guest if self.user_id().is_some() && self.user_id() == owner => Ok(Allowed(self)),
+            Role::Guest => Err(forbidden(refusal)),
+        }
+    }
+
+    /// What a caller's view of teams and printers is narrowed to: `Some(person)` for a
+    /// guest (only what is theirs or shared with them; an automated guest sees nothing
+    /// personal), `None` for admins and members, who see the organization's.
+    pub fn guest_scope(&self) -> Option<Uuid> {
+        match self.role {
+            Role::Guest => Some(self.user_id().unwrap_or(Uuid::nil())),
+            Role::Admin | Role::Member => None,
         }
     }
 
@@ -175,18 +281,18 @@ pub async fn lock_org(conn: &mut PgConnection, org: Uuid) -> sqlx::Result<()> {
 }
 
 /// Takes the organization's lock (held for the rest of the transaction on `conn`) and
-/// reads the caller's role again under it; 404 if they no longer belong.
-pub async fn lock_org_and_role(conn: &mut PgConnection, m: &Membership) -> Result<Role, ApiError> {
+/// reads the caller's membership again under it: someone removed or demoted (or a
+/// client revoked) a moment ago cannot act on a membership read before. 404 if they no
+/// longer belong; ask the fresh membership for the proof the change needs.
+pub async fn relock(conn: &mut PgConnection, m: &Membership) -> Result<Membership, ApiError> {
     lock_org(&mut *conn, m.org).await?;
-    m.current_role(conn).await?.ok_or_else(ApiError::not_found)
-}
-
-/// The caller's standing, read again under the organization's lock: someone removed or
-/// demoted (or a client revoked) a moment ago cannot act on a membership read before.
-pub async fn still_admin(conn: &mut PgConnection, m: &Membership) -> Result<(), ApiError> {
-    match m.current_role(conn).await? {
-        Some(Role::Admin) => Ok(()),
-        Some(_) => Err(forbidden("This needs the admin role.")),
-        None => Err(ApiError::not_found()),
-    }
+    let role = m
+        .current_role(conn)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Membership {
+        org: m.org,
+        role,
+        who: m.who.clone(),
+    })
 }

@@ -73,19 +73,34 @@ pub async fn paired_for_repairing(
     .await
 }
 
-/// The printer (paired), the caller's membership of its organization, and proof that
-/// the caller may use it (admin, claimer, or shared with them). Anything else is 404.
-pub async fn usable(
-    ctx: &AppContext,
-    caller: &Caller,
-    printer: Uuid,
-) -> Result<(PairedPrinter, Membership), ApiError> {
+/// Proof that the caller may use a printer (send it jobs, see them): the printer is
+/// paired and visible to them — an admin, the person who added it, or someone it is
+/// shared with. Only [`usable`] makes one.
+pub struct Usable {
+    pub printer: PairedPrinter,
+    by: Membership,
+}
+
+impl Usable {
+    /// The caller's membership of the printer's organization.
+    pub fn membership(&self) -> &Membership {
+        &self.by
+    }
+
+    /// Who used it, for the audit log.
+    pub fn audit_actor(&self) -> printworks_common::audit::Actor {
+        self.by.actor()
+    }
+}
+
+/// The printer, if it is paired and the caller may use it; anything else is 404.
+pub async fn usable(ctx: &AppContext, caller: &Caller, printer: Uuid) -> Result<Usable, ApiError> {
     let p = paired(&ctx.db, printer)
         .await?
         .ok_or_else(ApiError::not_found)?;
     let m = membership(ctx, p.organization_id, caller).await?;
     crate::printers::visible(&ctx.db, &m, printer).await?;
-    Ok((p, m))
+    Ok(Usable { printer: p, by: m })
 }
 
 /// A printer's security settings as the printer receives them (version 0: never set).

@@ -95,7 +95,7 @@ pub async fn create(
             .bind(org)
             .fetch_one(&mut *tx)
             .await?;
-    crate::access::still_admin(&mut tx, &m).await?;
+    crate::access::relock(&mut tx, &m).await?.require_admin()?;
     let (pending, today, oldest): (i64, i64, Option<OffsetDateTime>) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2),
                 count(*) FILTER (WHERE created_at > $3),

@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::OrgState;
-use crate::access::{Membership, forbidden, lock_org, membership, still_admin};
+use crate::access::{Allowed, lock_org, membership, relock};
 
 #[derive(Serialize)]
 pub struct MemberView {
@@ -84,7 +84,7 @@ async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Resu
 /// Each withdrawal is audited.
 async fn withdraw_grants(
     conn: &mut PgConnection,
-    m: &Membership,
+    m: &Allowed<'_>,
     user: Uuid,
     source: Option<std::net::IpAddr>,
     reason: &str,
@@ -148,7 +148,8 @@ pub async fn change_role(
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let admins = lock_and_count_admins(&mut tx, org).await?;
-    still_admin(&mut tx, &m).await?;
+    let fresh = relock(&mut tx, &m).await?;
+    fresh.require_admin()?;
     let old = crate::role_of(&mut *tx, org, user)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -175,7 +176,7 @@ pub async fn change_role(
         if old == Role::Admin {
             withdraw_grants(
                 &mut tx,
-                &m,
+                &admin.into(),
                 user,
                 client.addr,
                 "registrar_no_longer_admin",
@@ -198,14 +199,12 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let leaving = m.user_id() == Some(user);
-    if !leaving && !m.is_admin() {
-        return Err(forbidden("Only admins remove others; anyone may leave."));
-    }
+    let allowed = m.require_admin_or_self(user)?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let admins = lock_and_count_admins(&mut tx, org).await?;
     if !leaving {
-        still_admin(&mut tx, &m).await?;
+        relock(&mut tx, &m).await?.require_admin()?;
     }
     let role: Option<String> = sqlx::query_scalar(
         "DELETE FROM organization_members WHERE organization_id = $1 AND user_id = $2 RETURNING role",
@@ -250,7 +249,7 @@ pub async fn remove(
         } else {
             "member.remove"
         },
-        m.audit_actor(),
+        allowed.audit_actor(),
         Outcome::Success,
     )
     .organization(org)
@@ -264,7 +263,7 @@ pub async fn remove(
     } else {
         "registrar_removed"
     };
-    withdraw_grants(&mut tx, &m, user, client.addr, reason, now).await?;
+    withdraw_grants(&mut tx, &allowed, user, client.addr, reason, now).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

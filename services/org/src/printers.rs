@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role};
+use printworks_common::auth::Auth;
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::OrgState;
-use crate::access::{Membership, membership};
+use crate::access::{Membership, Writer, membership};
 use crate::shares::{Grantee, Shared, check_grantee, remove_share};
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -67,17 +67,17 @@ pub async fn visible(db: &PgPool, m: &Membership, printer: Uuid) -> Result<Print
     row.ok_or_else(ApiError::not_found)
 }
 
-/// Adds a claimed printer to `org` (in the caller's transaction). For the pairing
-/// service.
+/// Adds a printer the writer claimed to their organization (in the caller's
+/// transaction). For the pairing service.
 pub async fn register(
     conn: &mut PgConnection,
-    org: Uuid,
+    writer: &Writer<'_>,
     name: &str,
     model: Option<&str>,
     serial: Option<&str>,
-    claimed_by: Option<Uuid>,
     now: OffsetDateTime,
 ) -> sqlx::Result<Uuid> {
+    let (org, claimed_by) = (writer.org, writer.user_id());
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO printers (id, organization_id, name, model, serial, claimed_by, created_at)
@@ -110,11 +110,22 @@ pub async fn lock_paired(conn: &mut PgConnection, printer: Uuid) -> sqlx::Result
     .is_some())
 }
 
-/// Whether a caller of `role` (the person `who`, when a person) may remove a printer
-/// that `claimed_by` added: admins, and the person who added it while they may still
-/// change printers (not a guest).
-pub fn may_remove(role: Role, who: Option<Uuid>, claimed_by: Option<Uuid>) -> bool {
-    role == Role::Admin || (role == Role::Member && who.is_some() && who == claimed_by)
+/// Proof that the caller may remove — or pair again — a printer now: admins, and the
+/// person who added it while they may still change printers (not a guest). Only
+/// [`lock_for_removal`] makes one; [`remove`] and [`repaired`] take it.
+pub struct Removal {
+    printer: Uuid,
+    by: Membership,
+}
+
+impl Removal {
+    pub fn printer(&self) -> Uuid {
+        self.printer
+    }
+
+    pub fn audit_actor(&self) -> printworks_common::audit::Actor {
+        self.by.actor()
+    }
 }
 
 /// Takes the organization's lock and then the printer's (held for the rest of the
@@ -125,8 +136,8 @@ pub async fn lock_for_removal(
     conn: &mut PgConnection,
     m: &Membership,
     printer: Uuid,
-) -> Result<(), ApiError> {
-    let role = crate::access::lock_org_and_role(&mut *conn, m).await?;
+) -> Result<Removal, ApiError> {
+    let fresh = crate::access::relock(&mut *conn, m).await?;
     let claimed_by: Option<Option<Uuid>> = sqlx::query_scalar(concat!(
         "SELECT claimed_by FROM printers WHERE id = $1 AND organization_id = $2 AND ",
         paired!(),
@@ -137,12 +148,11 @@ pub async fn lock_for_removal(
     .fetch_optional(&mut *conn)
     .await?;
     let claimed_by = claimed_by.ok_or_else(ApiError::not_found)?;
-    if !may_remove(role, m.user_id(), claimed_by) {
-        return Err(crate::access::forbidden(
-            "Only admins and the person who added the printer can remove it or pair it again.",
-        ));
-    }
-    Ok(())
+    fresh.require_admin_or_maker(
+        claimed_by,
+        "Only admins and the person who added the printer can remove it or pair it again.",
+    )?;
+    Ok(Removal { printer, by: fresh })
 }
 
 /// Marks the printer unpaired (in the caller's transaction): its certificates stop being
@@ -150,9 +160,10 @@ pub async fn lock_for_removal(
 /// tells it to drop live connections). `false` if it was not paired.
 pub async fn remove(
     conn: &mut PgConnection,
-    printer: Uuid,
+    removal: &Removal,
     now: OffsetDateTime,
 ) -> sqlx::Result<bool> {
+    let printer = removal.printer;
     Ok(sqlx::query(concat!(
         "UPDATE printers SET unpaired_at = $2 WHERE id = $1 AND ",
         paired!()
@@ -169,10 +180,11 @@ pub async fn remove(
 /// shares and settings, under the name just given. For the pairing service.
 pub async fn repaired(
     conn: &mut PgConnection,
-    printer: Uuid,
+    removal: &Removal,
     name: &str,
     model: &str,
 ) -> sqlx::Result<()> {
+    let printer = removal.printer;
     sqlx::query("UPDATE printers SET name = $2, model = $3 WHERE id = $1")
         .bind(printer)
         .bind(name)
@@ -197,8 +209,8 @@ pub async fn unpair(
     let mut tx = state.ctx.db.begin().await?;
     // The person who added it may remove it while they may still change printers (a
     // guest no longer may); checked again under the locks.
-    lock_for_removal(&mut tx, &m, printer).await?;
-    if !remove(&mut tx, printer, now).await? {
+    let removal = lock_for_removal(&mut tx, &m, printer).await?;
+    if !remove(&mut tx, &removal, now).await? {
         return Err(ApiError::not_found());
     }
     // Its unfinished jobs fail now: nothing more is sent for it.
@@ -206,7 +218,7 @@ pub async fn unpair(
         .jobs
         .printer_left(&mut tx, printer, "the printer was removed", now)
         .await?;
-    AuditEvent::new("printer.unpair", m.audit_actor(), Outcome::Success)
+    AuditEvent::new("printer.unpair", removal.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("printer", printer)
@@ -294,11 +306,11 @@ pub async fn unshare(
     Path((org, printer, kind, grantee)): Path<(Uuid, Uuid, String, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    m.require_writer()?;
+    let writer = m.require_writer()?;
     visible(&state.ctx.db, &m, printer).await?;
     remove_share(
         &state,
-        &m,
+        &writer.into(),
         client.addr,
         Shared::Printer,
         printer,

@@ -14,14 +14,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role};
+use printworks_common::auth::Auth;
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::OrgState;
-use crate::access::{Membership, forbidden, membership};
+use crate::access::{Allowed, Membership, membership};
 use crate::organizations::checked_name;
 use crate::shares::{Shared, check_grantee, remove_share};
 
@@ -92,14 +92,11 @@ async fn visible(state: &OrgState, m: &Membership, project: Uuid) -> Result<Proj
     row.ok_or_else(ApiError::not_found)
 }
 
-fn require_edit(p: &ProjectView) -> Result<(), ApiError> {
-    if p.access == "edit" {
-        Ok(())
-    } else {
-        Err(forbidden(
-            "You may look at this project, not change or share it.",
-        ))
-    }
+fn require_edit<'a>(m: &'a Membership, p: &ProjectView) -> Result<Allowed<'a>, ApiError> {
+    m.require_granted(
+        p.access == "edit",
+        "You may look at this project, not change or share it.",
+    )
 }
 
 pub async fn list(
@@ -152,7 +149,7 @@ pub async fn create(
     let m = membership(&state.ctx, org, &auth).await?;
     // Admins and members create projects (the person creating one owns it); guests
     // only use what is shared with them.
-    m.require_writer()?;
+    let writer = m.require_writer()?;
     let owner = m.require_person()?;
     let name = checked_name(&req.name, "name")?;
     let description = checked_description(&req.description)?;
@@ -171,7 +168,7 @@ pub async fn create(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    AuditEvent::new("project.create", m.audit_actor(), Outcome::Success)
+    AuditEvent::new("project.create", writer.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("project", id)
@@ -223,7 +220,7 @@ pub async fn update(
 ) -> Result<Json<ProjectView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let current = visible(&state, &m, project).await?;
-    require_edit(&current)?;
+    let editor = require_edit(&m, &current)?;
     let name = req
         .name
         .as_deref()
@@ -246,7 +243,7 @@ pub async fn update(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    AuditEvent::new("project.update", m.audit_actor(), Outcome::Success)
+    AuditEvent::new("project.update", editor.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("project", project)
@@ -272,10 +269,9 @@ pub async fn share(
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let current = visible(&state, &m, project).await?;
-    require_edit(&current)?;
-    if m.role == Role::Guest && current.owner_id != m.user_id() {
-        return Err(forbidden("Guests share only their own projects."));
-    }
+    require_edit(&m, &current)?;
+    let sharer =
+        m.require_writer_or_owner(current.owner_id, "Guests share only their own projects.")?;
     let kind = check_grantee(&state, org, &req.grantee_type, req.grantee_id).await?;
     if !matches!(req.permission.as_str(), "view" | "edit") {
         return Err(ApiError::invalid("permission must be view or edit."));
@@ -294,7 +290,7 @@ pub async fn share(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    AuditEvent::new("project.share", m.audit_actor(), Outcome::Success)
+    AuditEvent::new("project.share", sharer.audit_actor(), Outcome::Success)
         .organization(org)
         .source(client.addr)
         .target("project", project)
@@ -314,10 +310,10 @@ pub async fn unshare(
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     let current = visible(&state, &m, project).await?;
-    require_edit(&current)?;
+    let editor = require_edit(&m, &current)?;
     remove_share(
         &state,
-        &m,
+        &editor,
         client.addr,
         Shared::Project,
         project,

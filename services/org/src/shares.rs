@@ -10,7 +10,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::OrgState;
-use crate::access::Membership;
+use crate::access::Allowed;
 
 #[derive(Deserialize)]
 pub struct Grantee {
@@ -73,7 +73,7 @@ impl Shared {
 /// `<printer|project>.unshare`. The caller has checked that `m` may.
 pub async fn remove_share(
     state: &OrgState,
-    m: &Membership,
+    m: &Allowed<'_>,
     source: Option<IpAddr>,
     what: Shared,
     id: Uuid,

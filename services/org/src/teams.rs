@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Role};
+use printworks_common::auth::Auth;
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -51,7 +51,7 @@ async fn lock_and_require_manager(
     m: &Membership,
     team: Uuid,
 ) -> Result<(), ApiError> {
-    let role = crate::access::lock_org_and_role(&mut *conn, m).await?;
+    let fresh = crate::access::relock(&mut *conn, m).await?;
     let created_by: Option<Option<Uuid>> =
         sqlx::query_scalar("SELECT created_by FROM teams WHERE id = $1 AND organization_id = $2")
             .bind(team)
@@ -59,22 +59,16 @@ async fn lock_and_require_manager(
             .fetch_optional(&mut *conn)
             .await?;
     let created_by = created_by.ok_or_else(ApiError::not_found)?;
-    let creator = m.user_id().is_some() && created_by == m.user_id();
-    if role == Role::Admin || (role == Role::Member && creator) {
-        return Ok(());
-    }
-    Err(crate::access::forbidden(
+    fresh.require_admin_or_maker(
+        created_by,
         "Only the team's creator and the organization's admins manage a team.",
-    ))
+    )?;
+    Ok(())
 }
 
 /// The team, if it is in `org` and the caller may see it.
 async fn visible_team(state: &OrgState, m: &Membership, team: Uuid) -> Result<TeamView, ApiError> {
-    let guest_user = if m.require_writer().is_ok() {
-        None
-    } else {
-        m.user_id().or(Some(Uuid::nil()))
-    };
+    let guest_user = m.guest_scope();
     let row: Option<TeamView> = sqlx::query_as(
         "SELECT t.id, t.name, (SELECT count(*) FROM team_members x WHERE x.team_id = t.id) AS member_count, t.created_at
          FROM teams t
@@ -96,11 +90,7 @@ pub async fn list(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Paginated<TeamView>>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    let guest_user = if m.require_writer().is_ok() {
-        None
-    } else {
-        m.user_id().or(Some(Uuid::nil()))
-    };
+    let guest_user = m.guest_scope();
     let page = Page::from_query(&q)?;
     let (after_time, after_id) = page.after.unzip();
     let rows: Vec<TeamView> = sqlx::query_as(
@@ -292,10 +282,13 @@ pub async fn remove_member(
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     // Anyone may leave a team; removing someone else is for its managers.
-    if !leaving {
-        m.require_writer()?;
+    let remover = if leaving {
+        m.require_admin_or_self(user)?
+    } else {
+        let writer = m.require_writer()?;
         lock_and_require_manager(&mut tx, &m, team).await?;
-    }
+        writer.into()
+    };
     let removed = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
         .bind(team)
         .bind(user)
@@ -305,13 +298,17 @@ pub async fn remove_member(
     if removed == 0 {
         return Err(ApiError::not_found());
     }
-    AuditEvent::new("team.member_remove", m.audit_actor(), Outcome::Success)
-        .organization(org)
-        .source(client.addr)
-        .target("team", team)
-        .detail("user_id", user.to_string())
-        .write(&mut tx, now)
-        .await?;
+    AuditEvent::new(
+        "team.member_remove",
+        remover.audit_actor(),
+        Outcome::Success,
+    )
+    .organization(org)
+    .source(client.addr)
+    .target("team", team)
+    .detail("user_id", user.to_string())
+    .write(&mut tx, now)
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,7 +27,6 @@ use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
 use printworks_common::auth::Auth;
-use printworks_common::auth::Role;
 use printworks_common::crypto::random_token;
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json};
@@ -251,12 +250,8 @@ pub async fn claim(
         .map_err(|e| anyhow::anyhow!("a stored CSR no longer checks: {e}"))?;
     // The organization's lock, then the caller's role read again under it: a member
     // demoted or removed a moment ago claims nothing.
-    printworks_org::access::lock_org(&mut tx, org).await?;
-    match m.current_role(&mut tx).await? {
-        Some(Role::Admin | Role::Member) => {}
-        Some(Role::Guest) => return Err(writer_lost()),
-        None => return Err(ApiError::not_found()),
-    }
+    let fresh = printworks_org::access::relock(&mut tx, &m).await?;
+    let writer = fresh.require_writer().map_err(|_| writer_lost())?;
     // Re-pairing: the printer the request proved to be, if it is this organization's;
     // else the organization's printer with this serial, if any.
     let existing = printworks_org::fleet::paired_for_repairing(
@@ -267,24 +262,30 @@ pub async fn claim(
     )
     .await?;
     let proven = existing.is_some() && existing == waiting.proven_printer_id;
-    if let Some(id) = existing
-        && let Err(e) = printworks_org::printers::lock_for_removal(&mut tx, &m, id).await
-    {
-        drop(tx);
-        audit_failure(ctx, &writer, org, &client, "not_allowed_to_repair").await?;
-        return Err(e);
-    }
-    let (printer_id, replaced) = match existing {
-        Some(id) if proven => {
+    let removal = match existing {
+        Some(id) => match printworks_org::printers::lock_for_removal(&mut tx, &m, id).await {
+            Ok(removal) => Some(removal),
+            Err(e) => {
+                drop(tx);
+                audit_failure(ctx, &writer, org, &client, "not_allowed_to_repair").await?;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let (printer_id, replaced) = match removal {
+        Some(removal) if proven => {
+            let id = removal.printer();
             identity::revoke_all(&mut tx, id, now, "re-paired").await?;
-            printworks_org::printers::repaired(&mut tx, id, &name, &waiting.model).await?;
+            printworks_org::printers::repaired(&mut tx, &removal, &name, &waiting.model).await?;
             (id, None)
         }
         other => {
             // Whatever had this serial could not prove it is this device: it goes, with
             // its credentials, and its unfinished jobs fail rather than reach a stranger.
-            if let Some(old) = other {
-                printworks_org::printers::remove(&mut tx, old, now).await?;
+            if let Some(removal) = &other {
+                let old = removal.printer();
+                printworks_org::printers::remove(&mut tx, removal, now).await?;
                 let failed = state
                     .jobs
                     .printer_left(
@@ -294,7 +295,7 @@ pub async fn claim(
                         now,
                     )
                     .await?;
-                AuditEvent::new("printer.unpair", writer.audit_actor(), Outcome::Success)
+                AuditEvent::new("printer.unpair", removal.audit_actor(), Outcome::Success)
                     .organization(org)
                     .source(client.addr)
                     .target("printer", old)
@@ -305,15 +306,14 @@ pub async fn claim(
             }
             let id = printworks_org::printers::register(
                 &mut tx,
-                org,
+                &writer,
                 &name,
                 Some(&waiting.model),
                 Some(&waiting.serial),
-                writer.user_id(),
                 now,
             )
             .await?;
-            (id, other)
+            (id, other.map(|r| r.printer()))
         }
     };
     let issued = state.ca.issue_printer(

@@ -287,7 +287,8 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (printer, m) = printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
+    let usable = printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
+    let printer = usable.printer.clone();
     let name = job_name(q.name.as_deref())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -428,7 +429,7 @@ pub async fn submit(
                 .into());
             }
             record(&mut tx, id, "queued", None, None, now).await?;
-            AuditEvent::new("job.submit", m.audit_actor(), Outcome::Success)
+            AuditEvent::new("job.submit", usable.audit_actor(), Outcome::Success)
                 .organization(printer.organization_id)
                 .source(client.addr)
                 .target("job", id)
@@ -694,19 +695,19 @@ pub async fn abort(
     let view = job_view(&state.ctx.db, job)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let (printer, m) = printworks_org::fleet::usable(&state.ctx, &auth, view.printer_id).await?;
+    let usable = printworks_org::fleet::usable(&state.ctx, &auth, view.printer_id).await?;
+    let m = usable.membership();
     let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
         || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
             && m.user_id().is_none();
-    // The person who added the printer, while they may still change printers.
-    let claimer = printer.claimed_by.is_some()
-        && printer.claimed_by == m.user_id()
-        && m.require_writer().is_ok();
-    if !(m.is_admin() || sender || claimer) {
-        return Err(printworks_org::access::forbidden(
-            "Only admins, whoever sent the job and whoever added the printer can abort it.",
-        ));
-    }
+    // Admins, the person who added the printer while they may still change printers,
+    // and whoever sent the job.
+    const REFUSAL: &str =
+        "Only admins, whoever sent the job and whoever added the printer can abort it.";
+    let aborter = match m.require_admin_or_maker(usable.printer.claimed_by, REFUSAL) {
+        Ok(writer) => writer.into(),
+        Err(_) => m.require_granted(sender, REFUSAL)?,
+    };
     let ctx = &state.ctx;
     let now = ctx.now();
     let mut tx = ctx.db.begin().await?;
@@ -736,11 +737,11 @@ pub async fn abort(
         "aborted by an automated client"
     };
     record(&mut tx, job, "aborted", None, Some(by), now).await?;
-    AuditEvent::new("job.abort", m.audit_actor(), Outcome::Success)
-        .organization(printer.organization_id)
+    AuditEvent::new("job.abort", aborter.audit_actor(), Outcome::Success)
+        .organization(usable.printer.organization_id)
         .source(client.addr)
         .target("job", job)
-        .detail("printer_id", printer.id.to_string())
+        .detail("printer_id", usable.printer.id.to_string())
         .detail("was", current.as_str())
         .write(&mut tx, now)
         .await?;
