@@ -9,7 +9,8 @@
 //! - [`auth`]: the scope catalogue, access-token verification and the `Auth` extractor.
 //! - [`routes`]: the route table every service declares its routes in; the scope a
 //!   token needs is enforced from it.
-//! - [`audit`]: the hash-chained audit log writer every service calls.
+//! - [`audit`]: the hash-chained audit log: the writer every service calls, and the
+//!   reading, checkpoints, verification and retention of the audit tables it owns.
 //! - [`hooks`]: what one service does when another changes what it depends on.
 //! - [`mail`]: the e-mail outbox (nothing lost while the mail server is down).
 //! - [`printer`]: what printers and the cloud say to each other (credentials, renewal proofs).

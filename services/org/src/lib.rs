@@ -30,6 +30,7 @@ use axum::extract::FromRef;
 use printworks_account::password::PasswordHasher;
 use printworks_account::{BoxFuture, OrgDirectory};
 use printworks_common::AppContext;
+use printworks_common::audit::{integrity, retention};
 use printworks_common::auth::{Role, Scope};
 use printworks_common::hooks::PrinterJobs;
 use printworks_common::routes::{Access::Token, RouteTable};
@@ -126,8 +127,8 @@ pub fn router(ctx: AppContext, jobs: Arc<dyn PrinterJobs>) -> anyhow::Result<Rou
 }
 
 /// Every five minutes, signs the heads of the audit chains that grew
-/// ([`audit::checkpoint`]); hourly, prunes expired audit records (replicas doing it
-/// at once are ordered by each chain's row lock).
+/// ([`integrity::checkpoint`]); hourly, prunes expired audit records
+/// ([`retention::prune`]; replicas doing it at once take turns per chain).
 fn spawn_retention(ctx: AppContext) {
     let stop = ctx.shutdown.child_token();
     tokio::spawn(async move {
@@ -138,11 +139,11 @@ fn spawn_retention(ctx: AppContext) {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = audit::checkpoint(&ctx.db, &ctx.secrets, ctx.now()).await {
+            if let Err(e) = integrity::checkpoint(&ctx.db, &ctx.secrets, ctx.now()).await {
                 tracing::warn!(error = %e, "audit checkpoint");
             }
             if ticks.is_multiple_of(12) {
-                match audit::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await {
+                match retention::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "audit retention pruned old records"),
                     Err(e) => tracing::warn!(error = %e, "audit retention"),
@@ -210,6 +211,3 @@ impl OrgDirectory for Directory {
         Box::pin(async move { Ok(organizations::name_of(&self.db, organization_id).await?) })
     }
 }
-
-/// Kept for the binary's `audit verify` command.
-pub use audit::{RetentionRule, Verification, verify_all};

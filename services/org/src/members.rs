@@ -67,6 +67,22 @@ pub async fn list(
     Ok(Json(page.finish(items, |v| (v.joined_at, v.user_id))))
 }
 
+/// Every current member of the organization with when they joined, in no particular
+/// order: what the audit log's queries need to show admins the members' own events
+/// (`printworks_common::audit::events`). As many rows as the organization has members
+/// (there is no limit on that).
+pub async fn joined(
+    db: impl sqlx::PgExecutor<'_>,
+    org: Uuid,
+) -> sqlx::Result<Vec<(Uuid, OffsetDateTime)>> {
+    sqlx::query_as(
+        "SELECT user_id, created_at FROM organization_members WHERE organization_id = $1",
+    )
+    .bind(org)
+    .fetch_all(db)
+    .await
+}
+
 /// Locks the organization (serialising membership changes) and counts its admins.
 async fn lock_and_count_admins(conn: &mut PgConnection, org: Uuid) -> sqlx::Result<i64> {
     lock_org(&mut *conn, org).await?;

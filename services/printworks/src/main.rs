@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 use printworks::{Application, Service, ServiceSet};
+use printworks_common::audit::integrity;
 use printworks_common::clock::{Clock as _, SystemClock};
 use printworks_common::crypto::SecretBox;
 use printworks_common::settings::ensure_private_dir;
@@ -206,11 +207,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let pool = db::connect(&settings, &database_url).await?;
             let secrets = SecretBox::load(&settings, &pool).await?;
-            let rule = printworks_org::RetentionRule {
+            let rule = integrity::RetentionRule {
                 now: SystemClock.now(),
                 retention: settings.org.audit_retention,
             };
-            let results = printworks_org::verify_all(&pool, &secrets, rule).await?;
+            let results = integrity::verify_all(&pool, &secrets, rule).await?;
             pool.close().await;
             if report_verification(&results) {
                 Ok(())
@@ -276,7 +277,7 @@ fn report_rotation(r: &printworks_account::keys::Rotation) {
 
 /// Prints one line per chain; true when all are intact.
 #[allow(clippy::print_stdout)] // the command's answer
-fn report_verification(results: &[printworks_org::Verification]) -> bool {
+fn report_verification(results: &[integrity::Verification]) -> bool {
     let mut all_ok = true;
     for v in results {
         match &v.first_bad_record {

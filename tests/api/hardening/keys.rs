@@ -76,7 +76,7 @@ async fn the_job_signing_key_and_every_secret_survive_a_master_key_rotation(
     )
     .await
     .unwrap();
-    printworks_org::audit::checkpoint(&db, &secrets, before.now())
+    printworks_common::audit::integrity::checkpoint(&db, &secrets, before.now())
         .await
         .unwrap();
     before.stop().await.unwrap();

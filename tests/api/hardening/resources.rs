@@ -179,7 +179,7 @@ async fn pruning_a_large_audit_backlog_does_not_hold_the_chain_head(pool: PgPool
             .unwrap();
     }
     drop(conn);
-    printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+    printworks_common::audit::integrity::checkpoint(&app.db, &secrets, app.now())
         .await
         .unwrap();
     let through: i64 =
@@ -202,7 +202,8 @@ async fn pruning_a_large_audit_backlog_does_not_hold_the_chain_head(pool: PgPool
     let db = app.db.clone();
     let now = app.now();
     let pruning = tokio::spawn(async move {
-        printworks_org::audit::prune(&db, now, Duration::from_secs(365 * 24 * 3600)).await
+        printworks_common::audit::retention::prune(&db, now, Duration::from_secs(365 * 24 * 3600))
+            .await
     });
     let mut watch = sqlx::PgConnection::connect_with(&options).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -241,11 +242,11 @@ async fn pruning_a_large_audit_backlog_does_not_hold_the_chain_head(pool: PgPool
         left < 2500,
         "{left} left: nothing was pruned before the held record"
     );
-    let rule = printworks_org::RetentionRule {
+    let rule = printworks_common::audit::integrity::RetentionRule {
         now: app.now(),
         retention: Duration::from_secs(365 * 24 * 3600),
     };
-    let mid = printworks_org::audit::verify_chain(&app.db, &secrets, w.org, rule)
+    let mid = printworks_common::audit::integrity::verify_chain(&app.db, &secrets, w.org, rule)
         .await
         .unwrap();
     assert!(mid.ok, "{:?}", mid.first_bad_record);
@@ -263,7 +264,7 @@ async fn pruning_a_large_audit_backlog_does_not_hold_the_chain_head(pool: PgPool
     .await
     .unwrap();
     assert_eq!((start, older), (through, 0));
-    let after = printworks_org::audit::verify_chain(&app.db, &secrets, w.org, rule)
+    let after = printworks_common::audit::integrity::verify_chain(&app.db, &secrets, w.org, rule)
         .await
         .unwrap();
     assert!(after.ok, "{:?}", after.first_bad_record);

@@ -547,7 +547,7 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
         .expect(StatusCode::CREATED);
     }
     // Signed now (the org's record 4 is the head)...
-    printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+    printworks_common::audit::integrity::checkpoint(&app.db, &secrets, app.now())
         .await
         .unwrap();
     app.clock.advance(time::Duration::days(300));
@@ -568,14 +568,14 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
         .expect(StatusCode::CREATED);
     }
     // ...and 300 days later.
-    printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+    printworks_common::audit::integrity::checkpoint(&app.db, &secrets, app.now())
         .await
         .unwrap();
     app.clock.advance(time::Duration::days(100));
     // 400 days after the first records, 100 after the newest: the first four go, up to
     // the checkpoint older than the retention period, which stays as the chain's start.
     let year = std::time::Duration::from_secs(365 * 86400);
-    let removed = printworks_org::audit::prune(&app.db, app.now(), year)
+    let removed = printworks_common::audit::retention::prune(&app.db, app.now(), year)
         .await
         .unwrap();
     assert!(removed >= 4, "{removed}");
@@ -596,7 +596,7 @@ async fn retention_prunes_old_records_and_the_chain_still_verifies(pool: PgPool)
     assert_eq!(start, 4);
     // Pruning again removes nothing; every chain still verifies, here and in the CLI.
     assert_eq!(
-        printworks_org::audit::prune(&app.db, app.now(), year)
+        printworks_common::audit::retention::prune(&app.db, app.now(), year)
             .await
             .unwrap(),
         0
@@ -669,7 +669,7 @@ async fn removing_the_head_or_a_checkpoint_is_reported(pool: PgPool) {
         )
         .await
         .expect(StatusCode::CREATED);
-        printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+        printworks_common::audit::integrity::checkpoint(&app.db, &secrets, app.now())
             .await
             .unwrap();
     }
@@ -786,7 +786,7 @@ async fn a_consistently_rewritten_chain_is_caught_by_its_signed_checkpoints(pool
         &crate::helpers::test_settings(app.data_dir.path()),
     )
     .unwrap();
-    let made = printworks_org::audit::checkpoint(&app.db, &secrets, app.now())
+    let made = printworks_common::audit::integrity::checkpoint(&app.db, &secrets, app.now())
         .await
         .unwrap();
     assert!(made >= 1);

@@ -6,6 +6,24 @@
 //! organization (a login, say) form the global chain. A record's `record` column holds
 //! the exact canonical JSON that was hashed; `hash = SHA-256(prev_hash || record)`.
 //! Appending takes the chain's head row lock, which orders the chain.
+//!
+//! The audit tables (`audit_chains`, `audit_events`, `audit_checkpoints`) belong to this
+//! module: no other service's SQL names them (only the API tests do, to tamper with
+//! them on purpose). Here, the writer; beside it:
+//!
+//! - [`events`]: an organization's events as its admins see them, a page at a time or
+//!   as an NDJSON export (the org service's `…/audit-events` routes, which check who
+//!   asks and say who the organization's members are);
+//! - [`integrity`]: signed checkpoints of the chains' heads, and verification of one
+//!   chain or all (`…/audit-events/verify`, `printworks audit verify`);
+//! - [`retention`]: pruning records older than `PRINTWORKS_AUDIT_RETENTION`, keeping the
+//!   chains verifiable.
+//!
+//! The org service runs checkpoints and retention in its background job.
+
+pub mod events;
+pub mod integrity;
+pub mod retention;
 
 use std::net::IpAddr;
 
