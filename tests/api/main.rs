@@ -16,6 +16,7 @@ mod hardening;
 mod health;
 mod openapi;
 mod org;
+mod ownership;
 mod pairing;
 mod plumbing;
 mod relay;
