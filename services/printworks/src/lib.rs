@@ -104,7 +104,7 @@ pub async fn router(
     let mut app = health_routes().into_router(ctx).with_state(ctx.clone());
     // The relay owns print jobs; the services that remove printers fail theirs through
     // it, whichever services this process runs.
-    let jobs: Arc<dyn PrinterJobs> = Arc::new(printworks_relay::jobs::PrinterJobsOfRelay);
+    let jobs: Arc<dyn PrinterJobs> = Arc::new(printworks_relay::lifecycle::PrinterJobsOfRelay);
     if services.contains(Service::Account) {
         let orgs = Arc::new(printworks_org::Directory::new(ctx.db.clone()));
         app = app.merge(printworks_account::router(ctx.clone(), orgs).await?);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use printworks_common::AppContext;
+use printworks_proto::JobState;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -80,15 +81,16 @@ struct Waiting {
 
 async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waiting>> {
     let mut waiting: Vec<Waiting> = sqlx::query_as(
-        "SELECT printer_id, bool_or(state = 'queued') AS queued,
+        "SELECT printer_id, bool_or(state = $2) AS queued,
                 max(CASE WHEN abort_acknowledged_at IS NULL THEN abort_requested_at END) AS latest_abort,
                 NULL::bigint AS settings_version
          FROM print_jobs
          WHERE printer_id = ANY($1)
-           AND (state = 'queued' OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
+           AND (state = $2 OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
          GROUP BY printer_id",
     )
     .bind(printers)
+    .bind(JobState::Queued.as_str())
     .fetch_all(&ctx.db)
     .await?;
     // The settings waiting to be confirmed, as the org service (their owner) says.

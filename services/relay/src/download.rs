@@ -12,10 +12,11 @@ use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::crypto::hex;
 use printworks_common::error::Problem;
 use printworks_common::http::Path;
+use printworks_proto::JobState;
 use uuid::Uuid;
 
 use crate::blob::{ByteStream, read_exact};
-use crate::jobs::record;
+use crate::jobs::{record, stored_state};
 use crate::seal::{CHUNK, HEADER, OpenError, Opener, chunk_span};
 use crate::{Printer, RelayState};
 
@@ -71,7 +72,7 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-fn gone(state: &str) -> ApiError {
+fn gone(state: JobState) -> ApiError {
     Problem::new(
         StatusCode::GONE,
         "job-finished",
@@ -97,20 +98,22 @@ async fn fail_damaged(state: RelayState, job: Uuid, err: OpenError) {
     let result = async {
         let mut tx = state.ctx.db.begin().await?;
         let org: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE print_jobs SET state = 'failed', message = $2, finished_at = $3, updated_at = $3
-             WHERE id = $1 AND state NOT IN ('completed', 'failed', 'aborted')
+            "UPDATE print_jobs SET state = $4, message = $2, finished_at = $3, updated_at = $3
+             WHERE id = $1 AND state <> ALL($5)
              RETURNING organization_id",
         )
         .bind(job)
         .bind("the stored file was altered; it was not sent")
         .bind(now)
+        .bind(JobState::Failed.as_str())
+        .bind(JobState::TERMINAL.map(JobState::as_str))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(org) = org {
             record(
                 &mut tx,
                 job,
-                "failed",
+                JobState::Failed,
                 None,
                 Some("the stored file was altered; it was not sent"),
                 now,
@@ -139,18 +142,17 @@ pub async fn content(
     let ctx = &state.ctx;
     let stored: Option<Stored> = sqlx::query_as(
         "SELECT state, size, sha256, content_type, blob_key, key_sealed FROM print_jobs
-         WHERE id = $1 AND printer_id = $2 AND state <> 'receiving'",
+         WHERE id = $1 AND printer_id = $2 AND state <> $3",
     )
     .bind(job)
     .bind(printer.printer_id)
+    .bind(JobState::Receiving.as_str())
     .fetch_optional(&ctx.db)
     .await?;
     let stored = stored.ok_or_else(ApiError::not_found)?;
-    if !matches!(
-        stored.state.as_str(),
-        "queued" | "dispatched" | "downloading" | "printing"
-    ) {
-        return Err(gone(&stored.state));
+    let current = stored_state(&stored.state)?;
+    if !current.is_active() {
+        return Err(gone(current));
     }
     let size = u64::try_from(stored.size).unwrap_or_default();
     let etag = format!("\"{}\"", hex(&stored.sha256));
@@ -208,16 +210,25 @@ pub async fn content(
     if method != axum::http::Method::HEAD {
         let now = ctx.now();
         let mut tx = ctx.db.begin().await?;
+        // As JobState::on_download says (queued | dispatched → downloading), in one
+        // statement whatever the state became since it was read.
+        let from = JobState::ALL
+            .into_iter()
+            .filter(|s| s.on_download() == Some(JobState::Downloading))
+            .map(JobState::as_str)
+            .collect::<Vec<_>>();
         let moved = sqlx::query(
-            "UPDATE print_jobs SET state = 'downloading', updated_at = $2 WHERE id = $1 AND state IN ('queued', 'dispatched')",
+            "UPDATE print_jobs SET state = $3, updated_at = $2 WHERE id = $1 AND state = ANY($4)",
         )
         .bind(job)
         .bind(now)
+        .bind(JobState::Downloading.as_str())
+        .bind(from)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if moved == 1 {
-            record(&mut tx, job, "downloading", None, None, now).await?;
+            record(&mut tx, job, JobState::Downloading, None, None, now).await?;
         }
         // Resumptions are worth knowing about, up to a point: a printer fetching in
         // pieces must not flood the history.
@@ -232,7 +243,7 @@ pub async fn content(
                 record(
                     &mut tx,
                     job,
-                    "downloading",
+                    JobState::Downloading,
                     None,
                     Some(&format!("download resumed at byte {start}")),
                     now,

@@ -63,28 +63,33 @@ struct Collected {
     latest_abort: Option<time::OffsetDateTime>,
 }
 
+/// [`Collected`] for the printer `$1` at `$2` by the stream `$3`. The claim is
+/// [`JobState::on_dispatch`] (`queued → dispatched`, `$4`); the jobs sent are the claimed
+/// ones and those [`JobState::WITH_PRINTER`] (`$5`). `'queued'` (JobState::Queued) is
+/// written out, not bound: it lets the partial index `print_jobs_active` serve the
+/// claim, and the list reads claimed jobs as they were before the claim (`'queued'`).
 const COLLECT: &str = "
 WITH owner AS (
     SELECT stream_id = $3 AS mine FROM printer_streams WHERE printer_id = $1
 ), claimed AS (
-    UPDATE print_jobs SET state = 'dispatched', updated_at = $2
+    UPDATE print_jobs SET state = $4, updated_at = $2
     WHERE id IN (SELECT id FROM print_jobs WHERE printer_id = $1 AND state = 'queued'
                  ORDER BY seq FOR UPDATE SKIP LOCKED)
       AND EXISTS (SELECT 1 FROM owner WHERE mine)
     RETURNING id
 ), history AS (
-    INSERT INTO print_job_events (job_id, state, at) SELECT id, 'dispatched', $2 FROM claimed
+    INSERT INTO print_job_events (job_id, state, at) SELECT id, $4, $2 FROM claimed
 )
 SELECT
     coalesce((SELECT mine FROM owner), false) AS mine,
     (SELECT coalesce(json_agg(json_build_object(
                 'id', j.id, 'name', j.name, 'content_type', j.content_type, 'size', j.size,
                 'sha256', encode(j.sha256, 'hex'),
-                'state', CASE WHEN j.state = 'queued' THEN 'dispatched' ELSE j.state END)
+                'state', CASE WHEN j.state = 'queued' THEN $4 ELSE j.state END)
             ORDER BY j.seq), '[]')
      FROM print_jobs j
      WHERE j.printer_id = $1
-       AND (j.state IN ('dispatched', 'downloading', 'printing') OR j.id IN (SELECT id FROM claimed))
+       AND (j.state = ANY($5) OR j.id IN (SELECT id FROM claimed))
     ) AS jobs,
     ARRAY(SELECT id FROM print_jobs WHERE printer_id = $1 AND abort_requested_at IS NOT NULL
             AND abort_acknowledged_at IS NULL ORDER BY seq) AS aborts,
@@ -120,6 +125,8 @@ impl Feed {
             .bind(printer)
             .bind(now)
             .bind(self.id)
+            .bind(JobState::Dispatched.as_str())
+            .bind(JobState::WITH_PRINTER.map(JobState::as_str))
             .fetch_one(&ctx.db)
             .await?;
         if !c.mine {

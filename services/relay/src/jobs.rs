@@ -1,44 +1,28 @@
-//! Print jobs, for people and apps (scope `print_job.write` to send and abort,
-//! `print_job.read` to look):
+//! The print jobs people and apps look at and abort, and what the rest of the relay
+//! shares about a job: how the API shows it ([`JobView`]) and its history ([`record`]).
 //!
-//! - `POST /relay/v1/printers/{printer}/jobs?name=…` with the file as the streamed body
-//!   (`text/x-gcode` or `application/x-ufp`). Allowed to admins, the person who claimed
-//!   the printer and those it is shared with (directly or through a team). The body is
-//!   never held whole: it is hashed, checked and sealed as it streams to a spool file,
-//!   which then becomes the stored blob. Over `PRINTWORKS_MAX_JOB_BYTES` answers 413,
-//!   and a refused upload leaves nothing behind. An `Idempotency-Key` header makes a
-//!   retried upload return the job it already made.
 //! - `GET /relay/v1/jobs/{job}`, `GET /relay/v1/printers/{printer}/jobs` (paginated),
-//!   `POST /relay/v1/jobs/{job}/abort` (admins, whoever sent it, whoever claimed the
-//!   printer).
+//!   scope `print_job.read`;
+//! - `POST /relay/v1/jobs/{job}/abort` (admins, whoever sent it, whoever claimed the
+//!   printer), scope `print_job.write`.
 //!
-//! States: `queued → dispatched → downloading → printing → completed | failed |
-//! aborted`, each change kept with its time; a printer's jobs run in the order sent.
+//! Jobs arrive through [`crate::upload`] and end on their own (expired, their printer
+//! gone) through [`crate::lifecycle`]. States ([`JobState`]): `queued → dispatched →
+//! downloading → printing → completed | failed | aborted`, each change kept with its
+//! time; a printer's jobs run in the order sent.
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt as _;
 use printworks_common::ApiError;
 use printworks_common::audit::{AuditEvent, Outcome};
-use printworks_common::auth::{Auth, Caller};
+use printworks_common::auth::Auth;
 use printworks_common::crypto::hex;
-use printworks_common::error::Problem;
-use printworks_common::hooks::{BoxFuture, PrinterJobs};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
-use printworks_org::fleet::PairedPrinter;
-use serde::{Deserialize, Serialize};
+use printworks_proto::JobState;
+use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt as _;
 use uuid::Uuid;
 
-use crate::seal::{Sealer, new_data_key};
-use crate::{RelayState, ufp};
-use printworks_gcode::{Checker, profile_for};
-
-pub const GCODE: &str = "text/x-gcode";
-pub const UFP: &str = "application/x-ufp";
+use crate::RelayState;
 
 #[derive(Serialize, sqlx::FromRow)]
 pub struct JobView {
@@ -93,552 +77,44 @@ macro_rules! job_columns {
     };
 }
 
-async fn job_view(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
+/// The job as the API shows it; `None` while it is still being received.
+pub(crate) async fn job_view(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Option<JobView>> {
     sqlx::query_as(concat!(
         "SELECT ",
         job_columns!(),
-        " FROM print_jobs WHERE id = $1 AND state <> 'receiving'"
+        " FROM print_jobs WHERE id = $1 AND state <> $2"
     ))
     .bind(id)
+    .bind(JobState::Receiving.as_str())
     .fetch_optional(db)
     .await
+}
+
+/// A state as stored (`print_jobs.state`), which the table's check keeps to
+/// [`JobState`]'s.
+pub(crate) fn stored_state(state: &str) -> anyhow::Result<JobState> {
+    JobState::parse(state)
+        .ok_or_else(|| anyhow::anyhow!("a stored job state does not parse: {state:?}"))
 }
 
 /// Records a change in the job's history (in the caller's transaction).
 pub async fn record(
     conn: &mut sqlx::PgConnection,
     job: Uuid,
-    state: &str,
+    state: JobState,
     progress: Option<f32>,
     message: Option<&str>,
     at: OffsetDateTime,
 ) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO print_job_events (job_id, state, progress, message, at) VALUES ($1, $2, $3, $4, $5)")
         .bind(job)
-        .bind(state)
+        .bind(state.as_str())
         .bind(progress)
         .bind(message)
         .bind(at)
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// `jobs` failed at `at` with `message`, in their histories.
-async fn record_failed(
-    conn: &mut sqlx::PgConnection,
-    jobs: &[Uuid],
-    message: &str,
-    at: OffsetDateTime,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO print_job_events (job_id, state, message, at)
-         SELECT id, 'failed', $2, $3 FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(jobs)
-    .bind(message)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-#[derive(Deserialize)]
-pub struct Submit {
-    name: Option<String>,
-}
-
-fn job_name(name: Option<&str>) -> Result<String, ApiError> {
-    let name = name.map(str::trim).unwrap_or_default();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name (in the query) must be 1 to 200 characters, without control characters.",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let v = v
-        .to_str()
-        .ok()
-        .filter(|v| (1..=200).contains(&v.len()) && v.bytes().all(|b| (0x21..0x7f).contains(&b)))
-        .ok_or_else(|| {
-            ApiError::bad_request("Idempotency-Key must be 1 to 200 visible ASCII characters.")
-        })?;
-    Ok(Some(v.to_owned()))
-}
-
-fn too_large(max: u64) -> ApiError {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
-        "The request body is too large",
-    )
-    .detail(format!("A print job may be at most {max} bytes."))
-    .into()
-}
-
-/// Removes what a refused or failed upload left: its row (while it is still being
-/// received), then its blob and spool file. A row that became `queued` — a commit that
-/// went through although it reported an error — keeps its blob.
-async fn discard(state: &RelayState, id: Uuid, spool: &std::path::Path, blob_key: &str) {
-    let _ = tokio::fs::remove_file(spool).await;
-    let removed = sqlx::query("DELETE FROM print_jobs WHERE id = $1 AND state = 'receiving'")
-        .bind(id)
-        .execute(&state.ctx.db)
-        .await;
-    match removed {
-        Ok(r) if r.rows_affected() == 0 => {}
-        Ok(_) => {
-            if let Err(e) = state.store.delete(blob_key).await {
-                tracing::warn!(job_id = %id, error = %format!("{e:#}"), "cannot delete the blob of a refused upload");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(job_id = %id, error = %e, "cannot delete a refused upload; the cleanup job will")
-        }
-    }
-}
-
-/// Discards an upload that did not finish, however it ended: an error, a refusal, or
-/// the request dropped (the client went away, or the upload timed out).
-struct Upload {
-    state: RelayState,
-    id: Uuid,
-    spool: std::path::PathBuf,
-    blob_key: String,
-    done: bool,
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if !self.done {
-            let (state, id, spool, key) = (
-                self.state.clone(),
-                self.id,
-                self.spool.clone(),
-                self.blob_key.clone(),
-            );
-            tokio::spawn(async move { discard(&state, id, &spool, &key).await });
-        }
-    }
-}
-
-/// The stored job this submitter already made with this key, if any.
-async fn replayed(
-    state: &RelayState,
-    printer: Uuid,
-    caller: &Caller,
-    key: &str,
-    request: (&str, &str, Option<u64>),
-) -> Result<Option<Response>, ApiError> {
-    let existing: Option<(Uuid, String, String, String, i64)> = sqlx::query_as(
-        "SELECT id, state, name, content_type, size FROM print_jobs
-         WHERE printer_id = $1 AND coalesce(submitted_by::text, submitted_by_client) = $2 AND idempotency_key = $3",
-    )
-    .bind(printer)
-    .bind(submitter_key(caller))
-    .bind(key)
-    .fetch_optional(&state.ctx.db)
-    .await?;
-    let (name, content_type, length) = request;
-    match existing {
-        None => Ok(None),
-        Some((_, s, ..)) if s == "receiving" => Err(ApiError::conflict(
-            "An upload with this Idempotency-Key is still in progress.",
-        )),
-        Some((_, _, n, ct, size))
-            if n != name
-                || ct != content_type
-                || length.is_some_and(|l| i64::try_from(l).ok() != Some(size)) =>
-        {
-            Err(ApiError::invalid(
-                "This Idempotency-Key was used for another upload (another name, type or size).",
-            ))
-        }
-        Some((id, ..)) => {
-            let job = job_view(&state.ctx.db, id)
-                .await?
-                .ok_or_else(ApiError::not_found)?;
-            let mut res = (StatusCode::CREATED, Json(job)).into_response();
-            res.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(Some(res))
-        }
-    }
-}
-
-fn submitter_key(caller: &Caller) -> String {
-    caller
-        .user_id()
-        .map_or_else(|| caller.client_id.clone(), |u| u.to_string())
-}
-
-pub async fn submit(
-    State(state): State<RelayState>,
-    auth: Auth,
-    client: ClientInfo,
-    Path(printer): Path<Uuid>,
-    Query(q): Query<Submit>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let usable = printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
-    let printer = usable.printer.clone();
-    let name = job_name(q.name.as_deref())?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
-    let content_type = match content_type.as_deref() {
-        Some(GCODE) => GCODE,
-        Some(UFP) => UFP,
-        _ => {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            )
-            .detail("Send G-code as text/x-gcode or a UFP package as application/x-ufp.")
-            .into());
-        }
-    };
-    let max = state.ctx.settings.relay.max_job_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large(max));
-    }
-    let key = idempotency_key(&headers)?;
-    if let Some(key) = &key
-        && let Some(res) = replayed(
-            &state,
-            printer.id,
-            &auth,
-            key,
-            (&name, content_type, declared),
-        )
-        .await?
-    {
-        return Ok(res);
-    }
-
-    let ctx = &state.ctx;
-    let id = Uuid::new_v4();
-    let blob_key = format!("jobs/{}/{id}", printer.organization_id);
-    let data_key = new_data_key();
-    let now = ctx.now();
-    // The row first, so that a crash mid-upload leaves something the cleanup finds —
-    // once the quotas let it in, under the organization's quota lock.
-    let mut tx = ctx.db.begin().await?;
-    check_quotas(
-        &mut tx,
-        ctx,
-        &printer,
-        &submitter_key(&auth),
-        declared.unwrap_or(0),
-        None,
-    )
-    .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO print_jobs (id, printer_id, organization_id, submitted_by, submitted_by_client,
-                                 idempotency_key, name, content_type, size, sha256, blob_key, key_sealed,
-                                 state, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $12, '', $9, $10, 'receiving', $11, $11)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(printer.id)
-    .bind(printer.organization_id)
-    .bind(auth.user_id())
-    .bind(auth.user_id().is_none().then(|| auth.client_id.clone()))
-    .bind(&key)
-    .bind(&name)
-    .bind(content_type)
-    .bind(&blob_key)
-    .bind(ctx.secrets.seal(&format!("job-key:{id}"), &data_key))
-    .bind(now)
-    // The declared size counts against the storage quotas while the file arrives, so
-    // uploads running side by side see each other (a chunked one counts at its end).
-    .bind(i64::try_from(declared.unwrap_or(0)).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    if inserted == 0 {
-        // The same Idempotency-Key raced us.
-        return Err(ApiError::conflict(
-            "An upload with this Idempotency-Key is already in progress.",
-        ));
-    }
-
-    let spool = state.store.spool_dir().join(format!("{id}.sealed"));
-    let mut upload = Upload {
-        state: state.clone(),
-        id,
-        spool: spool.clone(),
-        blob_key: blob_key.clone(),
-        done: false,
-    };
-    let stored = async {
-        let (size, digest) = receive(
-            &state,
-            id,
-            &data_key,
-            &spool,
-            body,
-            content_type,
-            printer.model.as_deref(),
-            max,
-        )
-        .await?;
-        state.store.put_file(&blob_key, &spool).await?;
-        let queued = async {
-            let now = ctx.now();
-            let mut tx = ctx.db.begin().await?;
-            // The stored bytes once more, with the real size, before the job counts.
-            check_quotas(&mut tx, ctx, &printer, "", size, Some(id)).await?;
-            // Only a job still arriving is queued: one failed meanwhile (its printer
-            // was removed) stays failed.
-            let queued = sqlx::query(
-                "UPDATE print_jobs SET state = 'queued', size = $2, sha256 = $3, updated_at = $4
-                 WHERE id = $1 AND state = 'receiving'",
-            )
-            .bind(id)
-            .bind(i64::try_from(size).unwrap_or(i64::MAX))
-            .bind(&digest[..])
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if queued == 0 {
-                return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "printer-removed",
-                    "The printer was removed",
-                )
-                .detail(
-                    "The printer was removed while the file was being sent; nothing was queued.",
-                )
-                .into());
-            }
-            record(&mut tx, id, "queued", None, None, now).await?;
-            AuditEvent::new("job.submit", usable.audit_actor(), Outcome::Success)
-                .organization(printer.organization_id)
-                .source(client.addr)
-                .target("job", id)
-                .detail("printer_id", printer.id.to_string())
-                .detail("name", name.as_str())
-                .detail("size", size)
-                .detail("sha256", hex(&digest))
-                .write(&mut tx, now)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, ApiError>(())
-        };
-        queued.await?;
-        Ok::<_, ApiError>(size)
-    }
-    .await;
-    // Whatever went wrong, nothing is kept; the answer waits until it is gone.
-    upload.done = true;
-    let size = match stored {
-        Ok(size) => size,
-        Err(e) => {
-            discard(&state, id, &spool, &blob_key).await;
-            return Err(e);
-        }
-    };
-    let job = job_view(&ctx.db, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    tracing::info!(job_id = %id, printer_id = %printer.id, size, "print job queued");
-    Ok((StatusCode::CREATED, Json(job)).into_response())
-}
-
-fn queue_full(detail: String) -> ApiError {
-    Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "job-queue-full",
-        "Too many jobs are waiting",
-    )
-    .detail(detail)
-    .header(header::RETRY_AFTER, HeaderValue::from_static("60"))
-    .into()
-}
-
-fn storage_full(detail: String) -> ApiError {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "storage-quota-exceeded",
-        "Not enough job storage left",
-    )
-    .detail(detail)
-    .into()
-}
-
-/// What the printer and its organization hold now, against their limits, under the
-/// organization's quota lock (a transaction-scoped advisory lock, so concurrent uploads
-/// of one organization are checked one after another): unfinished jobs, stored bytes
-/// (with `adding` more; `this` is the job being checked, not counted twice), and — for
-/// a new upload (`submitter` not empty) — the uploads that submitter has going.
-async fn check_quotas(
-    tx: &mut sqlx::PgConnection,
-    ctx: &printworks_common::AppContext,
-    printer: &PairedPrinter,
-    submitter: &str,
-    adding: u64,
-    this: Option<Uuid>,
-) -> Result<(), ApiError> {
-    let limits = &ctx.settings.relay;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("job-quota:{}", printer.organization_id))
-        .execute(&mut *tx)
-        .await?;
-    let now = ctx.now();
-    let live_upload =
-        now - time::Duration::try_from(limits.upload_timeout).unwrap_or(time::Duration::HOUR);
-    let (printer_jobs, org_jobs, printer_bytes, org_bytes, uploading): (i64, i64, i64, i64, i64) =
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE printer_id = $2 AND state IN
-                                     ('receiving', 'queued', 'dispatched', 'downloading', 'printing')),
-                    count(*) FILTER (WHERE state IN
-                                     ('receiving', 'queued', 'dispatched', 'downloading', 'printing')),
-                    coalesce(sum(size) FILTER (WHERE printer_id = $2), 0)::bigint,
-                    coalesce(sum(size), 0)::bigint,
-                    count(*) FILTER (WHERE state = 'receiving' AND created_at > $4
-                                       AND coalesce(submitted_by::text, submitted_by_client) = $3)
-             FROM print_jobs
-             WHERE organization_id = $1 AND blob_deleted_at IS NULL AND id IS DISTINCT FROM $5",
-        )
-        .bind(printer.organization_id)
-        .bind(printer.id)
-        .bind(submitter)
-        .bind(live_upload)
-        .bind(this)
-        .fetch_one(&mut *tx)
-        .await?;
-    let adding = i64::try_from(adding).unwrap_or(i64::MAX);
-    if this.is_none() {
-        if !submitter.is_empty() && uploading >= i64::from(limits.max_uploads_per_caller) {
-            return Err(Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-uploads",
-                "Too many uploads at once",
-            )
-            .detail(format!(
-                "You may send at most {} files at once; wait for one to finish.",
-                limits.max_uploads_per_caller
-            ))
-            .header(header::RETRY_AFTER, HeaderValue::from_static("10"))
-            .into());
-        }
-        if printer_jobs >= i64::from(limits.max_queued_jobs_per_printer) {
-            return Err(queue_full(format!(
-                "A printer may have at most {} unfinished jobs; wait for some to finish or abort them.",
-                limits.max_queued_jobs_per_printer
-            )));
-        }
-        if org_jobs >= i64::from(limits.max_queued_jobs_per_org) {
-            return Err(queue_full(format!(
-                "An organization may have at most {} unfinished jobs.",
-                limits.max_queued_jobs_per_org
-            )));
-        }
-    }
-    let over = |held: i64, limit: u64| {
-        held.saturating_add(adding) > i64::try_from(limit).unwrap_or(i64::MAX)
-    };
-    if over(printer_bytes, limits.max_stored_bytes_per_printer) {
-        return Err(storage_full(format!(
-            "A printer's jobs may keep at most {} bytes of files ({} are kept); files of finished jobs are deleted after the retention period.",
-            limits.max_stored_bytes_per_printer, printer_bytes
-        )));
-    }
-    if over(org_bytes, limits.max_stored_bytes_per_org) {
-        return Err(storage_full(format!(
-            "An organization's jobs may keep at most {} bytes of files ({} are kept).",
-            limits.max_stored_bytes_per_org, org_bytes
-        )));
-    }
-    Ok(())
-}
-
-/// Streams the body into a sealed spool file, hashing and checking it on the way.
-/// Returns its size and SHA-256.
-#[allow(clippy::too_many_arguments)]
-async fn receive(
-    state: &RelayState,
-    id: Uuid,
-    data_key: &[u8; 32],
-    spool: &std::path::Path,
-    body: Body,
-    content_type: &str,
-    model: Option<&str>,
-    max: u64,
-) -> Result<(u64, [u8; 32]), ApiError> {
-    let profile = profile_for(model);
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(spool)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let (mut sealer, header) = Sealer::new(data_key, id);
-    let mut out = header;
-    let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    let mut checker = (content_type == GCODE).then(|| Checker::new(profile));
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    loop {
-        let chunk = match stream.try_next().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(_) => return Err(ApiError::bad_request("The upload was interrupted.")),
-        };
-        size += chunk.len() as u64;
-        if size > max {
-            return Err(too_large(max));
-        }
-        hasher.update(&chunk);
-        if let Some(c) = checker.as_mut() {
-            c.feed(&chunk).map_err(ApiError::invalid)?;
-        }
-        sealer.push(&chunk, &mut out).map_err(ApiError::from)?;
-        if out.len() >= 256 * 1024 {
-            file.write_all(&out).await.map_err(anyhow::Error::from)?;
-            out.clear();
-        }
-    }
-    if let Some(c) = checker {
-        c.finish().map_err(ApiError::invalid)?;
-    }
-    sealer.finish(&mut out).map_err(ApiError::from)?;
-    file.write_all(&out).await.map_err(anyhow::Error::from)?;
-    file.sync_all().await.map_err(anyhow::Error::from)?;
-    drop(file);
-    if content_type == UFP {
-        let path = spool.to_path_buf();
-        let key = *data_key;
-        state
-            .ufp_checkers
-            .run(move || {
-                let reader =
-                    ufp::SealedFile::open(&path, &key, id, size).map_err(|e| e.to_string())?;
-                ufp::check(reader, profile, size)
-            })
-            .await?
-            .map_err(ApiError::invalid)?;
-    }
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(hasher.finish().as_ref());
-    Ok((size, digest))
 }
 
 pub async fn get(
@@ -673,7 +149,7 @@ pub async fn list(
         "SELECT ",
         job_columns!(),
         " FROM print_jobs
-         WHERE printer_id = $1 AND state <> 'receiving'
+         WHERE printer_id = $1 AND state <> $5
            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
          ORDER BY created_at DESC, id DESC LIMIT $4"
     ))
@@ -681,6 +157,7 @@ pub async fn list(
     .bind(after_time)
     .bind(after_id)
     .bind(page.fetch_limit())
+    .bind(JobState::Receiving.as_str())
     .fetch_all(&state.ctx.db)
     .await?;
     Ok(Json(page.finish(rows, |j| (j.created_at, j.id))))
@@ -696,7 +173,7 @@ pub async fn abort(
         .await?
         .ok_or_else(ApiError::not_found)?;
     let usable = printworks_org::fleet::usable(&state.ctx, &auth, view.printer_id).await?;
-    let m = usable.membership();
+    let (printer, m) = (&usable.printer, usable.membership());
     let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
         || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
             && m.user_id().is_none();
@@ -704,7 +181,7 @@ pub async fn abort(
     // and whoever sent the job.
     const REFUSAL: &str =
         "Only admins, whoever sent the job and whoever added the printer can abort it.";
-    let aborter = match m.require_admin_or_maker(usable.printer.claimed_by, REFUSAL) {
+    let aborter = match m.require_admin_or_maker(printer.claimed_by, REFUSAL) {
         Ok(writer) => writer.into(),
         Err(_) => m.require_granted(sender, REFUSAL)?,
     };
@@ -716,19 +193,21 @@ pub async fn abort(
             .bind(job)
             .fetch_one(&mut *tx)
             .await?;
-    let reached_printer = match current.as_str() {
-        "queued" => false,
-        "dispatched" | "downloading" | "printing" => true,
-        _ => return Err(ApiError::conflict(format!("The job is {current} already."))),
-    };
+    let current = stored_state(&current)?;
+    if !current.is_active() {
+        return Err(ApiError::conflict(format!("The job is {current} already.")));
+    }
+    // One the printer has heard of keeps telling it until it reports on the job.
+    let reached_printer = current.has_reached_printer();
     sqlx::query(
-        "UPDATE print_jobs SET state = 'aborted', finished_at = $2, updated_at = $2,
+        "UPDATE print_jobs SET state = $4, finished_at = $2, updated_at = $2,
                 abort_requested_at = CASE WHEN $3 THEN $2 END
          WHERE id = $1",
     )
     .bind(job)
     .bind(now)
     .bind(reached_printer)
+    .bind(JobState::Aborted.as_str())
     .execute(&mut *tx)
     .await?;
     let by = if m.user_id().is_some() {
@@ -736,12 +215,12 @@ pub async fn abort(
     } else {
         "aborted by an automated client"
     };
-    record(&mut tx, job, "aborted", None, Some(by), now).await?;
+    record(&mut tx, job, JobState::Aborted, None, Some(by), now).await?;
     AuditEvent::new("job.abort", aborter.audit_actor(), Outcome::Success)
-        .organization(usable.printer.organization_id)
+        .organization(printer.organization_id)
         .source(client.addr)
         .target("job", job)
-        .detail("printer_id", usable.printer.id.to_string())
+        .detail("printer_id", printer.id.to_string())
         .detail("was", current.as_str())
         .write(&mut tx, now)
         .await?;
@@ -751,139 +230,4 @@ pub async fn abort(
             .await?
             .ok_or_else(ApiError::not_found)?,
     ))
-}
-
-/// The jobs of `printer` that have not finished fail now (in the caller's transaction),
-/// each with `message` in its history: queued ones are never sent, and those the printer
-/// had are over (the printer is gone, and its connections with it). Returns how many.
-pub async fn fail_unfinished(
-    conn: &mut sqlx::PgConnection,
-    printer: Uuid,
-    message: &str,
-    now: OffsetDateTime,
-) -> sqlx::Result<u64> {
-    let failed: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE print_jobs SET state = 'failed', message = $2, finished_at = $3, updated_at = $3
-         WHERE printer_id = $1 AND state IN ('receiving', 'queued', 'dispatched', 'downloading', 'printing')
-         RETURNING id",
-    )
-    .bind(printer)
-    .bind(message)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
-    record_failed(conn, &failed, message, now).await?;
-    Ok(failed.len() as u64)
-}
-
-/// Jobs still waiting for their printer `ttl` after they were sent fail (expired): a
-/// printer that stays away does not keep people's files queued for ever. Returns how
-/// many expired.
-pub async fn expire_queued(
-    db: &sqlx::PgPool,
-    now: OffsetDateTime,
-    ttl: std::time::Duration,
-) -> sqlx::Result<u64> {
-    let ttl = time::Duration::try_from(ttl).unwrap_or(time::Duration::days(7));
-    let message = format!(
-        "expired: the printer did not take it within {} days",
-        ttl.whole_days().max(1)
-    );
-    let mut tx = db.begin().await?;
-    let expired: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE print_jobs SET state = 'failed', message = $2, finished_at = $3, updated_at = $3
-         WHERE id IN (SELECT id FROM print_jobs WHERE state = 'queued' AND created_at < $1
-                      LIMIT 1000 FOR UPDATE SKIP LOCKED)
-         RETURNING id",
-    )
-    .bind(now - ttl)
-    .bind(&message)
-    .bind(now)
-    .fetch_all(&mut *tx)
-    .await?;
-    record_failed(&mut tx, &expired, &message, now).await?;
-    tx.commit().await?;
-    Ok(expired.len() as u64)
-}
-
-/// The relay's side of [`PrinterJobs`], for the services that remove printers.
-pub struct PrinterJobsOfRelay;
-
-impl PrinterJobs for PrinterJobsOfRelay {
-    fn printer_left<'a>(
-        &'a self,
-        conn: &'a mut sqlx::PgConnection,
-        printer: Uuid,
-        reason: &'a str,
-        now: OffsetDateTime,
-    ) -> BoxFuture<'a, sqlx::Result<u64>> {
-        Box::pin(fail_unfinished(conn, printer, reason, now))
-    }
-}
-
-/// Hourly: uploads that never finished (a crash mid-upload) are removed with their
-/// blobs; jobs waiting longer than `PRINTWORKS_QUEUED_JOB_TTL` expire; jobs still
-/// active on printers that were unpaired fail; the files of jobs
-/// finished longer ago than `PRINTWORKS_JOB_RETENTION` are deleted (their rows and
-/// history stay). Returns how many things were cleaned.
-pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
-    let ctx = &state.ctx;
-    let now = ctx.now();
-    let stale: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, blob_key FROM print_jobs WHERE state = 'receiving' AND created_at < $1 LIMIT 1000",
-    )
-    .bind(now - time::Duration::hours(1) - time::Duration::try_from(ctx.settings.relay.upload_timeout)?)
-    .fetch_all(&ctx.db)
-    .await?;
-    for (id, key) in &stale {
-        let spool = state.store.spool_dir().join(format!("{id}.sealed"));
-        discard(state, *id, &spool, key).await;
-    }
-    // Unpairing fails a printer's jobs at once; this catches any left behind (a
-    // removal written by something other than the org and pairing services).
-    // The org service says which printers are paired; asked a page at a time.
-    let mut orphaned: Vec<Uuid> = Vec::new();
-    let mut after = Uuid::nil();
-    while orphaned.len() < 1000 {
-        let active: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT DISTINCT printer_id FROM print_jobs
-             WHERE state IN ('queued', 'dispatched', 'downloading', 'printing')
-               AND printer_id > $1
-             ORDER BY printer_id LIMIT 1000",
-        )
-        .bind(after)
-        .fetch_all(&ctx.db)
-        .await?;
-        let Some(last) = active.last() else { break };
-        after = *last;
-        let paired: std::collections::HashSet<Uuid> =
-            printworks_org::fleet::paired_among(&ctx.db, &active)
-                .await?
-                .into_iter()
-                .map(|(printer, _)| printer)
-                .collect();
-        orphaned.extend(active.into_iter().filter(|p| !paired.contains(p)));
-    }
-    let mut failed = expire_queued(&ctx.db, now, ctx.settings.relay.queued_job_ttl).await?;
-    for printer in &orphaned {
-        let mut tx = ctx.db.begin().await?;
-        failed += fail_unfinished(&mut tx, *printer, "the printer was removed", now).await?;
-        tx.commit().await?;
-    }
-    let expired: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, blob_key FROM print_jobs
-         WHERE finished_at < $1 AND blob_deleted_at IS NULL LIMIT 1000",
-    )
-    .bind(now - time::Duration::try_from(ctx.settings.relay.job_retention)?)
-    .fetch_all(&ctx.db)
-    .await?;
-    for (id, key) in &expired {
-        state.store.delete(key).await?;
-        sqlx::query("UPDATE print_jobs SET blob_deleted_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now)
-            .execute(&ctx.db)
-            .await?;
-    }
-    Ok(stale.len() + usize::try_from(failed).unwrap_or(usize::MAX) + expired.len())
 }

@@ -1,6 +1,7 @@
-//! The relay service: print jobs ([`jobs`]), their sealed storage ([`seal`], [`blob`]),
-//! dispatch across replicas ([`dispatch`]), and the printer endpoint — mutual TLS on
-//! its own listener ([`endpoint`]) serving the printers' routes ([`printer_api`]).
+//! The relay service: print jobs — sent ([`upload`]), looked at and aborted ([`jobs`]),
+//! ended when nobody ends them ([`lifecycle`]) — their sealed storage ([`seal`],
+//! [`blob`]), dispatch across replicas ([`dispatch`]), and the printer endpoint — mutual
+//! TLS on its own listener ([`endpoint`]) serving the printers' routes ([`printer_api`]).
 //! Public routes live under [`PREFIX`]; the printers' under [`PRINTER_PREFIX`].
 
 pub mod blob;
@@ -10,11 +11,13 @@ pub mod endpoint;
 pub mod events;
 pub mod gcs;
 pub mod jobs;
+pub mod lifecycle;
 mod listen;
 pub mod printer_api;
 pub mod registry;
 pub mod seal;
 pub mod ufp;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,7 +132,7 @@ impl RelayState {
                     () = stop.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                match jobs::cleanup(&cleaner).await {
+                match lifecycle::cleanup(&cleaner).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "unfinished uploads removed"),
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "upload cleanup"),
@@ -148,7 +151,7 @@ pub fn routes() -> RouteTable<RelayState> {
     RouteTable::new(PREFIX)
         .index(NAME, env!("CARGO_PKG_VERSION"))
         // The body streams to storage under its own limit (PRINTWORKS_MAX_JOB_BYTES).
-        .post("/printers/{printer}/jobs", Token(PrintJobWrite), jobs::submit).streamed_body().upload_deadline()
+        .post("/printers/{printer}/jobs", Token(PrintJobWrite), upload::submit).streamed_body().upload_deadline()
         .get("/printers/{printer}/jobs", Token(PrintJobRead), jobs::list)
         .get("/jobs/{job}", Token(PrintJobRead), jobs::get)
         .post("/jobs/{job}/abort", Token(PrintJobWrite), jobs::abort)

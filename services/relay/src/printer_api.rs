@@ -20,7 +20,7 @@ use printworks_proto::{
 };
 use uuid::Uuid;
 
-use crate::jobs::record;
+use crate::jobs::{record, stored_state};
 use crate::{Printer, RelayState};
 
 fn clean_message(m: Option<&str>) -> Option<String> {
@@ -55,15 +55,15 @@ pub async fn status(
     let mut tx = ctx.db.begin().await?;
     let current: Option<(String, Option<time::OffsetDateTime>)> = sqlx::query_as(
         "SELECT state, abort_requested_at FROM print_jobs
-         WHERE id = $1 AND printer_id = $2 AND state <> 'receiving' FOR UPDATE",
+         WHERE id = $1 AND printer_id = $2 AND state <> $3 FOR UPDATE",
     )
     .bind(job)
     .bind(printer.printer_id)
+    .bind(JobState::Receiving.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let (current, abort_requested) = current.ok_or_else(ApiError::not_found)?;
-    let current = JobState::parse(&current)
-        .ok_or_else(|| anyhow::anyhow!("a stored job state does not parse: {current:?}"))?;
+    let current = stored_state(&current)?;
     let answer = |status| Json(JobStatusAnswer { id: job, status });
     let new = match current.on_report(reported, abort_requested.is_some()) {
         ReportOutcome::AcknowledgesAbort => {
@@ -82,7 +82,7 @@ pub async fn status(
                 record(
                     &mut tx,
                     job,
-                    JobState::Aborted.as_str(),
+                    JobState::Aborted,
                     None,
                     Some(&format!("the printer reported {reported} after the abort")),
                     now,
@@ -117,15 +117,7 @@ pub async fn status(
     .await?;
     // Progress within a state is kept on the job; a new state goes into the history.
     if new != current || message.is_some() {
-        record(
-            &mut tx,
-            job,
-            new.as_str(),
-            req.progress,
-            message.as_deref(),
-            now,
-        )
-        .await?;
+        record(&mut tx, job, new, req.progress, message.as_deref(), now).await?;
     }
     tx.commit().await?;
     Ok(answer(new))

@@ -171,10 +171,10 @@ async fn a_job_cannot_wait_for_its_printer_for_ever(pool: PgPool) {
         .id();
     let ttl = Duration::from_secs(7 * 24 * 3600);
     app.clock.advance(time::Duration::days(6));
-    let expired = printworks_relay::jobs::expire_queued(&app.db, app.now(), ttl).await;
+    let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
     assert_eq!(expired.unwrap(), 0);
     app.clock.advance(time::Duration::days(2));
-    let expired = printworks_relay::jobs::expire_queued(&app.db, app.now(), ttl).await;
+    let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
     assert_eq!(expired.unwrap(), 1);
     let (state, message): (String, String) =
         sqlx::query_as("SELECT state, message FROM print_jobs WHERE id = $1")
