@@ -19,6 +19,7 @@
 //! - [`throttle`]: growing waits between failed attempts at a secret, in PostgreSQL.
 //! - [`reseal`]: sealing again under a new master key what an old one sealed.
 //! - [`server`]: serving a router with graceful shutdown.
+//! - [`tasks`]: background work services declare and the binary starts and stops.
 
 pub mod audit;
 pub mod auth;
@@ -36,6 +37,7 @@ pub mod reseal;
 pub mod routes;
 pub mod server;
 pub mod settings;
+pub mod tasks;
 pub mod telemetry;
 pub mod throttle;
 

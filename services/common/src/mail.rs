@@ -21,7 +21,6 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Hands a message to the world. Errors are retried later.
@@ -225,15 +224,11 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Runs the delivery loop until `stop`.
-    pub fn spawn_worker(
-        &self,
-        ctx: AppContext,
-        sender: Arc<dyn MailSender>,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    /// The delivery loop, as a background task: what is due goes out, then it waits
+    /// for a message to be queued (or five seconds).
+    pub fn worker(&self, ctx: AppContext, sender: Arc<dyn MailSender>) -> crate::tasks::Task {
         let wake = self.wake.clone();
-        tokio::spawn(async move {
+        crate::tasks::Task::looping("e-mail", move |stop| async move {
             loop {
                 match deliver_due(&ctx, sender.as_ref(), 10).await {
                     Ok(n) if n > 0 => continue,

@@ -34,6 +34,7 @@ use printworks_common::audit::{integrity, retention};
 use printworks_common::auth::{Role, Scope};
 use printworks_common::hooks::PrinterJobs;
 use printworks_common::routes::{Access::Token, RouteTable};
+use printworks_common::tasks::Task;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -122,37 +123,38 @@ pub fn router(ctx: AppContext, jobs: Arc<dyn PrinterJobs>) -> anyhow::Result<Rou
         jobs,
         ctx,
     };
-    spawn_retention(state.ctx.clone());
     Ok(routes().into_router(&state.ctx).with_state(state))
 }
 
-/// Every five minutes, signs the heads of the audit chains that grew
-/// ([`integrity::checkpoint`]); hourly, prunes expired audit records
-/// ([`retention::prune`]; replicas doing it at once take turns per chain).
-fn spawn_retention(ctx: AppContext) {
-    let stop = ctx.shutdown.child_token();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-        let mut ticks: u64 = 0;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
+/// The org service's background work: every five minutes, signing the heads of the
+/// audit chains that grew ([`integrity::checkpoint`]); hourly, pruning expired audit
+/// records ([`retention::prune`]; replicas doing it at once take turns per chain).
+pub fn tasks(ctx: &AppContext) -> Vec<Task> {
+    let (signing, pruning) = (ctx.clone(), ctx.clone());
+    vec![
+        Task::periodic("audit-checkpoint", CHECKPOINT_INTERVAL, move || {
+            let ctx = signing.clone();
+            async move {
+                integrity::checkpoint(&ctx.db, &ctx.secrets, ctx.now()).await?;
+                Ok(())
             }
-            if let Err(e) = integrity::checkpoint(&ctx.db, &ctx.secrets, ctx.now()).await {
-                tracing::warn!(error = %e, "audit checkpoint");
-            }
-            if ticks.is_multiple_of(12) {
-                match retention::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "audit retention pruned old records"),
-                    Err(e) => tracing::warn!(error = %e, "audit retention"),
+        }),
+        Task::periodic("audit-retention", RETENTION_INTERVAL, move || {
+            let ctx = pruning.clone();
+            async move {
+                let n =
+                    retention::prune(&ctx.db, ctx.now(), ctx.settings.org.audit_retention).await?;
+                if n > 0 {
+                    tracing::info!(removed = n, "audit retention pruned old records");
                 }
+                Ok(())
             }
-            ticks += 1;
-        }
-    });
+        }),
+    ]
 }
+
+/// How often expired audit records are pruned.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How often the audit chains' heads are signed.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);

@@ -28,6 +28,7 @@ use printworks_common::AppContext;
 use printworks_common::auth::Scope;
 use printworks_common::hooks::PrinterJobs;
 use printworks_common::routes::{Access, RouteTable};
+use printworks_common::tasks::Task;
 use printworks_common::throttle::Throttle;
 
 pub use ca::PrinterCa;
@@ -123,11 +124,9 @@ pub fn routes() -> RouteTable<PairingState> {
         .post("/printers/{printer}/certificate", Public, renewal::renew_with_secret).max_body(MAX_REQUEST_BYTES).rate_limited()
 }
 
-/// The pairing service's routes, built from [`routes`]; starts the job that forgets
-/// old pairing requests and challenges.
+/// The pairing service's routes, built from [`routes`].
 pub fn router(ctx: AppContext, ca: Arc<PrinterCa>, jobs: Arc<dyn PrinterJobs>) -> Router {
     let state = PairingState::new(ctx, ca, jobs);
-    spawn_cleanup(state.ctx.clone());
     routes()
         .into_router(&state.ctx)
         // Codes, poll tokens, secrets and certificates: never kept by a cache.
@@ -143,22 +142,19 @@ async fn no_store(mut res: axum::response::Response) -> axum::response::Response
     res
 }
 
-/// Every five minutes: credentials no longer collectable are erased, pairing requests
-/// older than a day and answered challenges that expired are deleted.
-fn spawn_cleanup(ctx: AppContext) {
-    let stop = ctx.shutdown.child_token();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(300));
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = cleanup(&ctx).await {
-                tracing::warn!(error = %e, "pairing cleanup");
-            }
-        }
-    });
+/// The pairing service's background work, every five minutes: credentials no longer
+/// collectable are erased, pairing requests older than a day and answered challenges
+/// that expired are deleted ([`cleanup`]).
+pub fn tasks(ctx: &AppContext) -> Vec<Task> {
+    let ctx = ctx.clone();
+    vec![Task::periodic(
+        "pairing-cleanup",
+        Duration::from_secs(300),
+        move || {
+            let ctx = ctx.clone();
+            async move { Ok(cleanup(&ctx).await?) }
+        },
+    )]
 }
 
 pub async fn cleanup(ctx: &AppContext) -> sqlx::Result<()> {

@@ -19,6 +19,7 @@ use printworks_pairing::PrinterCa;
 use printworks_relay::{PrinterEndpoint, RelayState};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// A service that `printworks serve --services` can run.
@@ -148,6 +149,8 @@ pub struct Application {
     router: Router,
     /// The printer endpoint, when the relay service runs here.
     printer: Option<PrinterEndpoint>,
+    /// The services' background tasks, started with the application.
+    tasks: JoinSet<()>,
     ctx: AppContext,
     shutdown: CancellationToken,
 }
@@ -200,19 +203,30 @@ impl Application {
         };
         let keys = Arc::new(printworks_account::keys::Published(db.clone()));
         let ctx = AppContext::new(db, settings, clock, keys).await?;
+        // The background work of the services that run here.
+        let mut tasks = Vec::new();
         // One e-mail worker for the services that send mail (invitations, address
         // verification); replicas share the outbox safely.
         if services.contains(Service::Account) || services.contains(Service::Org) {
             let sender = printworks_common::mail::sender_from_settings(&ctx)?;
-            ctx.outbox
-                .spawn_worker(ctx.clone(), sender, ctx.shutdown.child_token());
+            tasks.push(ctx.outbox.worker(ctx.clone(), sender));
+        }
+        if services.contains(Service::Org) {
+            tasks.extend(printworks_org::tasks(&ctx));
+        }
+        if services.contains(Service::Pairing) {
+            tasks.extend(printworks_pairing::tasks(&ctx));
         }
         let ca = printer_ca(&ctx, services)?;
         let relay = match (&ca, services.contains(Service::Relay)) {
             (Some(ca), true) => Some(RelayState::new(ctx.clone(), ca.clone()).await?),
             _ => None,
         };
+        if let Some(relay) = &relay {
+            tasks.extend(printworks_relay::tasks(relay));
+        }
         let router = router(&ctx, services, ca.as_ref(), relay.as_ref()).await?;
+        let tasks = printworks_common::tasks::start(tasks, &ctx.shutdown);
         let printer = match (printer_listener, relay) {
             (Some(l), Some(relay)) => Some(printworks_relay::printer_endpoint(l, relay)?),
             _ => None,
@@ -221,6 +235,7 @@ impl Application {
             listener,
             router,
             printer,
+            tasks,
             shutdown: ctx.shutdown.clone(),
             ctx,
         })
@@ -247,18 +262,26 @@ impl Application {
     }
 
     /// Serves until the shutdown token is cancelled and in-flight requests are done
-    /// (or the grace period is over).
-    pub async fn run(self) -> std::io::Result<()> {
+    /// (or the grace period is over); then waits, within the grace period too, for the
+    /// background tasks to stop.
+    pub async fn run(mut self) -> std::io::Result<()> {
         let grace = self.ctx.settings.shutdown_grace;
+        let mut tasks = std::mem::take(&mut self.tasks);
         let printers = async {
             if let Some(p) = self.printer {
                 p.run().await;
             }
         };
         let (http, ()) = tokio::join!(
-            server::serve(self.listener, self.router, self.shutdown, grace),
+            server::serve(self.listener, self.router, self.shutdown.clone(), grace),
             printers
         );
+        self.shutdown.cancel();
+        let stopped =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if stopped.is_err() {
+            tracing::warn!("background tasks still running at the end of the grace period");
+        }
         http
     }
 }

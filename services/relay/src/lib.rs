@@ -28,6 +28,7 @@ use printworks_common::AppContext;
 use printworks_common::auth::Scope;
 use printworks_common::http::apply_common_layers;
 use printworks_common::routes::{Access, RouteTable};
+use printworks_common::tasks::Task;
 use printworks_pairing::PrinterCa;
 use tokio::net::TcpListener;
 
@@ -105,8 +106,7 @@ impl FromRef<RelayState> for AppContext {
 }
 
 impl RelayState {
-    /// Opens the blob store and starts the dispatcher and the cleanup of unfinished
-    /// uploads, which stop with the process.
+    /// Opens the blob store.
     pub async fn new(ctx: AppContext, ca: Arc<PrinterCa>) -> anyhow::Result<Self> {
         let store = blob::from_settings(&ctx.settings).await?;
         let state = Self {
@@ -118,29 +118,29 @@ impl RelayState {
             ca,
             ctx,
         };
-        tokio::spawn(dispatch::run(
-            state.ctx.clone(),
-            state.wakers.clone(),
-            state.ctx.shutdown.child_token(),
-        ));
-        let cleaner = state.clone();
-        tokio::spawn(async move {
-            let stop = cleaner.ctx.shutdown.child_token();
-            let mut tick = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                match lifecycle::cleanup(&cleaner).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "unfinished uploads removed"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "upload cleanup"),
-                }
-            }
-        });
         Ok(state)
     }
+}
+
+/// The relay's background work: the dispatcher (which wakes the event streams of the
+/// printers with new work, on every replica), and hourly the cleanup of unfinished
+/// uploads, orphaned and expired jobs ([`lifecycle::cleanup`]).
+pub fn tasks(state: &RelayState) -> Vec<Task> {
+    let (ctx, wakers) = (state.ctx.clone(), state.wakers.clone());
+    let cleaner = state.clone();
+    vec![
+        Task::looping("dispatch", move |stop| dispatch::run(ctx, wakers, stop)),
+        Task::periodic("job-cleanup", Duration::from_secs(3600), move || {
+            let state = cleaner.clone();
+            async move {
+                let n = lifecycle::cleanup(&state).await?;
+                if n > 0 {
+                    tracing::info!(removed = n, "unfinished uploads and expired jobs cleaned");
+                }
+                Ok(())
+            }
+        }),
+    ]
 }
 
 /// The public routes (people and apps), under [`PREFIX`].
