@@ -303,12 +303,7 @@ fn manifest_dependencies() -> BTreeMap<String, BTreeSet<String>> {
         let mine: BTreeSet<String> = section
             .lines()
             .filter_map(|l| l.trim().strip_prefix("printworks-"))
-            .map(|l| {
-                l.split(|c: char| c == '.' || c == ' ' || c == '=')
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
+            .map(|l| l.split(['.', ' ', '=']).next().unwrap().to_owned())
             .collect();
         deps.insert((*krate).to_owned(), mine);
     }

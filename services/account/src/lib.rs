@@ -7,7 +7,6 @@
 pub mod api;
 pub mod device;
 pub mod directory;
-pub mod email;
 pub mod keys;
 pub mod login;
 pub mod oauth;

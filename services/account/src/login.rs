@@ -15,10 +15,10 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::AccountState;
-use crate::email::Email;
 use crate::password::Verified;
 use crate::session::{self, NewSession};
 use crate::totp::{self, SecondFactor};
+use printworks_common::email::Email;
 use printworks_common::throttle::Gate;
 
 #[derive(Debug, thiserror::Error)]

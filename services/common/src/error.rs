@@ -247,6 +247,18 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// SQLSTATE `character_not_in_repertoire`: what PostgreSQL answers to a NUL in text.
 pub const NUL_IN_TEXT: &str = "22021";
 
+/// 403: the caller's role in the organization does not allow this; `detail` says what
+/// would.
+pub fn role_forbids(detail: &str) -> ApiError {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Your role in this organization does not allow this",
+    )
+    .detail(detail)
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

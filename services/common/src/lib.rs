@@ -15,6 +15,8 @@
 //! - [`mail`]: the e-mail outbox (nothing lost while the mail server is down).
 //! - [`printer`]: what printers and the cloud say to each other (credentials, renewal proofs).
 //! - [`crypto`]: random tokens, digests, constant-time comparison, sealing at rest.
+//! - [`hashing`]: Argon2id for secrets people choose (passwords, printer PINs).
+//! - [`email`], [`names`]: e-mail addresses and names as every service accepts them.
 //! - [`telemetry`]: `tracing` set-up, human or JSON.
 //! - [`throttle`]: growing waits between failed attempts at a secret, in PostgreSQL.
 //! - [`reseal`]: sealing again under a new master key what an old one sealed.
@@ -27,11 +29,14 @@ pub mod clock;
 pub mod context;
 pub mod crypto;
 pub mod db;
+pub mod email;
 pub mod error;
+pub mod hashing;
 pub mod hooks;
 pub mod http;
 pub mod mail;
 pub mod metrics;
+pub mod names;
 pub mod printer;
 pub mod reseal;
 pub mod routes;

@@ -13,11 +13,9 @@
 //! organization's lock, [`relock`] reads the membership again and the proof is asked
 //! for once more.
 
-use axum::http::StatusCode;
 use printworks_account::oauth::clients::client_role;
 use printworks_common::audit;
 use printworks_common::auth::{Caller, Role, Subject};
-use printworks_common::error::Problem;
 use printworks_common::{ApiError, AppContext};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -105,15 +103,7 @@ impl std::ops::Deref for Writer<'_> {
     }
 }
 
-pub fn forbidden(detail: &str) -> ApiError {
-    Problem::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "Your role in this organization does not allow this",
-    )
-    .detail(detail)
-    .into()
-}
+pub use printworks_common::error::role_forbids as forbidden;
 
 impl Membership {
     /// The person, if the caller is one (not a client acting on its own).

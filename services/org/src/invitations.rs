@@ -6,11 +6,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use printworks_account::email::Email;
 use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::auth::{Auth, Role};
 use printworks_common::crypto::{random_token, token_digest};
+use printworks_common::email::Email;
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -27,11 +27,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use printworks_account::password::PasswordHasher;
-use printworks_account::{BoxFuture, OrgDirectory};
+use printworks_account::OrgDirectory;
 use printworks_common::AppContext;
 use printworks_common::audit::{integrity, retention};
 use printworks_common::auth::{Role, Scope};
+use printworks_common::hashing::PasswordHasher;
+use printworks_common::hooks::BoxFuture;
 use printworks_common::hooks::PrinterJobs;
 use printworks_common::routes::{Access::Token, RouteTable};
 use printworks_common::tasks::Task;

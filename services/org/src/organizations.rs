@@ -8,6 +8,7 @@ use printworks_common::ApiError;
 use printworks_common::audit::{Actor, AuditEvent, Outcome};
 use printworks_common::auth::{Auth, Caller, Role};
 use printworks_common::http::{ClientInfo, Json, Page, PageQuery, Paginated, Path, Query};
+use printworks_common::names::checked_name;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -35,18 +36,6 @@ pub struct OrganizationView {
     role: String,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
-}
-
-/// 1 to 100 characters, no control characters, trimmed.
-pub fn checked_name(input: &str, what: &str) -> Result<String, ApiError> {
-    let name = input.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "{what} must be 1 to 100 characters, without control characters."
-        )));
-    }
-    Ok(name.to_owned())
 }
 
 /// The organization's name, for other services (on a pool or in a transaction).

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::OrgState;
 use crate::access::{Allowed, Membership, membership};
-use crate::organizations::checked_name;
 use crate::shares::{Shared, check_grantee, remove_share};
+use printworks_common::names::checked_name;
 
 #[derive(Serialize, sqlx::FromRow)]
 pub struct ProjectView {

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use crate::OrgState;
 use crate::access::{Membership, membership};
-use crate::organizations::{Name, checked_name};
+use crate::organizations::Name;
+use printworks_common::names::checked_name;
 
 /// The most people a team holds.
 pub const MAX_TEAM_SIZE: i64 = 1000;

@@ -30,9 +30,9 @@ use printworks_common::auth::Auth;
 use printworks_common::crypto::random_token;
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json};
+use printworks_common::names::checked_name;
 use printworks_common::throttle::Gate;
 use printworks_org::access::{Writer, membership};
-use printworks_org::organizations::checked_name;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -384,7 +384,7 @@ pub async fn claim(
 }
 
 fn writer_lost() -> ApiError {
-    printworks_org::access::forbidden(
+    printworks_common::error::role_forbids(
         "Guests cannot change the organization, its teams or its printers.",
     )
 }

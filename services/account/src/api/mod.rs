@@ -46,12 +46,5 @@ impl From<LoginError> for ApiError {
 
 /// Trims and checks a display name: 1 to 100 characters, no control characters.
 pub fn display_name(input: &str) -> Result<String, ApiError> {
-    let name = input.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "display_name must be 1 to 100 characters, without control characters.",
-        ));
-    }
-    Ok(name.to_owned())
+    printworks_common::names::checked_name(input, "display_name")
 }

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::email::Email;
 use crate::login::{self, LoginError};
 use crate::session::{self, SessionUser};
 use crate::{AccountState, PREFIX, totp};
+use printworks_common::email::Email;
 
 #[derive(Deserialize)]
 pub struct SignUp {

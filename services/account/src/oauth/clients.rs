@@ -251,6 +251,24 @@ pub async fn registered_by(
     .await
 }
 
+/// The role a client acting on its own (`client_credentials`) holds in `org`: `None` if
+/// it is revoked, of another organization, or acts for people only. For the org
+/// service, which reads it on every call such a client makes.
+pub async fn client_role(
+    db: impl sqlx::PgExecutor<'_>,
+    org: Uuid,
+    client_id: &str,
+) -> sqlx::Result<Option<Role>> {
+    let role: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .bind(org)
+    .fetch_optional(db)
+    .await?;
+    Ok(role.flatten().as_deref().and_then(Role::parse))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,22 +322,4 @@ mod tests {
             assert!(validate_redirect_uri(bad).is_err(), "{bad} accepted");
         }
     }
-}
-
-/// The role a client acting on its own (`client_credentials`) holds in `org`: `None` if
-/// it is revoked, of another organization, or acts for people only. For the org
-/// service, which reads it on every call such a client makes.
-pub async fn client_role(
-    db: impl sqlx::PgExecutor<'_>,
-    org: Uuid,
-    client_id: &str,
-) -> sqlx::Result<Option<Role>> {
-    let role: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT role FROM oauth_clients WHERE id = $1 AND organization_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(client_id)
-    .bind(org)
-    .fetch_optional(db)
-    .await?;
-    Ok(role.flatten().as_deref().and_then(Role::parse))
 }
