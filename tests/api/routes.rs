@@ -2,16 +2,18 @@
 //! takes an access token refuses a caller without one (401 with a challenge) and a token
 //! that lacks the row's scope (403 `insufficient-scope`, naming it) before its handler
 //! runs; each row that needs a browser session refuses an anonymous caller (401). What
-//! each role may do on top is held per route in `org::authz` and `relay::roles`.
+//! each role may do on top: the org routes in `org::authz`, every other scoped route
+//! below — together, every scoped row of every table.
 
 use printworks_common::auth::{Scope, ScopeSet};
 use printworks_common::db::MIGRATOR;
 use printworks_common::routes::Access;
 use reqwest::{Method, StatusCode};
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{OrgWorld, TestApp};
 
 /// `template` with every `{parameter}` replaced by a fresh id.
 fn concrete(template: &str) -> String {
@@ -79,4 +81,169 @@ async fn every_table_row_refuses_callers_without_its_access(pool: PgPool) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(checked > 40, "only {checked} rows were checked");
+}
+
+/// What each of (admin, member, guest, outsider) gets, in that order: a status, and for
+/// those that share one, the problem type that tells "allowed, then refused for another
+/// reason" from "refused".
+const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
+    // The code is wrong: admins and members get that far; guests may not claim.
+    (
+        "POST",
+        "/pairing/v1/claims",
+        [
+            "404 pairing-code-not-found",
+            "404 pairing-code-not-found",
+            "403",
+            "404 not-found",
+        ],
+    ),
+    // The printer is shared with the member and the guest.
+    (
+        "POST",
+        "/relay/v1/printers/{printer}/jobs",
+        ["201", "201", "201", "404"],
+    ),
+    (
+        "GET",
+        "/relay/v1/printers/{printer}/jobs",
+        ["200", "200", "200", "404"],
+    ),
+    ("GET", "/relay/v1/jobs/{job}", ["200", "200", "200", "404"]),
+    // The admin's job on the admin's printer: only admins (and whoever sent it or added
+    // the printer) abort it.
+    (
+        "POST",
+        "/relay/v1/jobs/{job}/abort",
+        ["200", "403", "403", "404"],
+    ),
+    ("GET", "/account/v1/clients", ["200", "403", "403", "404"]),
+    ("POST", "/account/v1/clients", ["201", "403", "403", "404"]),
+    (
+        "DELETE",
+        "/account/v1/clients/{client_id}",
+        ["204", "403", "403", "404"],
+    ),
+    ("GET", "/oauth/userinfo", ["200", "200", "200", "200"]),
+    ("POST", "/oauth/userinfo", ["200", "200", "200", "200"]),
+];
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let all = ScopeSet::from_iter(Scope::ALL).to_string();
+    let mut tokens = Vec::new();
+    for user in [&w.admin, &w.member, &w.guest, &w.outsider] {
+        tokens.push(app.access_token(user, &all).await);
+    }
+    let (admin, org) = (tokens[0].clone(), w.org);
+    let printer = app.register_printer(org, w.admin.id, "Ultimaker S5").await;
+    for user in [w.member.id, w.guest.id] {
+        sqlx::query(
+            "INSERT INTO printer_shares (printer_id, grantee_type, grantee_id, created_at)
+             VALUES ($1, 'user', $2, $3)",
+        )
+        .bind(printer)
+        .bind(user)
+        .bind(app.now())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    let gcode = || b"G28\nG1 X10 Y10 F3000\n".to_vec();
+    let app_body = json!({
+        "organization_id": org,
+        "name": "Slicer Cloud",
+        "type": "confidential",
+        "redirect_uris": ["https://slicer.example.com/oauth/callback"],
+        "scopes": ["openid", "printer.read"],
+        "grant_types": ["authorization_code"],
+    });
+
+    // Every scoped row outside org has a row here, and every row is a route.
+    let rows: Vec<(String, String)> = printworks::route_specs()
+        .into_iter()
+        .filter(|r| r.access.scope().is_some() && !r.path.starts_with("/org/"))
+        .map(|r| (r.method.to_string(), r.path))
+        .collect();
+    for (m, p) in &rows {
+        assert!(
+            OTHER_SERVICES.iter().any(|(tm, tp, _)| tm == m && tp == p),
+            "{m} {p} has no row here"
+        );
+    }
+    assert_eq!(
+        OTHER_SERVICES.len(),
+        rows.len(),
+        "rows for routes that do not exist"
+    );
+
+    let mut failures = Vec::new();
+    for (method, template, expected) in OTHER_SERVICES {
+        // The outsider first, the admin last: what the admin may do changes things.
+        for who in (0..4).rev() {
+            let token = tokens[who].as_str();
+            let job = || async {
+                app.submit_gcode(&admin, printer, "cube", gcode())
+                    .await
+                    .expect(StatusCode::CREATED)
+                    .id()
+            };
+            let path = match *template {
+                "/relay/v1/jobs/{job}" | "/relay/v1/jobs/{job}/abort" => {
+                    template.replace("{job}", &job().await.to_string())
+                }
+                "/account/v1/clients/{client_id}" => {
+                    let registered = app
+                        .call(
+                            Method::POST,
+                            "/account/v1/clients",
+                            Some(&admin),
+                            Some(&app_body),
+                        )
+                        .await
+                        .expect(StatusCode::CREATED);
+                    let id = registered.body["client_id"].as_str().unwrap().to_owned();
+                    template.replace("{client_id}", &id)
+                }
+                "/account/v1/clients" if *method == "GET" => {
+                    format!("{template}?organization_id={org}")
+                }
+                t => t.replace("{printer}", &printer.to_string()),
+            };
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let res = if *template == "/relay/v1/printers/{printer}/jobs" && method == Method::POST
+            {
+                app.submit_gcode(token, printer, "cube", gcode()).await
+            } else {
+                let body = match *template {
+                    "/pairing/v1/claims" => Some(json!({
+                        "organization_id": org, "code": "123456", "name": "P",
+                    })),
+                    "/account/v1/clients" if method == Method::POST => Some(app_body.clone()),
+                    _ => None,
+                };
+                app.call(method.clone(), &path, Some(token), body.as_ref())
+                    .await
+            };
+            let got = res.status.as_u16().to_string();
+            let kind = res.body["type"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("urn:printworks:problem:"))
+                .unwrap_or("");
+            let want = expected[who];
+            let ok = match want.split_once(' ') {
+                Some((status, problem)) => got == status && kind == problem,
+                None => got == want,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{method} {template} as caller {who}: expected {want}, got {got} {}",
+                    res.body
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
