@@ -10,12 +10,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use printworks::{Application, ServiceSet};
-use printworks_common::Settings;
 use printworks_common::clock::Clock as _;
 use printworks_common::clock::ManualClock;
+use printworks_common::clock::SharedClock;
 use printworks_common::crypto::{base64url, random_token, sha256};
 use printworks_common::http::REQUEST_ID_HEADER;
 use printworks_common::settings::PublicUrl;
+use printworks_common::{AppContext, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -55,6 +56,15 @@ pub fn trusting_loopback_proxy(s: &mut Settings) {
 
 /// Settings for a test: defaults, the given data directory, no practical per-address
 /// rate limit (every test client is 127.0.0.1; the limit has its own test).
+/// A context like the binary's, on `pool`: tokens verified with the account service's
+/// published keys.
+pub async fn test_context(pool: &PgPool, settings: Settings, clock: SharedClock) -> AppContext {
+    let keys = std::sync::Arc::new(printworks_account::keys::Published(pool.clone()));
+    AppContext::new(pool.clone(), settings, clock, keys)
+        .await
+        .expect("context")
+}
+
 pub fn test_settings(data_dir: &Path) -> Settings {
     let mut s = Settings::defaults();
     s.http_addr = "127.0.0.1:0".parse().expect("loopback address");
@@ -451,6 +461,22 @@ impl TestApp {
         .await
         .expect("register printer");
         id
+    }
+
+    /// Shares `printer` with each of `users` directly.
+    pub async fn share_printer(&self, printer: Uuid, users: &[Uuid]) {
+        for user in users {
+            sqlx::query(
+                "INSERT INTO printer_shares (printer_id, grantee_type, grantee_id, created_at)
+                 VALUES ($1, 'user', $2, $3)",
+            )
+            .bind(printer)
+            .bind(user)
+            .bind(self.now())
+            .execute(&self.db)
+            .await
+            .expect("share the printer");
+        }
     }
 
     /// A JSON request with an optional bearer token; the response is checked against the

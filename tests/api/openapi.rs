@@ -10,7 +10,6 @@ use printworks_common::db::MIGRATOR;
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::helpers::TestApp;
 
@@ -267,17 +266,7 @@ async fn every_documented_operation_is_served(pool: PgPool) {
         if item.get("servers").is_some() {
             continue;
         }
-        let path: String = template
-            .split('/')
-            .map(|s| {
-                if s.starts_with('{') {
-                    Uuid::new_v4().to_string()
-                } else {
-                    s.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("/");
+        let path = crate::routes::concrete(template);
         let res = app
             .client
             .request(Method::from_bytes(b"PROPFIND").unwrap(), app.url(&path))

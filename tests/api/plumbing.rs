@@ -61,14 +61,7 @@ async fn serve_test_routes(pool: PgPool) -> Served {
     let mut settings = test_settings(dir.path());
     settings.max_body_bytes = 2048;
     settings.request_timeout = Duration::from_millis(300);
-    let ctx = AppContext::new(
-        pool.clone(),
-        settings,
-        ManualClock::starting_now(),
-        std::sync::Arc::new(printworks_account::keys::Published(pool)),
-    )
-    .await
-    .unwrap();
+    let ctx = crate::helpers::test_context(&pool, settings, ManualClock::starting_now()).await;
     let routes = Router::new()
         .route("/echo", post(echo))
         .route("/slow", get(slow))

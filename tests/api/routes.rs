@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::helpers::{OrgWorld, TestApp};
 
 /// `template` with every `{parameter}` replaced by a fresh id.
-fn concrete(template: &str) -> String {
+pub fn concrete(template: &str) -> String {
     template
         .split('/')
         .map(|s| {
@@ -139,18 +139,7 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
     }
     let (admin, org) = (tokens[0].clone(), w.org);
     let printer = app.register_printer(org, w.admin.id, "Ultimaker S5").await;
-    for user in [w.member.id, w.guest.id] {
-        sqlx::query(
-            "INSERT INTO printer_shares (printer_id, grantee_type, grantee_id, created_at)
-             VALUES ($1, 'user', $2, $3)",
-        )
-        .bind(printer)
-        .bind(user)
-        .bind(app.now())
-        .execute(&app.db)
-        .await
-        .unwrap();
-    }
+    app.share_printer(printer, &[w.member.id, w.guest.id]).await;
     let gcode = || b"G28\nG1 X10 Y10 F3000\n".to_vec();
     let app_body = json!({
         "organization_id": org,

@@ -231,7 +231,7 @@ impl Outbox {
         crate::tasks::Task::looping("e-mail", move |stop| async move {
             loop {
                 match deliver_due(&ctx, sender.as_ref(), 10).await {
-                    Ok(n) if n > 0 => continue,
+                    Ok(n) if n > 0 && !stop.is_cancelled() => continue,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "e-mail worker"),
                 }

@@ -4,9 +4,9 @@
 
 use uuid::Uuid;
 
-use aws_lc_rs::signature::{self, Ed25519KeyPair, KeyPair as _};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 
-use crate::crypto::{SecretBox, base64url, base64url_decode, hmac_sha256, sha256};
+use crate::crypto::{SecretBox, base64url, hmac_sha256, sha256};
 
 pub use printworks_proto::{Credentials, job_message};
 
@@ -131,26 +131,12 @@ impl JobSigner {
     }
 }
 
-/// Whether `signature` is the relay's (whose public key the printer pinned) over this job.
-pub fn verify_job(
-    public_key: &str,
-    printer_id: Uuid,
-    job_id: Uuid,
-    size: u64,
-    sha256_hex: &str,
-    signature: &str,
-) -> bool {
-    let (Some(key), Some(sig)) = (base64url_decode(public_key), base64url_decode(signature)) else {
-        return false;
-    };
-    signature::UnparsedPublicKey::new(&signature::ED25519, key)
-        .verify(&job_message(printer_id, job_id, size, sha256_hex), &sig)
-        .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
+    use aws_lc_rs::signature;
+
     use super::*;
+    use crate::crypto::base64url_decode;
 
     #[test]
     fn jobs_are_signed_and_a_changed_field_fails() {
@@ -159,12 +145,20 @@ mod tests {
         assert!(signer.key_id.starts_with("job-") && signer.key_id.len() == 20);
         let (p, j) = (Uuid::new_v4(), Uuid::new_v4());
         let sig = signer.sign(p, j, 42, "ab");
-        assert!(verify_job(&public, p, j, 42, "ab", &sig));
-        assert!(!verify_job(&public, p, j, 43, "ab", &sig));
-        assert!(!verify_job(&public, p, j, 42, "ac", &sig));
-        assert!(!verify_job(&public, Uuid::new_v4(), j, 42, "ab", &sig));
+        let verify = |key: &str, p, j, size, digest: &str, sig: &str| {
+            let (Some(key), Some(sig)) = (base64url_decode(key), base64url_decode(sig)) else {
+                return false;
+            };
+            signature::UnparsedPublicKey::new(&signature::ED25519, key)
+                .verify(&job_message(p, j, size, digest), &sig)
+                .is_ok()
+        };
+        assert!(verify(&public, p, j, 42, "ab", &sig));
+        assert!(!verify(&public, p, j, 43, "ab", &sig));
+        assert!(!verify(&public, p, j, 42, "ac", &sig));
+        assert!(!verify(&public, Uuid::new_v4(), j, 42, "ab", &sig));
         let other = JobSigner::from_seed(&[4; 32]);
-        assert!(!verify_job(&other.public_key(), p, j, 42, "ab", &sig));
-        assert!(!verify_job(&public, p, j, 42, "ab", "not base64!"));
+        assert!(!verify(&other.public_key(), p, j, 42, "ab", &sig));
+        assert!(!verify(&public, p, j, 42, "ab", "not base64!"));
     }
 }

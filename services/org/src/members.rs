@@ -158,14 +158,14 @@ pub async fn change_role(
     Json(req): Json<ChangeRole>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
-    let admin = m.require_admin()?;
+    m.require_admin()?;
     let new = Role::parse(&req.role)
         .ok_or_else(|| ApiError::invalid("role must be admin, member or guest."))?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let admins = lock_and_count_admins(&mut tx, org).await?;
     let fresh = relock(&mut tx, &m).await?;
-    fresh.require_admin()?;
+    let admin = fresh.require_admin()?;
     let old = crate::role_of(&mut *tx, org, user)
         .await?
         .ok_or_else(ApiError::not_found)?;

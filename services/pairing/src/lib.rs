@@ -116,7 +116,6 @@ impl PairingState {
 pub fn routes() -> RouteTable<PairingState> {
     use Access::*;
     RouteTable::new(PREFIX)
-        .index(NAME, env!("CARGO_PKG_VERSION"))
         .post("/requests", Public, requests::create).max_body(MAX_REQUEST_BYTES).rate_limited()
         .post("/requests/{id}/poll", Public, requests::poll).rate_limited()
         .post("/claims", Token(Scope::PrinterWrite), claims::claim).rate_limited()
@@ -124,13 +123,19 @@ pub fn routes() -> RouteTable<PairingState> {
         .post("/printers/{printer}/certificate", Public, renewal::renew_with_secret).max_body(MAX_REQUEST_BYTES).rate_limited()
 }
 
-/// The pairing service's routes, built from [`routes`].
+/// `GET /pairing/v1/`: the service's name and version (the one row a cache may keep).
+pub fn index() -> RouteTable<PairingState> {
+    RouteTable::new(PREFIX).index(NAME, env!("CARGO_PKG_VERSION"))
+}
+
+/// The pairing service's routes, built from [`routes`] and [`index`].
 pub fn router(ctx: AppContext, ca: Arc<PrinterCa>, jobs: Arc<dyn PrinterJobs>) -> Router {
     let state = PairingState::new(ctx, ca, jobs);
     routes()
         .into_router(&state.ctx)
         // Codes, poll tokens, secrets and certificates: never kept by a cache.
         .layer(axum::middleware::map_response(no_store))
+        .merge(index().into_router(&state.ctx))
         .with_state(state)
 }
 

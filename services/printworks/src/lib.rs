@@ -136,6 +136,7 @@ pub fn route_specs() -> Vec<RouteSpec> {
         health_routes().specs(),
         printworks_account::routes().specs(),
         printworks_org::routes().specs(),
+        printworks_pairing::index().specs(),
         printworks_pairing::routes().specs(),
         printworks_relay::routes().specs(),
         printworks_relay::printer_routes().specs(),
@@ -272,16 +273,25 @@ impl Application {
                 p.run().await;
             }
         };
-        let (http, ()) = tokio::join!(
-            server::serve(self.listener, self.router, self.shutdown.clone(), grace),
-            printers
-        );
-        self.shutdown.cancel();
-        let stopped =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if stopped.is_err() {
-            tracing::warn!("background tasks still running at the end of the grace period");
-        }
+        let shutdown = self.shutdown.clone();
+        let http = async {
+            let served = server::serve(self.listener, self.router, shutdown.clone(), grace).await;
+            // However serving ended, the rest stops too.
+            shutdown.cancel();
+            served
+        };
+        // The tasks have the same grace period as the requests, from the same moment.
+        let stop = self.shutdown.clone();
+        let tasks = async {
+            stop.cancelled().await;
+            let stopped =
+                tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+                    .await;
+            if stopped.is_err() {
+                tracing::warn!("background tasks still running at the end of the grace period");
+            }
+        };
+        let (http, (), ()) = tokio::join!(http, printers, tasks);
         http
     }
 }

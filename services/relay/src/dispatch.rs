@@ -94,11 +94,16 @@ async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waitin
     .fetch_all(&ctx.db)
     .await?;
     // The settings waiting to be confirmed, as the org service (their owner) says.
+    let at: std::collections::HashMap<Uuid, usize> = waiting
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.printer_id, i))
+        .collect();
     for (printer_id, version) in
         printworks_org::fleet::unconfirmed_security(&ctx.db, printers).await?
     {
-        match waiting.iter_mut().find(|w| w.printer_id == printer_id) {
-            Some(w) => w.settings_version = Some(version),
+        match at.get(&printer_id) {
+            Some(&i) => waiting[i].settings_version = Some(version),
             None => waiting.push(Waiting {
                 printer_id,
                 queued: false,

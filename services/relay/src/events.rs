@@ -114,13 +114,16 @@ impl Feed {
         Ok(())
     }
 
-    /// Claims the printer's queued jobs and queues the events it has not sent yet:
-    /// one query. `false` when another stream has taken the printer over.
+    /// Reads the printer's settings, then claims its queued jobs and queues the events
+    /// it has not sent yet. `false` when another stream has taken the printer over.
+    /// The settings are read first: a failure then claims nothing, so no job is ever
+    /// queued for the printer ahead of the settings it must apply before printing.
     async fn collect(&mut self) -> anyhow::Result<bool> {
         let ctx = self.state.ctx.clone();
         let printer = self.printer.printer_id;
         let now = ctx.now();
         ctx.metrics.printer_event_collects.inc();
+        let s = printworks_org::fleet::security_settings(&ctx.db, printer).await?;
         let c: Collected = sqlx::query_as(COLLECT)
             .bind(printer)
             .bind(now)
@@ -154,7 +157,6 @@ impl Feed {
                 self.push_back(PrinterEvent::Abort(AbortEvent { id }))?;
             }
         }
-        let s = printworks_org::fleet::security_settings(&ctx.db, printer).await?;
         let version = s.version;
         if self.stream.settings_unsent(version) {
             // Settings go first: a printer applies them before it prints.
@@ -165,7 +167,7 @@ impl Feed {
             });
             self.pending.push_front(sse(&settings)?);
         }
-        // What the stream has seen is what this statement read — not the clock, which
+        // What the stream has seen is what these statements read — not the clock, which
         // an abort asked for on another replica need not agree with.
         self.stream.saw(c.latest_abort, version);
         Ok(true)

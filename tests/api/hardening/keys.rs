@@ -6,8 +6,8 @@
 use std::process::Command;
 
 use printworks::ServiceSet;
+use printworks_agent::crypto::verify_job;
 use printworks_common::db::MIGRATOR;
-use printworks_common::printer::verify_job;
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::ConnectOptions as _;

@@ -400,18 +400,7 @@ async fn every_org_route_against_every_caller(pool: PgPool) {
     let printer = app
         .register_printer(w.org, w.admin.id, "Ultimaker S5")
         .await;
-    for user in [w.member.id, w.guest.id] {
-        sqlx::query(
-            "INSERT INTO printer_shares (printer_id, grantee_type, grantee_id, created_at)
-             VALUES ($1, 'user', $2, $3)",
-        )
-        .bind(printer)
-        .bind(user)
-        .bind(app.now())
-        .execute(&app.db)
-        .await
-        .unwrap();
-    }
+    app.share_printer(printer, &[w.member.id, w.guest.id]).await;
     let no_scope = app.access_token(&w.admin, "openid profile").await;
 
     // Every route has a row, and every row is a route.

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use printworks_account::BoxFuture;
-use printworks_common::AppContext;
 use printworks_common::clock::ManualClock;
 use printworks_common::db::MIGRATOR;
 use printworks_common::mail::{self, MailSender};
@@ -458,14 +457,7 @@ impl MailSender for FlakySender {
 async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(
-        pool.clone(),
-        test_settings(dir.path()),
-        clock.clone(),
-        std::sync::Arc::new(printworks_account::keys::Published(pool.clone())),
-    )
-    .await
-    .unwrap();
+    let ctx = crate::helpers::test_context(&pool, test_settings(dir.path()), clock.clone()).await;
     let sender = Arc::new(FlakySender::default());
     *sender.down.lock().unwrap() = true;
 
@@ -542,14 +534,7 @@ async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
 async fn mail_that_cannot_be_sent_is_given_up_on_after_a_day_of_retries(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(
-        pool.clone(),
-        test_settings(dir.path()),
-        clock.clone(),
-        std::sync::Arc::new(printworks_account::keys::Published(pool.clone())),
-    )
-    .await
-    .unwrap();
+    let ctx = crate::helpers::test_context(&pool, test_settings(dir.path()), clock.clone()).await;
     let sender = FlakySender::default();
     *sender.down.lock().unwrap() = true;
     let mut conn = pool.acquire().await.unwrap();
@@ -733,14 +718,7 @@ impl MailSender for WithdrawingSender {
 async fn mail_withdrawn_while_its_batch_is_being_sent_is_not_sent(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = AppContext::new(
-        pool.clone(),
-        test_settings(dir.path()),
-        clock.clone(),
-        std::sync::Arc::new(printworks_account::keys::Published(pool.clone())),
-    )
-    .await
-    .unwrap();
+    let ctx = crate::helpers::test_context(&pool, test_settings(dir.path()), clock.clone()).await;
     let mut conn = pool.acquire().await.unwrap();
     for (to, topic) in [
         ("first@example.com", "invitation:first"),

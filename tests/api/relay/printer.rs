@@ -74,7 +74,7 @@ async fn a_printer_gets_signed_jobs_in_order_downloads_them_and_reports(pool: Pg
     assert_eq!(j1["size"], first.len());
     assert_eq!(j1["sha256"], sha256_hex(&first));
     // Signed by the relay's key, which the printer pinned when it paired.
-    assert!(printworks_common::printer::verify_job(
+    assert!(printworks_agent::crypto::verify_job(
         &printer.job_signing_key,
         printer.id,
         job1,
@@ -82,7 +82,7 @@ async fn a_printer_gets_signed_jobs_in_order_downloads_them_and_reports(pool: Pg
         j1["sha256"].as_str().unwrap(),
         j1["signature"].as_str().unwrap(),
     ));
-    assert!(!printworks_common::printer::verify_job(
+    assert!(!printworks_agent::crypto::verify_job(
         &printer.job_signing_key,
         printer.id,
         job2,
