@@ -20,19 +20,6 @@ pub fn renewal_message(printer_id: Uuid, challenge: &str, csr_der: &[u8]) -> Vec
     )
 }
 
-/// The proof a printer sends: base64url of HMAC-SHA256(shared secret, message).
-pub fn renewal_proof(
-    shared_secret: &str,
-    printer_id: Uuid,
-    challenge: &str,
-    csr_der: &[u8],
-) -> String {
-    base64url(&hmac_sha256(
-        shared_secret.as_bytes(),
-        &renewal_message(printer_id, challenge, csr_der),
-    ))
-}
-
 /// What a re-pairing printer's proof is an HMAC of: the printer it was, the server's
 /// challenge and the digest of the CSR it asks to be paired with. Only a request carrying
 /// such a proof re-pairs that printer under the same identity.

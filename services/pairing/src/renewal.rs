@@ -23,7 +23,7 @@ use printworks_common::crypto::{
 };
 use printworks_common::error::Problem;
 use printworks_common::http::{ClientInfo, Json, Path};
-pub use printworks_common::printer::{renewal_message, renewal_proof};
+pub use printworks_common::printer::renewal_message;
 use printworks_common::throttle::Gate;
 use printworks_common::{ApiError, AppContext};
 use serde::{Deserialize, Serialize};

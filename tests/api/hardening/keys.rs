@@ -139,7 +139,7 @@ async fn the_job_signing_key_and_every_secret_survive_a_master_key_rotation(
     // challenge (a MAC under the kept root) checks.
     let challenge = after.printer_challenge(printer.id).await;
     let (_, csr) = printer_key_and_csr();
-    let proof = printworks_common::printer::renewal_proof(
+    let proof = printworks_agent::crypto::renewal_proof(
         &printer.shared_secret,
         printer.id,
         &challenge,

@@ -390,7 +390,7 @@ async fn a_stranger_who_knows_a_printer_id_cannot_keep_it_from_renewing_by_secre
     }
     // The printer still renews with the challenge it got, at once.
     let (_, csr) = printer_key_and_csr();
-    let proof = printworks_common::printer::renewal_proof(
+    let proof = printworks_agent::crypto::renewal_proof(
         &printer.shared_secret,
         printer.id,
         &mine,

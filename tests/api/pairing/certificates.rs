@@ -221,7 +221,7 @@ async fn certificates_renew_over_tls_and_with_the_secret_after_expiry(pool: PgPo
         .1
         .contents;
     let proof = |secret: &str, c: &str, der: &[u8]| {
-        printworks_common::printer::renewal_proof(secret, printer.id, c, der)
+        printworks_agent::crypto::renewal_proof(secret, printer.id, c, der)
     };
 
     // Wrong secret: refused and audited; the challenge is used up all the same.
@@ -404,7 +404,7 @@ async fn a_renewed_certificate_supersedes_the_old_one(pool: PgPool) {
         .contents;
     let c = challenge(&app, &base).await;
     let proof =
-        printworks_common::printer::renewal_proof(&printer.shared_secret, printer.id, &c, &der);
+        printworks_agent::crypto::renewal_proof(&printer.shared_secret, printer.id, &c, &der);
     let res = renew(&app, &base, c, proof, csr)
         .await
         .expect(StatusCode::CREATED);
