@@ -453,19 +453,25 @@ impl MailSender for FlakySender {
     }
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
+/// A context of its own (data directory, manual clock) with one message to `to` waiting
+/// in the outbox.
+async fn outbox_with_one(
+    pool: &PgPool,
+    to: &str,
+) -> (
+    tempfile::TempDir,
+    std::sync::Arc<ManualClock>,
+    printworks_common::AppContext,
+    uuid::Uuid,
+) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let ctx = crate::helpers::test_context(&pool, test_settings(dir.path()), clock.clone()).await;
-    let sender = Arc::new(FlakySender::default());
-    *sender.down.lock().unwrap() = true;
-
+    let ctx = crate::helpers::test_context(pool, test_settings(dir.path()), clock.clone()).await;
     let mut conn = pool.acquire().await.unwrap();
     let id = mail::enqueue(
         &mut conn,
         &ctx.secrets,
-        "ada@example.com",
+        to,
         "Hello",
         "Body",
         None,
@@ -473,7 +479,14 @@ async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
     )
     .await
     .unwrap();
-    drop(conn);
+    (dir, clock, ctx, id)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
+    let (_dir, clock, ctx, id) = outbox_with_one(&pool, "ada@example.com").await;
+    let sender = Arc::new(FlakySender::default());
+    *sender.down.lock().unwrap() = true;
     // Waiting, the body is sealed: not in the row as text.
     let row: String =
         sqlx::query_scalar("SELECT to_jsonb(o)::text FROM email_outbox o WHERE id = $1")
@@ -532,24 +545,9 @@ async fn mail_waits_in_the_outbox_while_the_sender_is_down(pool: PgPool) {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn mail_that_cannot_be_sent_is_given_up_on_after_a_day_of_retries(pool: PgPool) {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::starting_now();
-    let ctx = crate::helpers::test_context(&pool, test_settings(dir.path()), clock.clone()).await;
+    let (_dir, clock, ctx, id) = outbox_with_one(&pool, "nobody@example.com").await;
     let sender = FlakySender::default();
     *sender.down.lock().unwrap() = true;
-    let mut conn = pool.acquire().await.unwrap();
-    let id = mail::enqueue(
-        &mut conn,
-        &ctx.secrets,
-        "nobody@example.com",
-        "Hello",
-        "Body",
-        None,
-        clock_now(&clock),
-    )
-    .await
-    .unwrap();
-    drop(conn);
     let state = || async {
         sqlx::query_as::<_, (i32, bool, bool)>(
             "SELECT attempts, gave_up_at IS NOT NULL, body_sealed IS NOT NULL

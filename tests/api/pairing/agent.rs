@@ -107,48 +107,12 @@ async fn the_agent_pairs_keeps_its_credentials_and_is_recognised(pool: PgPool) {
     assert!(!again.status.success());
 
     // The agent is recognised by the printer endpoint.
-    let out = tokio::task::spawn_blocking({
-        let state = state.clone();
-        let dir = dir.path().to_owned();
-        move || {
-            printworks(&dir)
-                .env("PRINTWORKS_LOG", "warn")
-                .args(["printer", "identity", "--state-dir"])
-                .arg(&state)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = agent_command(dir.path(), &state, "identity").await;
     let identity: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(identity["printer_id"], claimed.body["printer_id"]);
 
     // And renews its certificate over the printer endpoint.
-    let out = tokio::task::spawn_blocking({
-        let state = state.clone();
-        let dir = dir.path().to_owned();
-        move || {
-            printworks(&dir)
-                .env("PRINTWORKS_LOG", "warn")
-                .args(["printer", "renew", "--state-dir"])
-                .arg(&state)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent_command(dir.path(), &state, "renew").await;
     let issued: i64 =
         sqlx::query_scalar("SELECT count(*) FROM printer_certificates WHERE issued_by = 'renewal'")
             .fetch_one(&app.db)
@@ -192,4 +156,30 @@ async fn the_agent_renews_with_its_secret_when_the_printer_endpoint_cannot_be_re
         ["pairing", "secret"],
         "through the shared-secret route"
     );
+}
+
+/// `printworks printer <command> --state-dir <state>`, run off the runtime; it must
+/// succeed.
+async fn agent_command(
+    dir: &std::path::Path,
+    state: &std::path::Path,
+    command: &'static str,
+) -> std::process::Output {
+    let (dir, state) = (dir.to_owned(), state.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        printworks(&dir)
+            .env("PRINTWORKS_LOG", "warn")
+            .args(["printer", command, "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "printer {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

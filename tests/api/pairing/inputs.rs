@@ -21,15 +21,7 @@ fn fixture(name: &str) -> String {
 async fn bad_certificate_signing_requests_are_refused_and_nothing_is_kept(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (_, good) = printer_key_and_csr();
-    let p384 = {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap()
-    };
+    let p384 = csr_with(&rcgen::PKCS_ECDSA_P384_SHA384);
     // One bit of the signature flipped.
     let tampered = {
         let (_, pem) = x509_parser::pem::parse_x509_pem(good.as_bytes()).unwrap();
@@ -79,15 +71,7 @@ async fn bad_certificate_signing_requests_are_refused_and_nothing_is_kept(pool: 
     app.request_pairing("SN-rsa", &fixture("rsa2048.csr.pem"))
         .await
         .expect(StatusCode::CREATED);
-    let ed = {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap()
-    };
+    let ed = csr_with(&rcgen::PKCS_ED25519);
     app.request_pairing("SN-ed", &ed)
         .await
         .expect(StatusCode::CREATED);
@@ -220,4 +204,15 @@ async fn one_address_cannot_fill_the_code_space(pool: PgPool) {
     app.request_pairing("SN-22", &csr)
         .await
         .expect(StatusCode::CREATED);
+}
+
+/// A certificate signing request for a fresh key of `alg`, without names.
+fn csr_with(alg: &'static rcgen::SignatureAlgorithm) -> String {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
 }
