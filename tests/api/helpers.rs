@@ -463,6 +463,14 @@ impl TestApp {
         id
     }
 
+    /// A person and the organization they created ("Fab Lab"), of which they are the
+    /// admin.
+    pub async fn admin_with_org(&self) -> (TestUser, Uuid) {
+        let admin = self.new_user("admin").await;
+        let org = self.new_org(&admin, "Fab Lab").await;
+        (admin, org)
+    }
+
     /// Shares `printer` with each of `users` directly.
     pub async fn share_printer(&self, printer: Uuid, users: &[Uuid]) {
         for user in users {

@@ -71,9 +71,14 @@ pub enum PrinterAction {
 
 /// Runs one of the agent's commands. `now` is the wall clock when the command started
 /// (the caller reads it: time is a parameter here, as everywhere in the workspace);
-/// `renew` judges the certificate's validity by it.
+/// `renew` judges the certificate's validity by it. `stop` is cancelled when the
+/// process is asked to stop (the binary listens for the signals); `run` then ends.
 #[allow(clippy::print_stdout)] // the commands' answers
-pub async fn run(args: PrinterArgs, now: time::OffsetDateTime) -> anyhow::Result<()> {
+pub async fn run(
+    args: PrinterArgs,
+    now: time::OffsetDateTime,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let state_dir = args.state_dir.as_path();
     let state = StateDir::new(state_dir);
     match args.action {
@@ -139,12 +144,6 @@ pub async fn run(args: PrinterArgs, now: time::OffsetDateTime) -> anyhow::Result
             Ok(())
         }
         PrinterAction::Run { print_seconds } => {
-            let stop = CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                on_signal.cancel();
-            });
             let options = RunOptions {
                 print_time: Duration::from_secs(u64::from(print_seconds)),
                 ..Default::default()
@@ -162,30 +161,5 @@ pub async fn run(args: PrinterArgs, now: time::OffsetDateTime) -> anyhow::Result
             );
             Ok(())
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
     }
 }

@@ -118,7 +118,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     telemetry::init(settings.log_format, &settings.log_filter)?;
     if let Command::Printer(args) = cli.command {
-        return printworks_agent::cli::run(args, SystemClock.now()).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            server::shutdown_signal().await;
+            on_signal.cancel();
+        });
+        return printworks_agent::cli::run(args, SystemClock.now(), stop).await;
     }
     let database_url = settings
         .resolve_database_url()

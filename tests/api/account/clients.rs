@@ -148,8 +148,7 @@ async fn only_admins_of_the_organization_register_clients(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn registrations_are_validated(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let with = |k: &str, v: Value| {
         let mut b = web_app();
         b[k] = v;
@@ -200,8 +199,7 @@ async fn registrations_are_validated(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let c: Value = app
         .register_client(&admin, org, web_app())
         .await
@@ -362,8 +360,7 @@ async fn consent_says_who_asks_for_what_and_is_remembered_until_withdrawn(pool: 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn automated_systems_act_inside_their_organization(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let body = json!({
         "name": "Night shift scheduler",
         "type": "confidential",
@@ -452,8 +449,7 @@ async fn automated_systems_act_inside_their_organization(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn introspection_sees_a_session_end_before_the_token_expires(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let c: Value = app
         .register_client(&admin, org, web_app())
         .await
@@ -556,8 +552,7 @@ async fn revocation_ends_a_refresh_token_family(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_code_issued_before_consent_was_withdrawn_is_worthless_after(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let c: Value = app
         .register_client(&admin, org, web_app())
         .await
@@ -604,8 +599,7 @@ async fn a_code_issued_before_consent_was_withdrawn_is_worthless_after(pool: PgP
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_third_party_app_cannot_mint_clients_with_its_token(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let mut body = web_app();
     body["scopes"] = json!(["organization.write"]);
     let c: Value = app

@@ -71,8 +71,7 @@ async fn the_built_in_public_client_is_not_approved_without_asking(pool: PgPool)
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_invalid_request_of_a_registered_client_is_not_redirected_to_it(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let res = app
         .register_client(
             &admin,
@@ -111,8 +110,7 @@ async fn an_invalid_request_of_a_registered_client_is_not_redirected_to_it(pool:
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_others(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
-    let admin = app.new_user("admin").await;
-    let org = app.new_org(&admin, "Fab Lab").await;
+    let (admin, org) = app.admin_with_org().await;
     let res = app
         .register_client(
             &admin,
