@@ -381,6 +381,18 @@ impl TestApp {
             .to_owned()
     }
 
+    /// `POST /oauth/token` with `grant_type=client_credentials`, the client
+    /// authenticating with HTTP Basic.
+    pub async fn client_credentials(&self, id: &str, secret: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/oauth/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("token request")
+    }
+
     pub async fn token(&self, form: &[(&str, &str)]) -> reqwest::Response {
         self.client
             .post(self.url("/oauth/token"))

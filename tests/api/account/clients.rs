@@ -410,14 +410,7 @@ async fn automated_systems_act_inside_their_organization(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-    let res = app
-        .client
-        .post(app.url("/oauth/token"))
-        .basic_auth(id, Some("wrong"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap();
+    let res = app.client_credentials(id, "wrong").await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     // A client is not a person: person-only routes refuse it.
     let res = app

@@ -560,14 +560,7 @@ async fn the_token_endpoint_refuses_bad_input_in_the_oauth_format(pool: PgPool) 
         oauth_error(res, StatusCode::BAD_REQUEST).await,
         "invalid_request"
     );
-    let res = app
-        .client
-        .post(app.url("/oauth/token"))
-        .basic_auth(CLI, Some("guess"))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap();
+    let res = app.client_credentials(CLI, "guess").await;
     assert!(
         res.headers()["www-authenticate"]
             .to_str()

@@ -142,13 +142,8 @@ async fn a_client_learns_nothing_from_introspection_about_tokens_issued_to_other
     );
     // Its own token, it may look at.
     let own: Value = app
-        .client
-        .post(app.url("/oauth/token"))
-        .basic_auth(&id, Some(&secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
+        .client_credentials(&id, &secret)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

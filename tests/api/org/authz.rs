@@ -536,13 +536,8 @@ async fn automated_clients_act_with_the_role_their_admin_chose(pool: PgPool) {
         c["client_secret"].as_str().unwrap(),
     );
     let t: Value = app
-        .client
-        .post(app.url("/oauth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
+        .client_credentials(id, secret)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -366,14 +366,7 @@ async fn register_robot(app: &TestApp, user: &TestUser, org: Uuid) -> (String, S
 }
 
 async fn robot_token_status(app: &TestApp, (id, secret): &(String, String)) -> StatusCode {
-    app.client
-        .post(app.url("/oauth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .status()
+    app.client_credentials(id, secret).await.status()
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
