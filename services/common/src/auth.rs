@@ -115,8 +115,8 @@ pub enum TokenError {
     Expired,
 }
 
-/// Verifies access tokens with the published keys, cached in memory and reloaded from
-/// the database when a token names a key not seen yet.
+/// Verifies access tokens with the published keys, cached in memory and asked for again
+/// (from their owner, [`PublishedKeys`]) when a token names a key not seen yet.
 pub struct TokenVerifier {
     keys_source: Arc<dyn PublishedKeys>,
     issuer: String,
@@ -126,13 +126,13 @@ pub struct TokenVerifier {
 
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<String, PublishedKey>,
+    keys: HashMap<String, CachedKey>,
     /// By the injected clock, like every expiry.
     loaded_at: Option<time::OffsetDateTime>,
 }
 
 #[derive(Clone)]
-struct PublishedKey {
+struct CachedKey {
     key: DecodingKey,
     published_until: Option<time::OffsetDateTime>,
 }
@@ -183,7 +183,7 @@ impl TokenVerifier {
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
         let now = self.clock.now();
-        let usable = |k: &PublishedKey| k.published_until.is_none_or(|until| until > now);
+        let usable = |k: &CachedKey| k.published_until.is_none_or(|until| until > now);
         {
             let cache = self.keys.read().await;
             let fresh = cache.loaded_at.is_some_and(|t| now - t < KEY_CACHE_TTL);
@@ -224,7 +224,7 @@ impl TokenVerifier {
 async fn load_published_keys(
     source: &dyn PublishedKeys,
     now: time::OffsetDateTime,
-) -> Result<HashMap<String, PublishedKey>, sqlx::Error> {
+) -> Result<HashMap<String, CachedKey>, sqlx::Error> {
     let mut keys = HashMap::new();
     for published in source.published(now).await? {
         let parsed = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(published.jwk)
@@ -234,7 +234,7 @@ async fn load_published_keys(
             Some(key) => {
                 keys.insert(
                     published.kid,
-                    PublishedKey {
+                    CachedKey {
                         key,
                         published_until: published.published_until,
                     },

@@ -206,7 +206,16 @@ where
 
     /// The rows allowed longer than the request timeout, for the deadline layer.
     pub fn longer_routes(&self, settings: &Settings) -> Vec<LongerRoute> {
-        longer_routes(self.rows.iter().map(|(spec, _)| spec), settings)
+        self.rows
+            .iter()
+            .filter_map(|(spec, _)| {
+                Some(LongerRoute {
+                    method: spec.method.clone(),
+                    route: spec.path.clone(),
+                    timeout: spec.deadline.longer_than_request(settings)?,
+                })
+            })
+            .collect()
     }
 
     /// The router: each row's handler behind its limits and its access check. The rate
@@ -225,9 +234,10 @@ where
                 BodyLimit::Max(n) => handler.layer(DefaultBodyLimit::max(n)),
                 BodyLimit::Streamed => handler.layer(DefaultBodyLimit::disable()),
             };
-            if spec.access.scope().is_some() {
+            if let Some(scope) = spec.access.scope() {
+                let session_instead = matches!(spec.access, Access::SessionOrToken(_));
                 handler = handler.route_layer(middleware::from_fn_with_state(
-                    (ctx.clone(), spec.access),
+                    (ctx.clone(), scope, session_instead),
                     enforce_access,
                 ));
             }
@@ -242,36 +252,17 @@ where
     }
 }
 
-/// The routes of `specs` allowed longer than the request timeout.
-pub fn longer_routes<'a>(
-    specs: impl IntoIterator<Item = &'a RouteSpec>,
-    settings: &Settings,
-) -> Vec<LongerRoute> {
-    specs
-        .into_iter()
-        .filter_map(|spec| {
-            Some(LongerRoute {
-                method: spec.method.clone(),
-                route: spec.path.clone(),
-                timeout: spec.deadline.longer_than_request(settings)?,
-            })
-        })
-        .collect()
-}
-
-/// The access check of a row that takes tokens: a token that grants the row's scope,
-/// whose caller the handler then reads with [`crate::auth::Auth`]. A row that also
-/// takes a browser session lets a request without a token through to the handler.
+/// The access check of a row that takes tokens: a token that grants `scope`, whose
+/// caller the handler then reads with [`crate::auth::Auth`]. A row that also takes a
+/// browser session (`session_instead`) lets a request without a token through to the
+/// handler, which checks the session.
 async fn enforce_access(
-    State((ctx, access)): State<(AppContext, Access)>,
+    State((ctx, scope, session_instead)): State<(AppContext, Scope, bool)>,
     req: Request,
     next: Next,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
-    let Some(scope) = access.scope() else {
-        return next.run(Request::from_parts(parts, body)).await;
-    };
-    if matches!(access, Access::SessionOrToken(_)) && bearer_token(&parts).is_none() {
+    if session_instead && bearer_token(&parts).is_none() {
         return next.run(Request::from_parts(parts, body)).await;
     }
     match authenticate(&ctx, &parts, scope).await {
