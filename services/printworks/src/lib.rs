@@ -262,9 +262,9 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled and in-flight requests are done
-    /// (or the grace period is over); then waits, within the grace period too, for the
-    /// background tasks to stop.
+    /// Serves until the shutdown token is cancelled and in-flight requests are done, and
+    /// the background tasks have stopped — both within one grace period, counted from
+    /// the cancellation.
     pub async fn run(mut self) -> std::io::Result<()> {
         let grace = self.ctx.settings.shutdown_grace;
         let mut tasks = std::mem::take(&mut self.tasks);
