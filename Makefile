@@ -16,7 +16,7 @@ DB := deploy/embedded-postgres.sh
 # cluster's (started on demand; a failure to start stops make).
 with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
 
-.PHONY: help run test test-deps lint deny fuzz fmt db db-stop build bench-login
+.PHONY: help run test test-deps lint deny fuzz fmt db db-stop build bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,9 +49,9 @@ fmt: ## format the code
 build: ## build the printworks binary
 	cargo build --locked -p printworks
 
-bench-login: ## measure the login rate one core sustains (release build; see docs/benchmarks.md)
-	cargo build --release --locked -p printworks
-	@$(with_db) python3 bench/login_rate.py
+bench: ## every benchmark of docs/benchmarks.md, medians into its table (release build; BENCH_QUICK=1 for a short run)
+	cargo build --release --locked --quiet -p printworks -p printworks-bench
+	@$(with_db) python3 bench/run.py
 
 db: ## start the embedded PostgreSQL (unless DATABASE_URL is set) and print its URL
 	@if [ -n "$${DATABASE_URL:-}" ]; then echo "DATABASE_URL is set; using it"; else $(DB) start; fi

@@ -178,6 +178,15 @@ pub async fn pair(
 /// A client for the printer endpoint: it trusts only the printer CA and presents the
 /// printer's certificate.
 pub fn printer_client(saved: &Saved) -> anyhow::Result<reqwest::Client> {
+    printer_client_from(saved, None)
+}
+
+/// [`printer_client`], its connections made from `local` (a host with several
+/// addresses, or a load test spreading many printers over 127.0.0.0/8).
+pub fn printer_client_from(
+    saved: &Saved,
+    local: Option<std::net::IpAddr>,
+) -> anyhow::Result<reqwest::Client> {
     let mut identity = saved.certificate_pem.clone();
     identity.push_str(&saved.key_pem);
     let roots = reqwest::Certificate::from_pem_bundle(saved.ca_pem.as_bytes())
@@ -190,6 +199,7 @@ pub fn printer_client(saved: &Saved) -> anyhow::Result<reqwest::Client> {
         )
         .https_only(true)
         .connect_timeout(Duration::from_secs(10))
+        .local_address(local)
         .build()
         .context("building the printer endpoint client")
 }

@@ -282,51 +282,76 @@ async fn events_loop(ctx: Ctx) {
 
 /// One connection of the event stream, until it ends.
 async fn listen(ctx: &Ctx, backoff: &mut Backoff) -> anyhow::Result<()> {
-    let res = ctx
-        .client
-        .get(ctx.url(path::EVENTS))
-        .header("accept", "text/event-stream")
-        .send()
-        .await?;
-    if res.status() == StatusCode::UNAUTHORIZED {
-        anyhow::bail!(
-            "the printer endpoint refuses this printer's certificate (renew it, or pair again)"
-        );
-    }
-    anyhow::ensure!(
-        res.status().is_success(),
-        "the event stream answered {}",
-        res.status()
-    );
+    let mut events = Events::open(&ctx.client, &ctx.saved.printer.printer_url).await?;
     backoff.reset();
     tracing::info!("connected to the printer endpoint");
-    let mut stream = res.bytes_stream();
-    let mut buf = Vec::new();
-    loop {
-        let chunk = tokio::time::timeout(ctx.options.idle_timeout, stream.try_next())
-            .await
-            .context("no heartbeat")??;
-        let Some(chunk) = chunk else {
-            return Ok(());
-        };
-        buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let raw: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&raw);
-            let mut event = "message";
-            let mut data = String::new();
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
+    while let Some(event) = events.next(ctx.options.idle_timeout).await? {
+        handle(ctx, event).await?;
+    }
+    Ok(())
+}
+
+/// The printer's event stream (`GET /printer/v1/events`), read event by event.
+pub struct Events {
+    res: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// Opens the stream at `printer_url` (the printer endpoint) with `client` (a
+    /// [`printer_client`]).
+    pub async fn open(client: &reqwest::Client, printer_url: &str) -> anyhow::Result<Self> {
+        let res = client
+            .get(format!("{printer_url}{}", path::EVENTS))
+            .header("accept", "text/event-stream")
+            .send()
+            .await?;
+        if res.status() == StatusCode::UNAUTHORIZED {
+            anyhow::bail!(
+                "the printer endpoint refuses this printer's certificate (renew it, or pair again)"
+            );
+        }
+        anyhow::ensure!(
+            res.status().is_success(),
+            "the event stream answered {}",
+            res.status()
+        );
+        Ok(Self {
+            res,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next event (heartbeats included); `None` when the server ended the stream,
+    /// an error when nothing at all arrived for `idle_timeout`.
+    pub async fn next(&mut self, idle_timeout: Duration) -> anyhow::Result<Option<PrinterEvent>> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let mut event = "message";
+                let mut data = String::new();
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
                 }
+                if let Some(event) = PrinterEvent::parse(event, &data)
+                    .with_context(|| format!("a {event} event that does not parse"))?
+                {
+                    return Ok(Some(event));
+                }
+                continue;
             }
-            if let Some(event) = PrinterEvent::parse(event, &data)
-                .with_context(|| format!("a {event} event that does not parse"))?
-            {
-                handle(ctx, event).await?;
-            }
+            let chunk = tokio::time::timeout(idle_timeout, self.res.chunk())
+                .await
+                .context("no heartbeat")??;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            self.buf.extend_from_slice(&chunk);
         }
     }
 }

@@ -117,11 +117,29 @@ pub enum TokenError {
 
 /// Verifies access tokens with the published keys, cached in memory and asked for again
 /// (from their owner, [`PublishedKeys`]) when a token names a key not seen yet.
+///
+/// A token whose signature and claims checked out is remembered (by the SHA-256 of the
+/// whole token, never the token itself) with its claims, so a client calling again
+/// with the same token costs a hash instead of an Ed25519 verification — the largest
+/// part of an API call (docs/benchmarks.md). Everything that can change since is still
+/// checked on every call: that the token's key is still published (a retired key
+/// refuses its cached tokens too), expiry and `iat` by the injected clock.
 pub struct TokenVerifier {
     keys_source: Arc<dyn PublishedKeys>,
     issuer: String,
     clock: SharedClock,
     keys: RwLock<KeyCache>,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// Tokens remembered as verified, at most (about 3 MiB); when full, the expired ones
+/// go, and if none had, all of them.
+const VERIFIED_CACHE_MAX: usize = 10_000;
+
+/// A token that verified: its key and claims.
+struct Verified {
+    kid: String,
+    claims: AccessClaims,
 }
 
 #[derive(Default)]
@@ -144,7 +162,14 @@ impl TokenVerifier {
             issuer,
             clock,
             keys: RwLock::new(KeyCache::default()),
+            verified: std::sync::Mutex::default(),
         }
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Verified>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn issuer(&self) -> &str {
@@ -154,6 +179,15 @@ impl TokenVerifier {
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         if token.len() > 8192 {
             return Err(TokenError::Malformed);
+        }
+        let digest = crate::crypto::sha256(token.as_bytes());
+        let seen = self
+            .verified()
+            .get(&digest)
+            .map(|v| (v.kid.clone(), v.claims.clone()));
+        if let Some((kid, claims)) = seen {
+            self.key(&kid).await?;
+            return self.current(claims);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA || header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE) {
@@ -171,14 +205,36 @@ impl TokenVerifier {
         validation.set_audience(&[API_AUDIENCE]);
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
             .map_err(|_| TokenError::Invalid)?;
+        let claims = self.current(data.claims)?;
         let now = self.clock.now().unix_timestamp();
-        if data.claims.exp <= now {
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_CACHE_MAX {
+            verified.retain(|_, v| v.claims.exp > now);
+            if verified.len() >= VERIFIED_CACHE_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            digest,
+            Verified {
+                kid,
+                claims: claims.clone(),
+            },
+        );
+        Ok(claims)
+    }
+
+    /// `claims` if they hold now (by the injected clock): not expired, not issued in
+    /// the future.
+    fn current(&self, claims: AccessClaims) -> Result<AccessClaims, TokenError> {
+        let now = self.clock.now().unix_timestamp();
+        if claims.exp <= now {
             return Err(TokenError::Expired);
         }
-        if data.claims.iat > now + CLOCK_SKEW_SECS {
+        if claims.iat > now + CLOCK_SKEW_SECS {
             return Err(TokenError::Invalid);
         }
-        Ok(data.claims)
+        Ok(claims)
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, TokenError> {
@@ -351,6 +407,130 @@ impl<St: Send + Sync> FromRequestParts<St> for Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock as _, ManualClock};
+    use crate::hooks::PublishedKey;
+    use futures_util::future::BoxFuture;
+
+    /// One Ed25519 key, published until `until` (changeable).
+    struct OneKey {
+        jwk: serde_json::Value,
+        until: std::sync::Mutex<Option<time::OffsetDateTime>>,
+    }
+
+    impl PublishedKeys for OneKey {
+        fn published(
+            &self,
+            now: time::OffsetDateTime,
+        ) -> BoxFuture<'_, sqlx::Result<Vec<PublishedKey>>> {
+            let until = *self.until.lock().unwrap();
+            let keys = until
+                .is_none_or(|u| u > now)
+                .then(|| PublishedKey {
+                    kid: "k1".into(),
+                    jwk: self.jwk.clone(),
+                    published_until: until,
+                })
+                .into_iter()
+                .collect();
+            Box::pin(async move { Ok(keys) })
+        }
+    }
+
+    /// A verifier, its clock and key, and a signer of access tokens with that key.
+    fn verifier() -> (
+        TokenVerifier,
+        Arc<ManualClock>,
+        Arc<OneKey>,
+        impl Fn(i64) -> String,
+    ) {
+        use aws_lc_rs::signature::KeyPair as _;
+        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let source = Arc::new(OneKey {
+            jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+                "x": crate::crypto::base64url(pair.public_key().as_ref())}),
+            until: std::sync::Mutex::new(None),
+        });
+        let clock = ManualClock::new(time::macros::datetime!(2026-11-30 12:00 UTC));
+        let verifier = TokenVerifier::new(source.clone(), "https://pw".into(), clock.clone());
+        let key = jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref());
+        let now = clock.now().unix_timestamp();
+        let sign = move |ttl: i64| {
+            let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+            header.typ = Some(ACCESS_TOKEN_TYPE.into());
+            header.kid = Some("k1".into());
+            let claims = AccessClaims {
+                iss: "https://pw".into(),
+                sub: Uuid::new_v4().to_string(),
+                aud: API_AUDIENCE.into(),
+                exp: now + ttl,
+                iat: now,
+                jti: Uuid::new_v4().to_string(),
+                client_id: "c".into(),
+                scope: "printer.read".into(),
+                sid: None,
+                org: None,
+            };
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        };
+        (verifier, clock, source, sign)
+    }
+
+    #[tokio::test]
+    async fn a_token_verified_once_still_expires_and_dies_with_its_key() {
+        let (verifier, clock, key, sign) = verifier();
+        let token = sign(600);
+        let first = verifier.verify(&token).await.unwrap();
+        // Remembered: the same claims again, without a second verification.
+        assert_eq!(verifier.verify(&token).await.unwrap(), first);
+        assert_eq!(verifier.verified().len(), 1);
+        // Another signature on the same claims is checked, not looked up.
+        let (body, _) = token.rsplit_once('.').unwrap();
+        let forged = format!("{body}.{}", crate::crypto::base64url(&[7u8; 64]));
+        assert_eq!(verifier.verify(&forged).await, Err(TokenError::Invalid));
+        // Expiry is read on every call, by the clock.
+        clock.advance(time::Duration::seconds(601));
+        assert_eq!(verifier.verify(&token).await, Err(TokenError::Expired));
+        // A key withdrawn refuses the tokens it signed, remembered or not.
+        let (verifier, clock, key2, sign) = (verifier, clock, key, sign);
+        let token = sign(3600);
+        verifier.verify(&token).await.unwrap();
+        *key2.until.lock().unwrap() = Some(clock.now());
+        clock.advance(time::Duration::seconds(61));
+        assert_eq!(verifier.verify(&token).await, Err(TokenError::UnknownKey));
+    }
+
+    #[tokio::test]
+    async fn the_verified_tokens_are_bounded() {
+        let (verifier, _clock, _key, sign) = verifier();
+        let token = sign(600);
+        verifier.verify(&token).await.unwrap();
+        {
+            let mut verified = verifier.verified();
+            let entry = |i: usize| {
+                let mut d = [0u8; 32];
+                d[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                d
+            };
+            let claims = verified.values().next().unwrap().claims.clone();
+            for i in 1..VERIFIED_CACHE_MAX {
+                verified.insert(
+                    entry(i),
+                    Verified {
+                        kid: "k1".into(),
+                        claims: claims.clone(),
+                    },
+                );
+            }
+            assert_eq!(verified.len(), VERIFIED_CACHE_MAX);
+        }
+        verifier.verify(&sign(600)).await.unwrap();
+        assert!(verifier.verified().len() <= VERIFIED_CACHE_MAX);
+        assert_eq!(verifier.verified().len(), 1);
+    }
 
     #[test]
     fn client_subjects_must_name_their_client() {

@@ -12,6 +12,13 @@ use printworks_common::crypto::SecretBox;
 use printworks_common::settings::ensure_private_dir;
 use printworks_common::{Settings, db, server, telemetry};
 
+/// mimalloc instead of the C library's allocator: when thousands of printer
+/// connections close, their memory goes back to the system (with glibc's allocator
+/// none of it did, and a reconnect storm grew the process further). It costs about
+/// 8 KiB more per idle connection; docs/benchmarks.md has the measurements.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Printworks: a self-hostable cloud backend for fleets of networked 3D printers.
 ///
 /// Every setting is read from the environment variable shown (or the flag), and each has a

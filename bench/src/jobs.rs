@@ -1,0 +1,229 @@
+//! Jobs end to end: submitted through the public API, seen by a printer (the agent's
+//! event stream and download), on the same replica or another.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use printworks_agent::Saved;
+use printworks_agent::run::Events;
+use printworks_proto::{JobStatusReport, PrinterEvent, ReportedState};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::measure::{CpuShare, Latencies, Server, round};
+
+/// A slicer-like G-code file of exactly `bytes` bytes (moves with extrusion, layer
+/// comments, fan and temperature commands), which the checker accepts.
+pub fn gcode(bytes: usize) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut g = String::with_capacity(bytes + 64);
+    g.push_str(";FLAVOR:Marlin\nM104 S215\nM140 S60\nM190 S60\nM109 S215\nG28\nG92 E0\n");
+    let tail = "M104 S0\nM140 S0\n";
+    let mut i = 0u64;
+    while g.len() + 64 + tail.len() < bytes {
+        if i.is_multiple_of(500) {
+            let _ = writeln!(
+                g,
+                ";LAYER:{}\nM106 S255\nG0 F7200 X{}.{} Y{}.5 Z{}.2",
+                i / 500,
+                i % 200,
+                i % 10,
+                (i * 3) % 200,
+                i / 500 % 200
+            );
+        }
+        let _ = writeln!(
+            g,
+            "G1 F1800 X{}.{:03} Y{}.{:03} E{}.{:05}",
+            (i * 7) % 220,
+            i % 1000,
+            (i * 13) % 220,
+            (i * 7) % 1000,
+            i / 10,
+            i % 100_000
+        );
+        i += 1;
+    }
+    g.push(';');
+    while g.len() + 1 + tail.len() < bytes {
+        g.push('-');
+    }
+    g.push('\n');
+    g.push_str(tail);
+    g.into_bytes()
+}
+
+/// Submits `body` as a G-code job for `printer` at `api`; returns its id.
+async fn submit(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    printer: Uuid,
+    name: &str,
+    body: impl Into<reqwest::Body>,
+) -> anyhow::Result<Uuid> {
+    let res = http
+        .post(format!("{api}/relay/v1/printers/{printer}/jobs"))
+        .query(&[("name", name)])
+        .bearer_auth(token)
+        .header("content-type", "text/x-gcode")
+        .body(body)
+        .send()
+        .await?;
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "submit: {status} {text}");
+    let v: Value = serde_json::from_str(&text)?;
+    serde_json::from_value(v["id"].clone()).context("no job id")
+}
+
+/// Waits for the job event of `job`, skipping everything else.
+async fn job_event(events: &mut Events, job: Uuid) -> anyhow::Result<()> {
+    loop {
+        match events.next(Duration::from_secs(120)).await? {
+            Some(PrinterEvent::Job(j)) if j.id == job => return Ok(()),
+            Some(_) => {}
+            None => anyhow::bail!("the event stream ended"),
+        }
+    }
+}
+
+/// Reads what the stream sends on opening (settings, jobs left over), until it pauses.
+async fn drain(events: &mut Events) -> anyhow::Result<()> {
+    while let Ok(next) = tokio::time::timeout(
+        Duration::from_millis(300),
+        events.next(Duration::from_secs(120)),
+    )
+    .await
+    {
+        next?;
+    }
+    Ok(())
+}
+
+/// The printer says the job is done (so that the queue does not grow).
+async fn complete(client: &reqwest::Client, printer_url: &str, job: Uuid) -> anyhow::Result<()> {
+    let res = client
+        .post(format!(
+            "{printer_url}{}",
+            printworks_proto::printer::path::job_status(job)
+        ))
+        .json(&JobStatusReport {
+            message: None,
+            progress: None,
+            state: ReportedState::Completed,
+        })
+        .send()
+        .await?;
+    anyhow::ensure!(res.status().is_success(), "report: {}", res.status());
+    Ok(())
+}
+
+/// `dispatch`: a printer holds its event stream on the replica at `printer_url`; jobs
+/// are submitted one after another at `api` (another replica); the time from sending
+/// each submission to its job event at the printer.
+pub async fn dispatch(
+    saved: &Saved,
+    api: &str,
+    printer_url: &str,
+    token: &str,
+    count: usize,
+) -> anyhow::Result<Value> {
+    let client = printworks_agent::printer_client(saved)?;
+    let http = reqwest::Client::new();
+    let mut events = Events::open(&client, printer_url).await?;
+    drain(&mut events).await?;
+    let body = gcode(4096);
+    let (mut to_event, mut to_answer) = (Latencies::default(), Latencies::default());
+    for i in 0..count {
+        let t0 = Instant::now();
+        let job = submit(
+            &http,
+            api,
+            token,
+            saved.printer.printer_id,
+            &format!("dispatch {i}"),
+            body.clone(),
+        )
+        .await?;
+        to_answer.record(t0.elapsed());
+        job_event(&mut events, job).await?;
+        to_event.record(t0.elapsed());
+        complete(&client, printer_url, job).await?;
+    }
+    Ok(json!({
+        "jobs": count,
+        "submit_to_event": to_event.summary(),
+        "submit_answered": to_answer.summary(),
+    }))
+}
+
+/// `transfer`: one job of `mib` MiB uploaded (hashed, checked, sealed, stored), then
+/// streamed to the printer (unsealed, over mutual TLS); the rate of each and the most
+/// memory the server held above its resting size while doing it.
+pub async fn transfer(
+    saved: &Saved,
+    api: &str,
+    printer_url: &str,
+    token: &str,
+    server: Server,
+    mib: usize,
+) -> anyhow::Result<Value> {
+    let client = printworks_agent::printer_client(saved)?;
+    let http = reqwest::Client::new();
+    let mut events = Events::open(&client, printer_url).await?;
+    drain(&mut events).await?;
+    let body = bytes::Bytes::from(gcode(mib * 1024 * 1024));
+    let size = body.len();
+
+    let rest = server.rss_kib()?;
+    server.reset_peak()?;
+    let cpu = CpuShare::start(Some(server));
+    let t0 = Instant::now();
+    let job = submit(
+        &http,
+        api,
+        token,
+        saved.printer.printer_id,
+        "transfer",
+        body,
+    )
+    .await?;
+    let upload_secs = t0.elapsed().as_secs_f64();
+    let upload_cpu = cpu.read();
+    let upload_peak = server.peak_kib()?.saturating_sub(rest);
+
+    job_event(&mut events, job).await?;
+    let rest = server.rss_kib()?;
+    server.reset_peak()?;
+    let cpu = CpuShare::start(Some(server));
+    let t0 = Instant::now();
+    let mut res = client
+        .get(format!(
+            "{printer_url}{}",
+            printworks_proto::printer::path::job_content(job)
+        ))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status().is_success(), "download: {}", res.status());
+    let mut got = 0usize;
+    while let Some(chunk) = res.chunk().await? {
+        got += chunk.len();
+    }
+    let download_secs = t0.elapsed().as_secs_f64();
+    let download_cpu = cpu.read();
+    let download_peak = server.peak_kib()?.saturating_sub(rest);
+    anyhow::ensure!(got == size, "downloaded {got} of {size} bytes");
+    complete(&client, printer_url, job).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let mb = size as f64 / 1e6;
+    Ok(json!({
+        "bytes": size,
+        "upload_mb_per_sec": round(mb / upload_secs),
+        "upload_server_cpu": upload_cpu,
+        "upload_peak_above_rest_kib": upload_peak,
+        "download_mb_per_sec": round(mb / download_secs),
+        "download_server_cpu": download_cpu,
+        "download_peak_above_rest_kib": download_peak,
+    }))
+}
