@@ -25,6 +25,10 @@ pub fn source(i: usize, n: usize) -> IpAddr {
 /// endpoint's per-address limit, `MAX_HANDSHAKES_PER_ADDRESS`).
 const PER_ADDRESS: usize = 16;
 
+/// A printer that cannot connect this many times in a row gives up (and is missing
+/// from the count of connections held).
+const MAX_ATTEMPTS: u64 = 100;
+
 /// One printer's connection to hold.
 struct Printer {
     client: reqwest::Client,
@@ -82,11 +86,14 @@ async fn open_all(
                     Ok(events) => {
                         let took = t0.elapsed();
                         let task = tokio::spawn(hold(events, seen));
-                        return (i, Held { task }, took);
+                        return Some((i, Held { task }, took));
                     }
                     Err(_) => {
                         retries.fetch_add(1, Ordering::Relaxed);
                         attempt += 1;
+                        if attempt > MAX_ATTEMPTS {
+                            return None;
+                        }
                         let pause = 50 * attempt.min(20) + (i as u64 % 50);
                         tokio::time::sleep(Duration::from_millis(pause)).await;
                     }
@@ -97,7 +104,7 @@ async fn open_all(
     let mut held = Vec::with_capacity(printers.len());
     let mut latencies = Latencies::default();
     while let Some(done) = opening.join_next().await {
-        if let Ok((_, h, took)) = done {
+        if let Ok(Some((_, h, took))) = done {
             held.push(h);
             latencies.record(took);
         }

@@ -44,6 +44,7 @@
 //! the fuzz target (`fuzz/`) holds the two against each other.
 
 pub mod reference;
+pub mod sample;
 
 /// The longest line accepted, in bytes.
 pub const MAX_LINE: usize = 4096;

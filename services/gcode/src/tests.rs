@@ -334,3 +334,12 @@ fn the_checker_and_the_reference_agree_on_generated_files() {
         agree(profile, &file, (next() % 9 + 1) as usize);
     }
 }
+
+#[test]
+fn the_benchmarks_sample_has_its_size_and_passes() {
+    for bytes in [4096, 100_000, 1 << 20] {
+        let text = crate::sample::sample(bytes);
+        assert_eq!(text.len(), bytes);
+        assert_eq!(check(profile_for(Some("Ultimaker S5")), &text), Ok(()));
+    }
+}
