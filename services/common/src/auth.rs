@@ -132,7 +132,7 @@ pub struct TokenVerifier {
     verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
 }
 
-/// Tokens remembered as verified, at most (about 3 MiB); when full, the expired ones
+/// Tokens remembered as verified, at most (a few MiB); when full, the expired ones
 /// go, and if none had, all of them.
 const VERIFIED_CACHE_MAX: usize = 10_000;
 
