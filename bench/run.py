@@ -79,14 +79,24 @@ def drop_database(url, name):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def pin_postgres():
-    """PostgreSQL shares the load's core: the server's core is the server's alone."""
-    out = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout
-    pids = out.split()
-    for pid in pids:
+def pin_postgres(url):
+    """The PostgreSQL serving `url` shares the load's core: the server's core is the
+    server's alone. Its postmaster is pinned (backends forked later inherit that), and
+    so is every process it has started; other PostgreSQL servers are left alone."""
+    out = subprocess.run(["psql", "-Atc", "SELECT pg_backend_pid()", url], capture_output=True,
+                         text=True).stdout.strip()
+    try:
+        status = open(f"/proc/{int(out)}/status").read()
+        postmaster = re.search(r"^PPid:\s+(\d+)", status, re.M).group(1)
+    except (ValueError, OSError, AttributeError):
+        log("cannot find the PostgreSQL server's processes (is it on another machine?); not pinned")
+        return 0
+    children = subprocess.run(["pgrep", "-P", postmaster], capture_output=True,
+                              text=True).stdout.split()
+    for pid in [postmaster, *children]:
         subprocess.run(["taskset", "-a", "-cp", LOAD_CPU, pid], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-    return len(pids)
+    return 1 + len(children)
 
 
 def start_server(addrs, data_dir, database_url, log_path):
@@ -186,7 +196,7 @@ def run_all(database_url):
     a = b = None
     try:
         a = start_server(A, data_dir, database_url, server_log)
-        pinned = pin_postgres()
+        pinned = pin_postgres(database_url)
         log(f"server {a.pid} on CPU {SERVER_CPU}; load and {pinned} PostgreSQL processes on CPU {LOAD_CPU}")
         need = PRINTERS if wanted("idle") else 64
         t = time.monotonic()
@@ -218,7 +228,7 @@ def run_all(database_url):
                "--hold-secs", HOLD, times=IDLE_REPEAT)
         if wanted("dispatch"):
             b = start_server(B, data_dir, database_url, server_log)
-            pin_postgres()
+            pin_postgres(database_url)
             runs = []
             for i in range(REPEAT):
                 runs.append(load(state, None, "dispatch", "--api", f"http://{A['http']}",
