@@ -47,8 +47,11 @@ async fn job_event(events: &mut Events, job: Uuid) -> anyhow::Result<()> {
     }
 }
 
-/// Reads what the stream sends on opening (settings, jobs left over), until it pauses.
-async fn drain(events: &mut Events) -> anyhow::Result<()> {
+/// The printer's client and its event stream at `printer_url`, open, with what the
+/// stream sends on opening (settings, jobs left over) read until it pauses.
+async fn listening(saved: &Saved, printer_url: &str) -> anyhow::Result<(reqwest::Client, Events)> {
+    let client = printworks_agent::printer_client(saved)?;
+    let mut events = Events::open(&client, printer_url).await?;
     while let Ok(next) = tokio::time::timeout(
         Duration::from_millis(300),
         events.next(Duration::from_secs(120)),
@@ -57,7 +60,7 @@ async fn drain(events: &mut Events) -> anyhow::Result<()> {
     {
         next?;
     }
-    Ok(())
+    Ok((client, events))
 }
 
 /// The printer says the job is done (so that the queue does not grow).
@@ -88,10 +91,8 @@ pub async fn dispatch(
     token: &str,
     count: usize,
 ) -> anyhow::Result<Value> {
-    let client = printworks_agent::printer_client(saved)?;
+    let (client, mut events) = listening(saved, printer_url).await?;
     let http = reqwest::Client::new();
-    let mut events = Events::open(&client, printer_url).await?;
-    drain(&mut events).await?;
     let body = printworks_gcode::sample::sample(4096);
     let (mut to_event, mut to_answer) = (Latencies::default(), Latencies::default());
     for i in 0..count {
@@ -128,10 +129,8 @@ pub async fn transfer(
     server: Server,
     mib: usize,
 ) -> anyhow::Result<Value> {
-    let client = printworks_agent::printer_client(saved)?;
+    let (client, mut events) = listening(saved, printer_url).await?;
     let http = reqwest::Client::new();
-    let mut events = Events::open(&client, printer_url).await?;
-    drain(&mut events).await?;
     let body = bytes::Bytes::from(printworks_gcode::sample::sample(mib * 1024 * 1024));
     let size = body.len();
 

@@ -58,13 +58,18 @@ pub fn round(x: f64) -> f64 {
 pub struct Server(pub u32);
 
 impl Server {
-    fn status_kib(self, field: &str) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0))
+    /// `field` (`VmRSS:`, ...) of `/proc/PID/<file>`, in KiB; `None` when absent.
+    fn proc_kib(self, file: &str, field: &str) -> anyhow::Result<Option<u64>> {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.0))
             .context("the server process is gone")?;
-        status
+        Ok(text
             .lines()
             .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+    }
+
+    fn status_kib(self, field: &str) -> anyhow::Result<u64> {
+        self.proc_kib("status", field)?
             .with_context(|| format!("no {field} in /proc/{}/status", self.0))
     }
 
@@ -76,13 +81,7 @@ impl Server {
     /// Resident memory the allocator has handed back lazily (`MADV_FREE`: the kernel
     /// takes it when it needs it, but counts it as resident until then), in KiB.
     pub fn lazy_free_kib(self) -> anyhow::Result<u64> {
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.0))
-            .context("the server process is gone")?;
-        Ok(rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("LazyFree:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0))
+        Ok(self.proc_kib("smaps_rollup", "LazyFree:")?.unwrap_or(0))
     }
 
     /// Resident memory the process still holds: [`Server::rss_kib`] less what was

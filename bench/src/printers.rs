@@ -29,12 +29,6 @@ const PER_ADDRESS: usize = 16;
 /// from the count of connections held).
 const MAX_ATTEMPTS: u64 = 100;
 
-/// One printer's connection to hold.
-struct Printer {
-    client: reqwest::Client,
-    source: usize,
-}
-
 /// A printer connection kept open by a task reading its events.
 struct Held {
     task: tokio::task::JoinHandle<()>,
@@ -57,7 +51,7 @@ struct Seen {
 /// source address; a refused or failed attempt is retried after a short pause, as the
 /// agent does. Returns the held streams, the latency of each open, and the retries.
 async fn open_all(
-    printers: &[Printer],
+    printers: &[reqwest::Client],
     url: &str,
     sources: usize,
     seen: &Arc<Seen>,
@@ -67,10 +61,11 @@ async fn open_all(
         .collect();
     let retries = Arc::new(AtomicU64::new(0));
     let mut opening = tokio::task::JoinSet::new();
-    for (i, p) in printers.iter().enumerate() {
-        let gate = gates[p.source].clone();
+    for (i, client) in printers.iter().enumerate() {
+        // The printer's source address is `source(i, sources)`: its gate is that one's.
+        let gate = gates[i % sources.max(1)].clone();
         let (client, url, retries, seen) = (
-            p.client.clone(),
+            client.clone(),
             url.to_owned(),
             retries.clone(),
             seen.clone(),
@@ -138,15 +133,10 @@ pub async fn idle(
     sources: usize,
     hold_for: Duration,
 ) -> anyhow::Result<Value> {
-    let printers: Vec<Printer> = saved
+    let printers: Vec<reqwest::Client> = saved
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            Ok(Printer {
-                client: printworks_agent::printer_client_from(s, Some(source(i, sources)))?,
-                source: i % sources,
-            })
-        })
+        .map(|(i, s)| printworks_agent::printer_client_from(s, Some(source(i, sources))))
         .collect::<anyhow::Result<_>>()?;
     let n = printers.len();
     let seen = Arc::new(Seen::default());
