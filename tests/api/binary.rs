@@ -8,8 +8,8 @@ use std::time::Duration;
 use printworks_common::db::MIGRATOR;
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
 
 const CANARY: &str = "canary-pw-7Hq2";
 
@@ -301,4 +301,69 @@ async fn keys_rotate_publishes_a_new_key(_pool: PgPoolOptions, connect: PgConnec
         .await
         .unwrap();
     assert_eq!(sealed[0], 2, "sealed-box format version (with the key id)");
+}
+
+/// `printworks backup create`, `list` and `restore` as an operator runs them, with the
+/// backup key from the environment; a backup key that is the master key is refused.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn backup_create_list_and_restore(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = pool.connect_options().to_url_lossy().to_string();
+    let backup_key = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="; // 32 × 'B'
+    let run = |url: &str, args: &[&str]| {
+        let out = printworks(dir.path())
+            .env("DATABASE_URL", url)
+            .env("PRINTWORKS_LOG", "warn")
+            .env("PRINTWORKS_BACKUP_KEY", backup_key)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&url, &["backup", "create"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = out
+        .strip_prefix("backup ")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let (code, out, _) = run(&url, &["backup", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.lines().any(|l| l.starts_with(&id)), "{out}");
+
+    // Restore into a new database.
+    let (target, name) = crate::backup::scratch_database(&pool, "cli").await;
+    let target_url = target.connect_options().to_url_lossy().to_string();
+    let (code, out, err) = run(&target_url, &["backup", "restore", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("restored"), "{out}");
+    // A second restore into the same database is refused.
+    let (code, _, err) = run(&target_url, &["backup", "restore", &id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not empty"), "{err}");
+    crate::backup::drop_database(&pool, target, &name).await;
+
+    // The master key as the backup key.
+    let master = std::fs::read(dir.path().join("keys/master.key")).unwrap();
+    use base64::Engine as _;
+    let out = printworks(dir.path())
+        .env("DATABASE_URL", &url)
+        .env("PRINTWORKS_LOG", "warn")
+        .env(
+            "PRINTWORKS_BACKUP_KEY",
+            base64::engine::general_purpose::STANDARD.encode(master),
+        )
+        .args(["backup", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must not be the master key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

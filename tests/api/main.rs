@@ -10,6 +10,7 @@ mod helpers;
 mod tls;
 
 mod account;
+mod backup;
 mod binary;
 mod errors;
 mod hardening;

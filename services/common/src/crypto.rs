@@ -359,7 +359,9 @@ pub fn write_key_file(path: &Path, key: &[u8; 32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_or_create_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+/// The 32-byte key in `path`, or a new random one written there (owner-only) when the
+/// file does not exist yet.
+pub fn load_or_create_key_file(path: &Path) -> anyhow::Result<MasterKey> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     match std::fs::read(path) {

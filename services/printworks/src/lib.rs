@@ -2,6 +2,7 @@
 //! assembled, and the [`Application`] that binds and serves them. Tests build the
 //! same [`Application`] the binary runs.
 
+pub mod backup;
 pub mod keys;
 
 use std::collections::BTreeSet;

@@ -9,7 +9,7 @@ use printworks::{Application, Service, ServiceSet};
 use printworks_common::audit::integrity;
 use printworks_common::clock::{Clock as _, SystemClock};
 use printworks_common::crypto::SecretBox;
-use printworks_common::settings::ensure_private_dir;
+use printworks_common::settings::{MasterKey, ensure_private_dir, parse_duration};
 use printworks_common::{Settings, db, server, telemetry};
 
 /// mimalloc instead of the C library's allocator: when thousands of printer
@@ -62,9 +62,39 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Back up the database into the blob store (encrypted), list the backups, restore
+    /// one into an empty database (docs/operations.md, "Backups").
+    Backup {
+        /// The key that encrypts backups: 32 bytes in base64, not the master key. Unset:
+        /// <data dir>/keys/backup.key, created on first use.
+        #[arg(long = "backup-key", global = true, env = "PRINTWORKS_BACKUP_KEY", value_name = "BASE64", hide_env_values = true, value_parser = MasterKey::parse_setting)]
+        key: Option<MasterKey>,
+        #[command(subcommand)]
+        action: BackupAction,
+    },
     /// The reference printer agent: what a printer's firmware does to pair with
     /// Printworks and talk to it.
     Printer(printworks_agent::cli::PrinterArgs),
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// Take a consistent backup of DATABASE_URL's database now, then remove the backups
+    /// older than the retention (never the newest).
+    Create {
+        /// How long backups are kept (e.g. `30d`).
+        #[arg(long, env = "PRINTWORKS_BACKUP_RETENTION", value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+        retention: std::time::Duration,
+    },
+    /// List the backups in the blob store, oldest first.
+    List,
+    /// Restore a backup into DATABASE_URL, which must be an empty database, and verify it:
+    /// row counts, every audit chain and checkpoint. Needs the master key the backed-up
+    /// deployment used.
+    Restore {
+        /// The backup's id, as `backup list` shows it.
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +262,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the audit log has been tampered with")
             }
         }
+        Command::Backup { key, action } => {
+            let key = printworks::backup::backup_key(&settings, key)?;
+            let store = printworks_relay::blob::from_settings(&settings).await?;
+            let pool = db::connect(&settings, &database_url).await?;
+            let result = backup_command(&settings, &pool, &*store, &key, action).await;
+            pool.close().await;
+            result
+        }
         Command::Serve { services } => {
             let services = ServiceSet::from_list(&services);
             ensure_private_dir(&settings.data_dir).map_err(|e| {
@@ -268,6 +306,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn backup_command(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    store: &dyn printworks_relay::blob::BlobStore,
+    key: &MasterKey,
+    action: BackupAction,
+) -> anyhow::Result<()> {
+    use printworks::backup::{self, Listed};
+    match action {
+        BackupAction::Create { retention } => {
+            let m = backup::create(pool, store, key, SystemClock.now()).await?;
+            say(&format!(
+                "backup {} taken: schema {}, {} tables, {} rows, {} bytes sealed",
+                m.id,
+                m.schema_version,
+                m.tables.len(),
+                m.rows(),
+                m.sealed_bytes
+            ));
+            for id in backup::prune(store, key, SystemClock.now(), retention).await? {
+                say(&format!("backup {id} removed (older than the retention)"));
+            }
+        }
+        BackupAction::List => {
+            let listed = backup::list(store, key).await?;
+            for l in &listed {
+                say(&match l {
+                    Listed::Complete(m) => format!(
+                        "{}  {}  schema {}  {} rows  {} bytes",
+                        m.id,
+                        m.created_at
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                        m.schema_version,
+                        m.rows(),
+                        m.sealed_bytes
+                    ),
+                    Listed::Incomplete { id } => format!("{id}  incomplete (no manifest)"),
+                    Listed::Unreadable { id } => {
+                        format!("{id}  does not open with this backup key")
+                    }
+                });
+            }
+            if listed.is_empty() {
+                say("no backups yet");
+            }
+        }
+        BackupAction::Restore { id } => {
+            let r = backup::restore(pool, store, key, id, settings, SystemClock.now()).await?;
+            say(&format!(
+                "backup {} restored: schema {}, {} tables, {} rows; {} audit chains verified",
+                r.manifest.id,
+                r.manifest.schema_version,
+                r.manifest.tables.len(),
+                r.manifest.rows(),
+                r.audit.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One line of a command's answer, on standard output.

@@ -30,6 +30,9 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, anyhow::Result<ByteStream>>;
     /// Removes `key`; a missing key is not an error.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Every key under the folder `prefix` (e.g. `backups/`), with its size in bytes, in
+    /// no particular order.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, anyhow::Result<Vec<(String, u64)>>>;
 }
 
 /// The store the settings ask for.
@@ -132,6 +135,37 @@ impl BlobStore for LocalStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(e.into()),
             }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, anyhow::Result<Vec<(String, u64)>>> {
+        Box::pin(async move {
+            let prefix = prefix.trim_end_matches('/');
+            let mut found = Vec::new();
+            let mut folders = vec![prefix.to_owned()];
+            while let Some(folder) = folders.pop() {
+                let mut entries = match tokio::fs::read_dir(self.path(&folder)?).await {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                while let Some(entry) = entries.next_entry().await? {
+                    let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if name.starts_with('.') {
+                        continue; // a spool or temporary file, not a blob
+                    }
+                    let key = format!("{folder}/{name}");
+                    let meta = entry.metadata().await?;
+                    if meta.is_dir() {
+                        folders.push(key);
+                    } else if meta.is_file() {
+                        found.push((key, meta.len()));
+                    }
+                }
+            }
+            Ok(found)
         })
     }
 }

@@ -147,4 +147,66 @@ impl BlobStore for GcsStore {
             }
         })
     }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, anyhow::Result<Vec<(String, u64)>>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            items: Vec<Item>,
+            #[serde(rename = "nextPageToken")]
+            next: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item {
+            name: String,
+            // The JSON API sends sizes as decimal strings.
+            size: String,
+        }
+        Box::pin(async move {
+            let folder = self.object(prefix.trim_end_matches('/')) + "/";
+            let strip = if self.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", self.prefix)
+            };
+            let base = format!(
+                "{}/storage/v1/b/{}/o",
+                self.api,
+                url::form_urlencoded::byte_serialize(self.bucket.as_bytes()).collect::<String>(),
+            );
+            let mut found = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut url = url::Url::parse(&base).context("the Cloud Storage endpoint")?;
+                url.query_pairs_mut()
+                    .append_pair("prefix", &folder)
+                    .append_pair("fields", "items(name,size),nextPageToken");
+                if let Some(t) = token.take() {
+                    url.query_pairs_mut().append_pair("pageToken", &t);
+                }
+                let res = self
+                    .http
+                    .get(url)
+                    .headers(self.auth_headers().await?)
+                    .send()
+                    .await
+                    .context("listing Cloud Storage objects")?;
+                anyhow::ensure!(
+                    res.status().is_success(),
+                    "Cloud Storage answered {} to a listing",
+                    res.status()
+                );
+                let page: Page = res.json().await.context("a Cloud Storage listing")?;
+                for item in page.items {
+                    if let Some(key) = item.name.strip_prefix(&strip) {
+                        found.push((key.to_owned(), item.size.parse().unwrap_or(0)));
+                    }
+                }
+                match page.next {
+                    Some(t) if !t.is_empty() => token = Some(t),
+                    _ => return Ok(found),
+                }
+            }
+        })
+    }
 }

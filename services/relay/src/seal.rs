@@ -51,9 +51,12 @@ fn nonce(prefix: &[u8; PREFIX], index: u64, last: bool) -> Option<Nonce> {
     Some(Nonce::assume_unique_for_key(n))
 }
 
-fn aad(job: Uuid) -> Vec<u8> {
-    let mut a = b"printworks-job-v1".to_vec();
-    a.extend_from_slice(job.as_bytes());
+/// What a job file's chunks are bound to, beside its id.
+pub const JOB_DOMAIN: &[u8] = b"printworks-job-v1";
+
+fn aad(domain: &[u8], id: Uuid) -> Vec<u8> {
+    let mut a = domain.to_vec();
+    a.extend_from_slice(id.as_bytes());
     a
 }
 
@@ -74,8 +77,14 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// The sealer and the header to write first.
+    /// The sealer of a job file and the header to write first.
     pub fn new(data_key: &[u8; 32], job: Uuid) -> (Self, Vec<u8>) {
+        Self::for_domain(data_key, JOB_DOMAIN, job)
+    }
+
+    /// A sealer whose chunks are bound to `domain` and `id` (a job file, a backup, ...),
+    /// and the header to write first.
+    pub fn for_domain(data_key: &[u8; 32], domain: &[u8], id: Uuid) -> (Self, Vec<u8>) {
         let prefix = random_bytes::<PREFIX>();
         let mut header = MAGIC.to_vec();
         header.extend_from_slice(&prefix);
@@ -83,7 +92,7 @@ impl Sealer {
             Self {
                 key: key(data_key),
                 prefix,
-                aad: aad(job),
+                aad: aad(domain, id),
                 index: 0,
                 buffer: Vec::with_capacity(CHUNK as usize * 2),
             },
@@ -140,10 +149,21 @@ pub enum OpenError {
 }
 
 impl Opener {
-    /// From the blob's header (its first [`HEADER`] bytes).
+    /// From a job blob's header (its first [`HEADER`] bytes).
     pub fn new(
         data_key: &[u8; 32],
         job: Uuid,
+        size: u64,
+        header: &[u8],
+    ) -> Result<Self, OpenError> {
+        Self::for_domain(data_key, JOB_DOMAIN, job, size, header)
+    }
+
+    /// From the header of a blob sealed by [`Sealer::for_domain`] with `domain` and `id`.
+    pub fn for_domain(
+        data_key: &[u8; 32],
+        domain: &[u8],
+        id: Uuid,
         size: u64,
         header: &[u8],
     ) -> Result<Self, OpenError> {
@@ -155,7 +175,7 @@ impl Opener {
         Ok(Self {
             key: key(data_key),
             prefix,
-            aad: aad(job),
+            aad: aad(domain, id),
             size,
         })
     }

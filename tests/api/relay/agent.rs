@@ -20,7 +20,7 @@ use super::{gcode, sha256_hex};
 use crate::binary::printworks;
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
 
-const WITHIN: Duration = Duration::from_secs(60);
+pub const WITHIN: Duration = Duration::from_secs(60);
 
 fn quick() -> RunOptions {
     RunOptions {
@@ -32,7 +32,11 @@ fn quick() -> RunOptions {
 }
 
 /// Runs the in-process agent for `printer` until the returned token is cancelled.
-fn start_agent(app: &TestApp, printer: &TestPrinter, dir: &std::path::Path) -> CancellationToken {
+pub fn start_agent(
+    app: &TestApp,
+    printer: &TestPrinter,
+    dir: &std::path::Path,
+) -> CancellationToken {
     let state = printer.state_dir(dir, &app.base);
     let stop = CancellationToken::new();
     let s = stop.clone();

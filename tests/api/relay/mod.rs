@@ -1,7 +1,7 @@
 //! The relay: print jobs sent by people, sealed at rest, queued in PostgreSQL and
 //! streamed to printers over mutual TLS; and the reference agent that prints them.
 
-mod agent;
+pub mod agent;
 mod gcs;
 mod jobs;
 mod printer;
