@@ -16,7 +16,7 @@ DB := deploy/embedded-postgres.sh
 # cluster's (started on demand; a failure to start stops make).
 with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
 
-.PHONY: help run test test-deps lint deny fuzz fmt db db-stop build bench
+.PHONY: help run test test-deps lint deny fuzz fmt db db-stop build bench k8s-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ help: ## list the targets
 run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
 	@$(with_db) cargo run --quiet --locked -p printworks -- serve
 
-test: lint deny test-deps ## fmt check, clippy -D warnings, cargo deny, every test against a real PostgreSQL, a short fuzz pass
+test: lint deny k8s-check test-deps ## fmt check, clippy -D warnings, cargo deny, the Kubernetes manifests, every test against a real PostgreSQL, a short fuzz pass
 	@$(with_db) gcs=$$(deploy/gcs-emulator.sh start); export PRINTWORKS_TEST_GCS_ENDPOINT=$$gcs; \
 	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
 	  cargo test --locked --workspace --all-targets
@@ -39,6 +39,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 fuzz: ## fuzz the G-code checker against its second reading (FUZZ_SECONDS, default 300)
 	@deploy/fuzz.sh $(or $(FUZZ_SECONDS),300)
+
+k8s-check: ## render every k8s/ overlay (Debian's kubectl), validate it offline, scan it and deploy/Dockerfile (checkov, hadolint)
+	@deploy/k8s-check.sh
 
 deny: ## cargo deny check: advisories, licences, banned crates (one TLS stack), sources
 	@deploy/deny.sh

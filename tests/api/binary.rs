@@ -334,6 +334,24 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     let (code, out, _) = run(&url, &["backup", "list"]);
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|l| l.starts_with(&id)), "{out}");
+    // Listing elsewhere needs only the store and the backup key: no database, and no
+    // master key is made where there was none.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let blobs = url::Url::from_file_path(dir.path().join("blobs")).unwrap();
+    let listed = printworks(elsewhere.path())
+        .env("PRINTWORKS_LOG", "warn")
+        .env("PRINTWORKS_BACKUP_KEY", backup_key)
+        .env("PRINTWORKS_BLOB_URL", blobs.as_str())
+        .args(["backup", "list"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && out.lines().any(|l| l.starts_with(&id)),
+        "{out}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(!elsewhere.path().join("keys/master.key").exists());
 
     // Restore into a new database.
     let (target, name) = crate::backup::scratch_database(&pool, "cli").await;

@@ -344,18 +344,62 @@ impl MailSender for SmtpSender {
 /// The sender the settings ask for.
 pub fn sender_from_settings(ctx: &AppContext) -> anyhow::Result<Arc<dyn MailSender>> {
     let s = &ctx.settings.org;
-    Ok(match &s.smtp_url {
+    Ok(match smtp_url(s)? {
         Some(url) => Arc::new(SmtpSender::new(
-            secrecy::ExposeSecret::expose_secret(url),
+            secrecy::ExposeSecret::expose_secret(&url),
             &s.mail_from,
         )?),
         None => Arc::new(FileSender::new(&ctx.settings.data_dir)),
     })
 }
 
+/// PRINTWORKS_SMTP_URL, or the content of PRINTWORKS_SMTP_URL_FILE.
+fn smtp_url(s: &crate::settings::OrgSettings) -> anyhow::Result<Option<secrecy::SecretString>> {
+    let Some(path) = &s.smtp_url_file else {
+        return Ok(s.smtp_url.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("PRINTWORKS_SMTP_URL_FILE {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        !text.trim().is_empty(),
+        "PRINTWORKS_SMTP_URL_FILE {} is empty",
+        path.display()
+    );
+    Ok(Some(secrecy::SecretString::from(text.trim().to_owned())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_smtp_url_comes_from_the_setting_or_its_file() {
+        use secrecy::ExposeSecret as _;
+        let mut s = crate::Settings::defaults().org;
+        assert!(smtp_url(&s).unwrap().is_none());
+        s.smtp_url = Some("smtp://a@mail.example.com".into());
+        assert_eq!(
+            smtp_url(&s).unwrap().unwrap().expose_secret(),
+            "smtp://a@mail.example.com"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "smtps://b:secret@mail.example.com:465\n").unwrap();
+        s.smtp_url = None;
+        s.smtp_url_file = Some(file.clone());
+        assert_eq!(
+            smtp_url(&s).unwrap().unwrap().expose_secret(),
+            "smtps://b:secret@mail.example.com:465"
+        );
+        std::fs::write(&file, " \n").unwrap();
+        assert!(smtp_url(&s).unwrap_err().to_string().contains("is empty"));
+        s.smtp_url_file = Some(dir.path().join("missing"));
+        let e = smtp_url(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("PRINTWORKS_SMTP_URL_FILE") && e.contains("missing"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn retries_back_off_to_an_hour() {

@@ -354,6 +354,17 @@ pub struct OrgSettings {
     #[arg(long, global = true, env = "PRINTWORKS_SMTP_URL", value_name = "URL", hide_env_values = true, value_parser = parse_secret)]
     pub smtp_url: Option<SecretString>,
 
+    /// A file holding PRINTWORKS_SMTP_URL (e.g. a mounted Kubernetes Secret), read at
+    /// start-up: the URL then stays out of the environment.
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_SMTP_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "smtp_url"
+    )]
+    pub smtp_url_file: Option<PathBuf>,
+
     /// The sender of e-mail.
     #[arg(
         long,
@@ -372,6 +383,7 @@ impl OrgSettings {
             invitation_ttl: parse_duration("7d").expect("default"),
             audit_retention: parse_duration("365d").expect("default"),
             smtp_url: None,
+            smtp_url_file: None,
             mail_from: "Printworks <no-reply@printworks.invalid>".into(),
         }
     }

@@ -116,11 +116,16 @@ pub fn backup_key(settings: &Settings, configured: Option<MasterKey>) -> anyhow:
             crypto::load_or_create_key_file(&settings.data_dir.join("keys").join("backup.key"))?
         }
     };
-    let master = SecretBox::from_settings(settings)?;
-    anyhow::ensure!(
-        crypto::key_id(&key) != master.current_key_id(),
-        "PRINTWORKS_BACKUP_KEY must not be the master key"
-    );
+    // Where no master key is configured or kept yet (listing backups on another
+    // machine), there is none to compare with, and none is made.
+    let master_file = settings.data_dir.join("keys").join("master.key");
+    if settings.master_key.is_some() || master_file.exists() {
+        let master = SecretBox::from_settings(settings)?;
+        anyhow::ensure!(
+            crypto::key_id(&key) != master.current_key_id(),
+            "PRINTWORKS_BACKUP_KEY must not be the master key"
+        );
+    }
     Ok(key)
 }
 

@@ -163,11 +163,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
         return printworks_agent::cli::run(args, SystemClock.now(), stop).await;
     }
+    if let Command::Backup { key, action } = cli.command {
+        let key = printworks::backup::backup_key(&settings, key)?;
+        let store = printworks_relay::blob::from_settings(&settings).await?;
+        return backup_command(&settings, &*store, &key, action).await;
+    }
     let database_url = settings
         .resolve_database_url()
         .map_err(anyhow::Error::msg)?;
     match cli.command {
-        Command::Printer(_) => Ok(()),
+        Command::Printer(_) | Command::Backup { .. } => Ok(()),
         Command::Migrate => {
             let pool = db::connect(&settings, &database_url).await?;
             db::migrate(&pool).await?;
@@ -262,14 +267,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the audit log has been tampered with")
             }
         }
-        Command::Backup { key, action } => {
-            let key = printworks::backup::backup_key(&settings, key)?;
-            let store = printworks_relay::blob::from_settings(&settings).await?;
-            let pool = db::connect(&settings, &database_url).await?;
-            let result = backup_command(&settings, &pool, &*store, &key, action).await;
-            pool.close().await;
-            result
-        }
         Command::Serve { services } => {
             let services = ServiceSet::from_list(&services);
             ensure_private_dir(&settings.data_dir).map_err(|e| {
@@ -308,17 +305,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `printworks backup ...`: listing needs only the blob store and the backup key; taking
+/// and restoring a backup also the database.
 async fn backup_command(
     settings: &Settings,
-    pool: &sqlx::PgPool,
     store: &dyn printworks_relay::blob::BlobStore,
     key: &MasterKey,
     action: BackupAction,
 ) -> anyhow::Result<()> {
     use printworks::backup::{self, Listed};
+    let database = || async {
+        let url = settings
+            .resolve_database_url()
+            .map_err(anyhow::Error::msg)?;
+        db::connect(settings, &url).await
+    };
     match action {
         BackupAction::Create { retention } => {
-            let m = backup::create(pool, store, key, SystemClock.now()).await?;
+            let pool = database().await?;
+            let m = backup::create(&pool, store, key, SystemClock.now()).await;
+            pool.close().await;
+            let m = m?;
             say(&format!(
                 "backup {} taken: schema {}, {} tables, {} rows, {} bytes sealed",
                 m.id,
@@ -356,7 +363,10 @@ async fn backup_command(
             }
         }
         BackupAction::Restore { id } => {
-            let r = backup::restore(pool, store, key, id, settings, SystemClock.now()).await?;
+            let pool = database().await?;
+            let r = backup::restore(&pool, store, key, id, settings, SystemClock.now()).await;
+            pool.close().await;
+            let r = r?;
             say(&format!(
                 "backup {} restored: schema {}, {} tables, {} rows; {} audit chains verified",
                 r.manifest.id,
