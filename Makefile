@@ -16,7 +16,7 @@ DB := deploy/embedded-postgres.sh
 # cluster's (started on demand; a failure to start stops make).
 with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); export DATABASE_URL="$$url";
 
-.PHONY: help run test test-deps lint deny fuzz fmt db db-stop build bench k8s-check
+.PHONY: help run test test-faults test-deps lint deny fuzz fmt db db-stop build bench k8s-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,11 @@ test: lint deny k8s-check test-deps ## fmt check, clippy -D warnings, cargo deny
 	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
 	  cargo test --locked --workspace --all-targets
 	@deploy/fuzz.sh 30
+
+test-faults: ## only the fault tests (replica killed or stopped, PostgreSQL restarted, network cut, disk full); make test runs them too
+	@$(with_db) gcs=$$(deploy/gcs-emulator.sh start); export PRINTWORKS_TEST_GCS_ENDPOINT=$$gcs; \
+	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
+	  cargo test --locked -p printworks --test api -- faults:: relay::agent::a_download_cut_in_the_middle_resumes_with_range
 
 test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver; the GCS emulator comes with make test)
 	@deploy/test-deps.sh

@@ -67,3 +67,25 @@ async fn request_ids_are_echoed_when_sane_and_replaced_when_not(pool: PgPool) {
     let b = app.get("/healthz").await.headers()["x-request-id"].clone();
     assert_ne!(a, b);
 }
+
+/// PostgreSQL ending a connection (shut down, restarting: SQLSTATE 57P01) is an outage,
+/// answered 503 with `Retry-After`, like an unreachable server — not a 500.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_connection_the_database_ends_is_a_503_not_a_500(pool: PgPool) {
+    use axum::response::IntoResponse as _;
+    let e = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("57P01")
+    );
+    let res = printworks_common::ApiError::from(e).into_response();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    // Any other database error stays a 500.
+    let e = sqlx::query("SELECT 1/0").execute(&pool).await.unwrap_err();
+    let res = printworks_common::ApiError::from(e).into_response();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}

@@ -124,6 +124,28 @@ impl TestApp {
         }
     }
 
+    /// A handle on a Printworks that runs elsewhere (a `printworks serve` process) at
+    /// `base`, on `db`, keeping its data in `data_path`, so that the helpers below (sign
+    /// up, tokens, jobs, ...) work against it. Its clock is the process's own.
+    pub fn attach(base: &str, db: PgPool, data_path: &Path) -> Self {
+        let addr: SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("http://address:port");
+        Self {
+            addr,
+            base: base.to_owned(),
+            client: client(),
+            clock: ManualClock::starting_now(),
+            db,
+            printer_addr: None,
+            data_dir: tempfile::tempdir().expect("temporary directory"),
+            data_path: data_path.to_path_buf(),
+            shutdown: CancellationToken::new(),
+            server: None,
+        }
+    }
+
     /// The application's current time.
     pub fn now(&self) -> time::OffsetDateTime {
         self.clock.now()

@@ -13,6 +13,7 @@ mod account;
 mod backup;
 mod binary;
 mod errors;
+mod faults;
 mod hardening;
 mod health;
 mod openapi;

@@ -273,22 +273,38 @@ async fn events_loop(ctx: Ctx) {
     let mut backoff = Backoff::new(ctx.options.max_backoff);
     loop {
         match listen(&ctx, &mut backoff).await {
-            Ok(()) => tracing::info!("the event stream ended; reconnecting"),
+            // The replica is stopping: another one takes the printer at once.
+            Ok(Ended::Reconnect) => {
+                tracing::info!("the printer endpoint asked to reconnect; reconnecting now");
+                continue;
+            }
+            Ok(Ended::Closed) => tracing::info!("the event stream ended; reconnecting"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "event stream lost; reconnecting"),
         }
         backoff.wait().await;
     }
 }
 
+/// How an event stream ended.
+enum Ended {
+    /// The server closed it.
+    Closed,
+    /// The server said `reconnect` (it is stopping).
+    Reconnect,
+}
+
 /// One connection of the event stream, until it ends.
-async fn listen(ctx: &Ctx, backoff: &mut Backoff) -> anyhow::Result<()> {
+async fn listen(ctx: &Ctx, backoff: &mut Backoff) -> anyhow::Result<Ended> {
     let mut events = Events::open(&ctx.client, &ctx.saved.printer.printer_url).await?;
     backoff.reset();
     tracing::info!("connected to the printer endpoint");
     while let Some(event) = events.next(ctx.options.idle_timeout).await? {
+        if event == PrinterEvent::Reconnect {
+            return Ok(Ended::Reconnect);
+        }
         handle(ctx, event).await?;
     }
-    Ok(())
+    Ok(Ended::Closed)
 }
 
 /// The printer's event stream (`GET /printer/v1/events`), read event by event.
@@ -420,7 +436,7 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
                 res.status()
             );
         }
-        PrinterEvent::Heartbeat => {}
+        PrinterEvent::Heartbeat | PrinterEvent::Reconnect => {}
     }
     Ok(())
 }

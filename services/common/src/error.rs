@@ -183,12 +183,18 @@ impl From<Problem> for ApiError {
     }
 }
 
-/// The database is down or saturated: the client may retry (503, not 500).
+/// The database is down, restarting or saturated: the client may retry (503, not 500).
+/// Beside the pool's own errors, what PostgreSQL says as it goes away or comes back:
+/// SQLSTATE class 08 (connection exception) and 57P (operator intervention: shut down by
+/// an administrator or a crash, not accepting connections yet).
 fn is_outage(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    )
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
 }
 
 impl From<anyhow::Error> for ApiError {

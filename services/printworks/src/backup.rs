@@ -430,11 +430,7 @@ async fn write_synced(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()
 }
 
 async fn audit_heads(conn: &mut PgConnection) -> anyhow::Result<Vec<ChainHead>> {
-    let heads: Vec<(Uuid, i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT chain_id, last_index, last_hash FROM audit_chains ORDER BY chain_id",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let heads = integrity::heads(conn).await?;
     Ok(heads
         .into_iter()
         .map(|(chain_id, last_index, hash)| ChainHead {

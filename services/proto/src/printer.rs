@@ -54,6 +54,7 @@ pub mod event {
     pub const JOB: &str = "job";
     pub const ABORT: &str = "abort";
     pub const HEARTBEAT: &str = "heartbeat";
+    pub const RECONNECT: &str = "reconnect";
 }
 
 /// `settings`: the printer's security settings. Sent first on every connection and
@@ -126,6 +127,9 @@ pub enum PrinterEvent {
     Abort(AbortEvent),
     /// Sent after a while without another event; no data.
     Heartbeat,
+    /// The replica holding the stream is stopping, and ends the stream after this: connect
+    /// again at once (the load balancer sends the printer to another replica). No data.
+    Reconnect,
 }
 
 impl PrinterEvent {
@@ -136,6 +140,7 @@ impl PrinterEvent {
             PrinterEvent::Job(_) => event::JOB,
             PrinterEvent::Abort(_) => event::ABORT,
             PrinterEvent::Heartbeat => event::HEARTBEAT,
+            PrinterEvent::Reconnect => event::RECONNECT,
         }
     }
 
@@ -147,13 +152,13 @@ impl PrinterEvent {
         }
     }
 
-    /// Its `data:` line: one line of JSON, none for a heartbeat.
+    /// Its `data:` line: one line of JSON, none for a heartbeat or a reconnect.
     pub fn data(&self) -> serde_json::Result<Option<String>> {
         Ok(match self {
             PrinterEvent::Settings(s) => Some(serde_json::to_string(s)?),
             PrinterEvent::Job(j) => Some(serde_json::to_string(j)?),
             PrinterEvent::Abort(a) => Some(serde_json::to_string(a)?),
-            PrinterEvent::Heartbeat => None,
+            PrinterEvent::Heartbeat | PrinterEvent::Reconnect => None,
         })
     }
 
@@ -166,6 +171,7 @@ impl PrinterEvent {
             event::JOB => PrinterEvent::Job(serde_json::from_str(data)?),
             event::ABORT => PrinterEvent::Abort(serde_json::from_str(data)?),
             event::HEARTBEAT => PrinterEvent::Heartbeat,
+            event::RECONNECT => PrinterEvent::Reconnect,
             _ => return Ok(None),
         }))
     }
@@ -325,6 +331,12 @@ mod tests {
             PrinterEvent::parse("heartbeat", "").unwrap(),
             Some(PrinterEvent::Heartbeat)
         );
+        assert_eq!(PrinterEvent::Reconnect.data().unwrap(), None);
+        assert_eq!(
+            PrinterEvent::parse(PrinterEvent::Reconnect.name(), "").unwrap(),
+            Some(PrinterEvent::Reconnect)
+        );
+        assert_eq!(PrinterEvent::Reconnect.name(), "reconnect");
         // Unknown events are ignored; a known one that does not parse is an error.
         assert_eq!(PrinterEvent::parse("message", "{}").unwrap(), None);
         assert!(PrinterEvent::parse("job", "{}").is_err());

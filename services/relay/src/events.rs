@@ -38,6 +38,8 @@ struct Feed {
     sent_jobs: HashSet<Uuid>,
     sent_aborts: HashSet<Uuid>,
     first: bool,
+    /// The process is stopping: `reconnect` was sent, the stream ends.
+    ended: bool,
 }
 
 #[derive(Deserialize)]
@@ -173,8 +175,20 @@ impl Feed {
         Ok(true)
     }
 
+    /// The process stops: tell the printer to connect again (to another replica), then
+    /// end the stream. What it was sent and has not finished, the next stream sends again.
+    fn stopping(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        self.ended = true;
+        tracing::debug!(printer_id = %self.printer.printer_id, "event stream: the process stops; the printer is told to reconnect");
+        let e = sse(&PrinterEvent::Reconnect).ok()?;
+        Some((Ok(e), self))
+    }
+
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
+            if self.ended {
+                return None;
+            }
             if let Some(e) = self.pending.pop_front() {
                 return Some((Ok(e), self));
             }
@@ -182,8 +196,7 @@ impl Feed {
                 let stop = self.state.ctx.shutdown.clone();
                 tokio::select! {
                     () = self.stream.notify.notified() => {}
-                    // The process stops: end the stream (the printer reconnects elsewhere).
-                    () = stop.cancelled() => return None,
+                    () = stop.cancelled() => return self.stopping(),
                 }
             }
             self.first = false;
@@ -200,7 +213,7 @@ impl Feed {
                     let stop = self.state.ctx.shutdown.clone();
                     tokio::select! {
                         () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                        () = stop.cancelled() => return None,
+                        () = stop.cancelled() => return self.stopping(),
                     }
                 }
             }
@@ -240,6 +253,7 @@ pub async fn events(
         sent_jobs: HashSet::new(),
         sent_aborts: HashSet::new(),
         first: true,
+        ended: false,
     };
     let stream = futures_util::stream::unfold(feed, Feed::next);
     Ok(Sse::new(stream)

@@ -368,6 +368,28 @@ fn queue_full(detail: String) -> ApiError {
     .into()
 }
 
+/// A write to the spool failed: the disk (or its quota) is full — 507, try later; else
+/// an error of the server.
+fn spool_write(e: std::io::Error) -> ApiError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+            tracing::error!(error = %e, "the job spool is full: an upload was refused");
+            Problem::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                "The job store is full",
+            )
+            .detail(
+                "The server has no room for this job now; nothing of it was kept. Try again later.",
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("300"))
+            .into()
+        }
+        _ => anyhow::Error::from(e).into(),
+    }
+}
+
 fn storage_full(detail: String) -> ApiError {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -484,7 +506,7 @@ async fn receive(
         .create_new(true)
         .open(spool)
         .await
-        .map_err(anyhow::Error::from)?;
+        .map_err(spool_write)?;
     let (mut sealer, header) = Sealer::new(data_key, id);
     let mut out = header;
     let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -507,7 +529,7 @@ async fn receive(
         }
         sealer.push(&chunk, &mut out).map_err(ApiError::from)?;
         if out.len() >= 256 * 1024 {
-            file.write_all(&out).await.map_err(anyhow::Error::from)?;
+            file.write_all(&out).await.map_err(spool_write)?;
             out.clear();
         }
     }
@@ -515,8 +537,8 @@ async fn receive(
         c.finish().map_err(ApiError::invalid)?;
     }
     sealer.finish(&mut out).map_err(ApiError::from)?;
-    file.write_all(&out).await.map_err(anyhow::Error::from)?;
-    file.sync_all().await.map_err(anyhow::Error::from)?;
+    file.write_all(&out).await.map_err(spool_write)?;
+    file.sync_all().await.map_err(spool_write)?;
     drop(file);
     if content_type == UFP {
         let path = spool.to_path_buf();

@@ -479,6 +479,14 @@ pub async fn verify_chain(
     })
 }
 
+/// The head of every chain — its id, last index and last hash — by chain id: what a
+/// backup records and a restore compares.
+pub async fn heads(conn: &mut sqlx::PgConnection) -> sqlx::Result<Vec<(Uuid, i64, Vec<u8>)>> {
+    sqlx::query_as("SELECT chain_id, last_index, last_hash FROM audit_chains ORDER BY chain_id")
+        .fetch_all(conn)
+        .await
+}
+
 /// Every chain (also one whose head was removed), the global one first.
 pub async fn verify_all(
     db: &PgPool,
