@@ -116,6 +116,11 @@ async fn a_restored_backup_serves_people_printers_and_queued_jobs(pool: PgPool) 
     assert_eq!(rows("printers"), 1);
     assert!(rows("users") >= 4 && rows("audit_events") > 10, "{m:?}");
     assert!(!m.audit_heads.is_empty());
+    assert!(m.master_key_id.is_some(), "the key the secrets inside need");
+    assert!(
+        format!("{m:?}").contains("DataKey(..)"),
+        "the data key is never shown"
+    );
     // The plaintext is not in the store: the data is sealed.
     let data = std::fs::read(f.dir.path().join(format!("blobs/backups/{}/data", m.id))).unwrap();
     assert!(
@@ -267,18 +272,71 @@ async fn altered_truncated_or_foreign_backups_are_refused_and_nothing_is_written
             .join(format!("blobs/backups/{}/data", other.id)),
     )
     .unwrap();
-    if other_data.len() == original.len() {
-        std::fs::write(&data_path, &other_data).unwrap();
-        refused(
-            backup::restore(&target, &store, &key, m.id, &settings, now)
-                .await
-                .unwrap_err(),
-            "altered",
-        );
-    }
-    // An altered manifest.
-    std::fs::write(&data_path, &original).unwrap();
+    assert_eq!(
+        other_data.len(),
+        original.len(),
+        "the same database, the same size"
+    );
+    std::fs::write(&data_path, &other_data).unwrap();
+    refused(
+        backup::restore(&target, &store, &key, m.id, &settings, now)
+            .await
+            .unwrap_err(),
+        "altered",
+    );
+    // Another backup's manifest in its place: it is bound to its own id.
+    let other_manifest = std::fs::read(
+        f.dir
+            .path()
+            .join(format!("blobs/backups/{}/manifest", other.id)),
+    )
+    .unwrap();
     let manifest = std::fs::read(&manifest_path).unwrap();
+    std::fs::write(&manifest_path, &other_manifest).unwrap();
+    refused(
+        backup::restore(&target, &store, &key, m.id, &settings, now)
+            .await
+            .unwrap_err(),
+        "does not open with this backup key",
+    );
+    std::fs::write(&manifest_path, &manifest).unwrap();
+    // Without the master key the secrets inside were sealed with, or with another one.
+    std::fs::write(&data_path, &original).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    refused(
+        backup::restore(
+            &target,
+            &store,
+            &key,
+            m.id,
+            &test_settings(elsewhere.path()),
+            now,
+        )
+        .await
+        .unwrap_err(),
+        "no master key is configured",
+    );
+    assert!(
+        !elsewhere.path().join("keys/master.key").exists(),
+        "none was made up"
+    );
+    let mut other_master = test_settings(elsewhere.path());
+    other_master.master_key = Some(MasterKey::from_bytes([5; 32]));
+    refused(
+        backup::restore(&target, &store, &key, m.id, &other_master, now)
+            .await
+            .unwrap_err(),
+        "which is not configured here",
+    );
+    // ... unless it is configured as a previous key (a rotation since the backup).
+    let master = std::fs::read(f.dir.path().join("keys/master.key")).unwrap();
+    other_master.master_key_previous = vec![MasterKey::from_bytes(master.try_into().unwrap())];
+    let (scratch, scratch_name) = scratch_database(&pool, "rotated").await;
+    backup::restore(&scratch, &store, &key, m.id, &other_master, now)
+        .await
+        .unwrap();
+    drop_database(&pool, scratch, &scratch_name).await;
+    // An altered manifest.
     let mut bad = manifest.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
@@ -326,6 +384,11 @@ async fn list_shows_every_backup_and_retention_keeps_the_newest(pool: PgPool) {
     let foreign = backup::create(&pool, &store, &MasterKey::from_bytes([9; 32]), t0)
         .await
         .unwrap();
+    // The newest of all, whose data was lost: it must not count as the newest.
+    let damaged = backup::create(&pool, &store, &key, t0 + time::Duration::days(20))
+        .await
+        .unwrap();
+    std::fs::remove_file(dir.path().join(format!("backups/{}/data", damaged.id))).unwrap();
 
     let listed = backup::list(&store, &key).await.unwrap();
     let kind = |id: uuid::Uuid| {
@@ -336,6 +399,7 @@ async fn list_shows_every_backup_and_retention_keeps_the_newest(pool: PgPool) {
                 Listed::Complete(_) => "complete",
                 Listed::Incomplete { .. } => "incomplete",
                 Listed::Unreadable { .. } => "unreadable",
+                Listed::Damaged { .. } => "damaged",
             })
             .unwrap_or("missing")
     };
@@ -344,13 +408,21 @@ async fn list_shows_every_backup_and_retention_keeps_the_newest(pool: PgPool) {
             kind(old.id),
             kind(newer.id),
             kind(stopped),
-            kind(foreign.id)
+            kind(foreign.id),
+            kind(damaged.id)
         ],
-        ["complete", "complete", "incomplete", "unreadable"]
+        [
+            "complete",
+            "complete",
+            "incomplete",
+            "unreadable",
+            "damaged"
+        ]
     );
 
-    // Thirty days' retention, 100 days on: the old and the stopped run go, the newest
-    // complete one stays although it is older than that, the foreign one is left alone.
+    // Thirty days' retention, 100 days on: the old one, the stopped run and the damaged
+    // one go; the newest complete one stays although it is older than that; the foreign
+    // one is left alone.
     let removed = backup::prune(
         &store,
         &key,
@@ -364,7 +436,7 @@ async fn list_shows_every_backup_and_retention_keeps_the_newest(pool: PgPool) {
             .iter()
             .copied()
             .collect::<std::collections::BTreeSet<_>>(),
-        [old.id, stopped].into_iter().collect()
+        [old.id, stopped, damaged.id].into_iter().collect()
     );
     let left: Vec<_> = backup::list(&store, &key)
         .await

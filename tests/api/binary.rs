@@ -310,11 +310,17 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let url = pool.connect_options().to_url_lossy().to_string();
     let backup_key = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="; // 32 × 'B'
+    let master_key = "TU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU0="; // 32 × 'M'
+    // Backups kept apart from the job files.
+    let store = tempfile::tempdir().unwrap();
+    let store_url = url::Url::from_directory_path(store.path()).unwrap();
     let run = |url: &str, args: &[&str]| {
         let out = printworks(dir.path())
             .env("DATABASE_URL", url)
             .env("PRINTWORKS_LOG", "warn")
+            .env("PRINTWORKS_MASTER_KEY", master_key)
             .env("PRINTWORKS_BACKUP_KEY", backup_key)
+            .env("PRINTWORKS_BACKUP_URL", store_url.as_str())
             .args(args)
             .output()
             .unwrap();
@@ -334,14 +340,19 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     let (code, out, _) = run(&url, &["backup", "list"]);
     assert_eq!(code, Some(0));
     assert!(out.lines().any(|l| l.starts_with(&id)), "{out}");
+    assert!(store.path().join(format!("backups/{id}/manifest")).exists());
+    assert!(
+        !dir.path().join("blobs/backups").exists(),
+        "not beside the job files"
+    );
     // Listing elsewhere needs only the store and the backup key: no database, and no
     // master key is made where there was none.
     let elsewhere = tempfile::tempdir().unwrap();
-    let blobs = url::Url::from_file_path(dir.path().join("blobs")).unwrap();
+
     let listed = printworks(elsewhere.path())
         .env("PRINTWORKS_LOG", "warn")
         .env("PRINTWORKS_BACKUP_KEY", backup_key)
-        .env("PRINTWORKS_BLOB_URL", blobs.as_str())
+        .env("PRINTWORKS_BACKUP_URL", store_url.as_str())
         .args(["backup", "list"])
         .output()
         .unwrap();
@@ -352,6 +363,20 @@ async fn backup_create_list_and_restore(pool: PgPool) {
         String::from_utf8_lossy(&listed.stderr)
     );
     assert!(!elsewhere.path().join("keys/master.key").exists());
+    // Without the backup key, nothing to list with (and no key is made up).
+    let listed = printworks(elsewhere.path())
+        .env("PRINTWORKS_LOG", "warn")
+        .env("PRINTWORKS_BACKUP_URL", store_url.as_str())
+        .args(["backup", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(listed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("no backup key"),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(!elsewhere.path().join("keys/backup.key").exists());
 
     // Restore into a new database.
     let (target, name) = crate::backup::scratch_database(&pool, "cli").await;
@@ -366,15 +391,11 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     crate::backup::drop_database(&pool, target, &name).await;
 
     // The master key as the backup key.
-    let master = std::fs::read(dir.path().join("keys/master.key")).unwrap();
-    use base64::Engine as _;
     let out = printworks(dir.path())
         .env("DATABASE_URL", &url)
         .env("PRINTWORKS_LOG", "warn")
-        .env(
-            "PRINTWORKS_BACKUP_KEY",
-            base64::engine::general_purpose::STANDARD.encode(master),
-        )
+        .env("PRINTWORKS_MASTER_KEY", master_key)
+        .env("PRINTWORKS_BACKUP_KEY", master_key)
         .args(["backup", "list"])
         .output()
         .unwrap();

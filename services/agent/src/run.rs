@@ -273,9 +273,12 @@ async fn events_loop(ctx: Ctx) {
     let mut backoff = Backoff::new(ctx.options.max_backoff);
     loop {
         match listen(&ctx, &mut backoff).await {
-            // The replica is stopping: another one takes the printer at once.
+            // The replica is stopping: another one takes the printer, after a moment's
+            // jitter so that its printers do not all arrive in the same instant.
             Ok(Ended::Reconnect) => {
-                tracing::info!("the printer endpoint asked to reconnect; reconnecting now");
+                tracing::info!("the printer endpoint asked to reconnect; reconnecting");
+                let jitter = u64::from(random_below(1000));
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
                 continue;
             }
             Ok(Ended::Closed) => tracing::info!("the event stream ended; reconnecting"),

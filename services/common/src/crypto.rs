@@ -78,6 +78,18 @@ pub fn hex(data: &[u8]) -> String {
         })
 }
 
+/// The bytes of lowercase or uppercase hex; `None` if it is not hex.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    // `from_str_radix` alone would take a sign ("+1").
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 pub fn base64url(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }
@@ -305,11 +317,40 @@ impl SecretBox {
         }
     }
 
+    /// Whether the master key with id `id` (see [`key_id`]) is configured here, as the
+    /// current key or a previous one.
+    pub fn knows_key(&self, id: &[u8]) -> bool {
+        std::iter::once(&*self.current)
+            .chain(self.previous.iter())
+            .any(|k| k.id[..] == *id)
+    }
+
     /// Whether `sealed` is sealed under the current key (nothing to reseal).
     pub fn is_current(&self, sealed: &[u8]) -> bool {
         sealed.first() == Some(&SEALED_V2)
             && sealed.get(1..1 + KEY_ID_LEN) == Some(&self.current.id[..])
     }
+}
+
+/// Whether a master key is configured: `PRINTWORKS_MASTER_KEY`, or kept in the data
+/// directory (`keys/master.key`). Unlike [`SecretBox::from_settings`], this makes none.
+pub fn master_key_configured(settings: &Settings) -> bool {
+    settings.master_key.is_some() || settings.data_dir.join("keys").join("master.key").exists()
+}
+
+/// The id of the master key that sealed the MAC root kept in the database — the key the
+/// database's secrets need — or `None` when no root is kept yet (or it was sealed in the
+/// first format, without an id).
+pub async fn sealing_key_id(conn: &mut sqlx::PgConnection) -> sqlx::Result<Option<Vec<u8>>> {
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT key_sealed FROM service_keys WHERE name = $1")
+            .bind(MAC_ROOT)
+            .fetch_optional(conn)
+            .await?;
+    Ok(sealed.and_then(|s| match s.split_first() {
+        Some((&SEALED_V2, rest)) if rest.len() >= KEY_ID_LEN => Some(rest[..KEY_ID_LEN].to_vec()),
+        _ => None,
+    }))
 }
 
 /// Whether `e` says a table does not exist (migrations still pending).
@@ -398,6 +439,19 @@ pub fn load_or_create_key_file(path: &Path) -> anyhow::Result<MasterKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        assert_eq!(
+            hex_decode(&hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
+        assert_eq!(hex_decode("ABff"), Some(vec![0xab, 0xff]));
+        assert_eq!(hex_decode(""), Some(vec![]));
+        for bad in ["a", "zz", "0g", "é0", "+1"] {
+            assert_eq!(hex_decode(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn sealed_values_open_only_in_their_context_and_unaltered() {

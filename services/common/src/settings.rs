@@ -216,7 +216,7 @@ impl RelaySettings {
     }
 }
 
-fn parse_blob_url(s: &str) -> Result<Url, String> {
+pub fn parse_blob_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s.trim()).map_err(|e| format!("is not a URL ({e})"))?;
     match url.scheme() {
         "gs" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),

@@ -51,9 +51,10 @@ const DOMAIN: &[u8] = b"printworks-backup-v1";
 const FORMAT: u32 = 1;
 /// The first bytes of a dump (inside the encryption).
 const MAGIC: &[u8] = b"printworks-dump-1\n";
-/// The largest frame a restore accepts: a dump is written in frames of about 64 KiB
-/// (a larger one holds one large row).
-const MAX_FRAME: usize = 64 << 20;
+/// The largest data frame a dump is written in, and (with a table's header) the largest
+/// frame a restore accepts.
+const DATA_FRAME: usize = 64 * 1024;
+const MAX_FRAME: usize = 1 << 20;
 /// How long a backup whose manifest was never written (the run stopped half-way) is kept
 /// before retention removes its data.
 const INCOMPLETE_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -76,8 +77,23 @@ pub struct Manifest {
     pub dump_sha256: String,
     /// The size of the `data` object.
     pub sealed_bytes: u64,
-    /// The data key (base64url) that sealed `data`.
-    data_key: String,
+    /// The id (hex) of the master key that sealed the secrets inside (the database's MAC
+    /// root): a restore needs it configured. `None` when the database kept no root yet.
+    #[serde(default)]
+    pub master_key_id: Option<String>,
+    /// The data key that sealed `data`.
+    data_key: DataKey,
+}
+
+/// A data key, base64url in the manifest; never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+struct DataKey(String);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,19 +123,27 @@ impl Manifest {
     }
 }
 
-/// The backup key: the configured one, or `<data dir>/keys/backup.key` (created on first
-/// use). Refused when it is the master key.
-pub fn backup_key(settings: &Settings, configured: Option<MasterKey>) -> anyhow::Result<MasterKey> {
+/// The backup key: the configured one, or `<data dir>/keys/backup.key` — created there
+/// on first use when `create` (taking a backup) is true; listing and restoring need the
+/// key the backups were taken with. Refused when it is the master key (where one is
+/// configured here).
+pub fn backup_key(
+    settings: &Settings,
+    configured: Option<MasterKey>,
+    create: bool,
+) -> anyhow::Result<MasterKey> {
+    let file = settings.data_dir.join("keys").join("backup.key");
     let key = match configured {
         Some(k) => k,
-        None => {
-            crypto::load_or_create_key_file(&settings.data_dir.join("keys").join("backup.key"))?
-        }
+        None if create || file.exists() => crypto::load_or_create_key_file(&file)?,
+        None => anyhow::bail!(
+            "no backup key: set PRINTWORKS_BACKUP_KEY to the key the backups were taken with \
+             (or put it in {})",
+            file.display()
+        ),
     };
-    // Where no master key is configured or kept yet (listing backups on another
-    // machine), there is none to compare with, and none is made.
-    let master_file = settings.data_dir.join("keys").join("master.key");
-    if settings.master_key.is_some() || master_file.exists() {
+    // A master key is neither made nor required here (the backup job does without).
+    if crypto::master_key_configured(settings) {
         let master = SecretBox::from_settings(settings)?;
         anyhow::ensure!(
             crypto::key_id(&key) != master.current_key_id(),
@@ -255,6 +279,15 @@ impl DumpWriter {
         self.write(body).await
     }
 
+    /// `COPY` text in frames of at most [`DATA_FRAME`] bytes (it may be cut anywhere,
+    /// even inside a row), so that a restore never holds more than that of it.
+    async fn data(&mut self, text: &[u8]) -> anyhow::Result<()> {
+        for part in text.chunks(DATA_FRAME) {
+            self.frame(Frame::Data, part).await?;
+        }
+        Ok(())
+    }
+
     async fn flush_sealed(&mut self) -> anyhow::Result<()> {
         if !self.sealed.is_empty() {
             self.file.write_all(&self.sealed).await?;
@@ -358,15 +391,13 @@ pub async fn create(
             // Text format: one line per row (newlines inside values are escaped).
             rows += bytes.iter().filter(|b| **b == b'\n').count() as u64;
             piece.extend_from_slice(&bytes);
-            if piece.len() >= 64 * 1024 {
-                out.frame(Frame::Data, &piece).await?;
+            if piece.len() >= DATA_FRAME {
+                out.data(&piece).await?;
                 piece.clear();
             }
         }
         drop(stream);
-        if !piece.is_empty() {
-            out.frame(Frame::Data, &piece).await?;
-        }
+        out.data(&piece).await?;
         out.frame(Frame::EndTable, &[]).await?;
         counts.push(TableRows {
             table: t.table.clone(),
@@ -381,6 +412,7 @@ pub async fn create(
     .fetch_all(&mut *tx)
     .await?;
     let audit_heads = audit_heads(&mut tx).await?;
+    let master_key_id = crypto::sealing_key_id(&mut tx).await?.map(|id| hex(&id));
     tx.commit().await?;
     let (dump_bytes, dump_sha256, sealed_bytes) = out.finish().await?;
 
@@ -405,7 +437,8 @@ pub async fn create(
         dump_bytes,
         dump_sha256,
         sealed_bytes,
-        data_key: base64url(&data_key),
+        master_key_id,
+        data_key: DataKey(base64url(&data_key)),
     };
     let sealed = SecretBox::new(key).seal(&manifest_context(id), &serde_json::to_vec(&manifest)?);
     let spool = Spooled(store.spool_dir().join(format!(".backup-{id}.manifest")));
@@ -450,13 +483,19 @@ pub enum Listed {
     Incomplete { id: Uuid },
     /// A manifest that does not open with this key (another key, or altered).
     Unreadable { id: Uuid },
+    /// A manifest whose data is missing or not of the size it says: it cannot be
+    /// restored.
+    Damaged {
+        id: Uuid,
+        created_at: OffsetDateTime,
+    },
 }
 
 impl Listed {
     pub fn id(&self) -> Uuid {
         match self {
             Self::Complete(m) => m.id,
-            Self::Incomplete { id } | Self::Unreadable { id } => *id,
+            Self::Incomplete { id } | Self::Unreadable { id } | Self::Damaged { id, .. } => *id,
         }
     }
 }
@@ -464,7 +503,7 @@ impl Listed {
 /// Every backup in the store, oldest first.
 pub async fn list(store: &dyn BlobStore, key: &MasterKey) -> anyhow::Result<Vec<Listed>> {
     let objects = store.list(FOLDER).await.context("listing the backups")?;
-    let mut ids: std::collections::BTreeMap<Uuid, (Option<u64>, bool)> = Default::default();
+    let mut ids: std::collections::BTreeMap<Uuid, (Option<u64>, Option<u64>)> = Default::default();
     for (name, size) in objects {
         let mut parts = name.split('/').skip(1);
         let (Some(id), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -474,16 +513,20 @@ pub async fn list(store: &dyn BlobStore, key: &MasterKey) -> anyhow::Result<Vec<
         let entry = ids.entry(id).or_default();
         match kind {
             "manifest" => entry.0 = Some(size),
-            "data" => entry.1 = true,
+            "data" => entry.1 = Some(size),
             _ => {}
         }
     }
     let mut out = Vec::with_capacity(ids.len());
-    for (id, (manifest, _)) in ids {
+    for (id, (manifest, data)) in ids {
         out.push(match manifest {
             None => Listed::Incomplete { id },
             Some(size) => match read_manifest(store, key, id, size).await {
-                Ok(m) => Listed::Complete(Box::new(m)),
+                Ok(m) if data == Some(m.sealed_bytes) => Listed::Complete(Box::new(m)),
+                Ok(m) => Listed::Damaged {
+                    id,
+                    created_at: m.created_at,
+                },
                 Err(_) => Listed::Unreadable { id },
             },
         });
@@ -541,8 +584,9 @@ async fn sizes(store: &dyn BlobStore, id: Uuid) -> anyhow::Result<(Option<u64>, 
 }
 
 /// Removes the backups older than `keep` (but never the newest complete one, so that a
-/// backup job that stopped for weeks does not leave none), and the data of runs that did
-/// not finish after a day. Backups whose manifest this key cannot open are left alone.
+/// backup job that stopped for weeks does not leave none; a damaged one does not count),
+/// and the data of runs that did not finish after a day. Backups whose manifest this key
+/// cannot open are left alone.
 /// The ids removed.
 pub async fn prune(
     store: &dyn BlobStore,
@@ -563,6 +607,7 @@ pub async fn prune(
         let expired = match &l {
             Listed::Complete(m) => Some(m.id) != newest && now - m.created_at > keep,
             Listed::Incomplete { id } => id_time(*id).is_none_or(|t| now - t > INCOMPLETE_GRACE),
+            Listed::Damaged { created_at, .. } => now - *created_at > keep,
             Listed::Unreadable { .. } => false,
         };
         if expired {
@@ -704,7 +749,7 @@ pub async fn restore(
     now: OffsetDateTime,
 ) -> anyhow::Result<Restored> {
     let m = manifest(store, key, id).await?;
-    let data_key: [u8; 32] = base64url_decode(&m.data_key)
+    let data_key: [u8; 32] = base64url_decode(&m.data_key.0)
         .and_then(|k| k.try_into().ok())
         .context("a backup manifest with a malformed data key")?;
     anyhow::ensure!(
@@ -723,6 +768,23 @@ pub async fn restore(
         used == 0,
         "the target database is not empty: restore into a new, empty database"
     );
+    // The secrets inside open only with the master key they were sealed under: it must be
+    // configured here (never made up), as the current key or a previous one.
+    anyhow::ensure!(
+        crypto::master_key_configured(settings),
+        "no master key is configured: a restore needs the master key of the deployment \
+         the backup came from (PRINTWORKS_MASTER_KEY, or keys/master.key in the data directory)"
+    );
+    if let Some(needed) = &m.master_key_id {
+        let configured = SecretBox::from_settings(settings)?;
+        let known = crypto::hex_decode(needed).is_some_and(|id| configured.knows_key(&id));
+        anyhow::ensure!(
+            known,
+            "backup {id} holds secrets sealed under master key {needed}, which is not \
+             configured here: set PRINTWORKS_MASTER_KEY (or PRINTWORKS_MASTER_KEY_PREVIOUS) \
+             to the key of the deployment the backup came from"
+        );
+    }
 
     // First pass: the whole backup authenticates and matches its manifest, before
     // anything is written.
@@ -760,7 +822,8 @@ pub async fn restore(
     .await?;
     if let Some(bad) = audit.iter().find(|v| v.first_bad_record.is_some()) {
         anyhow::bail!(
-            "the restored audit chain {} does not verify: {:?}",
+            "backup {id} was loaded, but its audit chain {} does not verify ({:?}): do not \
+             serve from this database",
             bad.chain_id,
             bad.first_bad_record
         );

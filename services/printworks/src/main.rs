@@ -9,7 +9,7 @@ use printworks::{Application, Service, ServiceSet};
 use printworks_common::audit::integrity;
 use printworks_common::clock::{Clock as _, SystemClock};
 use printworks_common::crypto::SecretBox;
-use printworks_common::settings::{MasterKey, ensure_private_dir, parse_duration};
+use printworks_common::settings::{MasterKey, ensure_private_dir, parse_blob_url, parse_duration};
 use printworks_common::{Settings, db, server, telemetry};
 
 /// mimalloc instead of the C library's allocator: when thousands of printer
@@ -69,6 +69,11 @@ enum Command {
         /// <data dir>/keys/backup.key, created on first use.
         #[arg(long = "backup-key", global = true, env = "PRINTWORKS_BACKUP_KEY", value_name = "BASE64", hide_env_values = true, value_parser = MasterKey::parse_setting)]
         key: Option<MasterKey>,
+        /// Where backups are kept: `gs://bucket/prefix` or `file:///absolute/dir`, ideally
+        /// apart from the job files (a bucket only the backup job may write). Unset: the
+        /// blob store (PRINTWORKS_BLOB_URL), under backups/.
+        #[arg(long = "backup-url", global = true, env = "PRINTWORKS_BACKUP_URL", value_name = "URL", value_parser = parse_blob_url)]
+        url: Option<url::Url>,
         #[command(subcommand)]
         action: BackupAction,
     },
@@ -163,9 +168,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
         return printworks_agent::cli::run(args, SystemClock.now(), stop).await;
     }
-    if let Command::Backup { key, action } = cli.command {
-        let key = printworks::backup::backup_key(&settings, key)?;
-        let store = printworks_relay::blob::from_settings(&settings).await?;
+    if let Command::Backup { key, url, action } = cli.command {
+        let creating = matches!(action, BackupAction::Create { .. });
+        let key = printworks::backup::backup_key(&settings, key, creating)?;
+        let mut at = settings.clone();
+        if url.is_some() {
+            at.relay.blob_url = url;
+        }
+        let store = printworks_relay::blob::from_settings(&at).await?;
         return backup_command(&settings, &*store, &key, action).await;
     }
     let database_url = settings
@@ -355,6 +365,9 @@ async fn backup_command(
                     Listed::Incomplete { id } => format!("{id}  incomplete (no manifest)"),
                     Listed::Unreadable { id } => {
                         format!("{id}  does not open with this backup key")
+                    }
+                    Listed::Damaged { id, .. } => {
+                        format!("{id}  damaged: its data is missing or cut short")
                     }
                 });
             }

@@ -342,10 +342,11 @@ impl PrinterEndpoint {
             stop.child_token(),
         ));
         let tracker = tokio_util::task::TaskTracker::new();
+        let listener = self.listener;
         loop {
             let (tcp, peer) = tokio::select! {
                 () = stop.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
+                accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors, say: pause rather than spin.
@@ -384,6 +385,10 @@ impl PrinterEndpoint {
                 drop(slot);
             });
         }
+        // Closed now, not after the grace: a printer that connects meanwhile is refused at
+        // once and tries again (through the load balancer, another replica), instead of
+        // waiting in the backlog of a listener nobody accepts from.
+        drop(listener);
         tracker.close();
         let grace = self.ctx.settings.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
