@@ -447,3 +447,52 @@ async fn list_shows_every_backup_and_retention_keeps_the_newest(pool: PgPool) {
     assert_eq!(left.len(), 2);
     assert!(left.contains(&newer.id) && left.contains(&foreign.id));
 }
+
+/// Backups kept in Cloud Storage (the emulator `make test` starts): taken, listed,
+/// expired and restored through the store's own listing.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn backups_in_cloud_storage_are_listed_expired_and_restored(pool: PgPool) {
+    use crate::relay::gcs::{BUCKET, endpoint};
+    let f = filled(&pool).await;
+    let prefix = format!("backups-{}", uuid::Uuid::new_v4().simple());
+    let url = url::Url::parse(&format!("gs://{BUCKET}/{prefix}")).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let store = printworks_relay::gcs::GcsStore::new(&url, spool.path(), Some(&endpoint()))
+        .await
+        .unwrap();
+    let key = backup_key();
+    let t0 = f.app.now() - time::Duration::days(60);
+    let old = backup::create(&pool, &store, &key, t0).await.unwrap();
+    let new = backup::create(&pool, &store, &key, f.app.now())
+        .await
+        .unwrap();
+    let listed: Vec<_> = backup::list(&store, &key)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| (l.id(), matches!(l, Listed::Complete(_))))
+        .collect();
+    assert_eq!(listed, vec![(old.id, true), (new.id, true)]);
+    let removed = backup::prune(
+        &store,
+        &key,
+        f.app.now(),
+        std::time::Duration::from_secs(30 * 86_400),
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, vec![old.id]);
+    let (target, name) = scratch_database(&pool, "gcs").await;
+    let restored = backup::restore(
+        &target,
+        &store,
+        &key,
+        new.id,
+        &test_settings(f.dir.path()),
+        f.app.now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.manifest.rows(), new.rows());
+    drop_database(&pool, target, &name).await;
+}

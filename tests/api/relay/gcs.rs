@@ -13,9 +13,9 @@ use uuid::Uuid;
 use super::{gcode, sha256_hex};
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp};
 
-const BUCKET: &str = "printworks-test";
+pub const BUCKET: &str = "printworks-test";
 
-fn endpoint() -> String {
+pub fn endpoint() -> String {
     std::env::var("PRINTWORKS_TEST_GCS_ENDPOINT").expect(
         "PRINTWORKS_TEST_GCS_ENDPOINT is not set: run `make test`, which starts the Cloud Storage \
          emulator (deploy/gcs-emulator.sh start prints its URL)",

@@ -2,7 +2,7 @@
 //! streamed to printers over mutual TLS; and the reference agent that prints them.
 
 pub mod agent;
-mod gcs;
+pub mod gcs;
 mod jobs;
 mod printer;
 
