@@ -199,6 +199,11 @@ pub fn printer_client_from(
         )
         .https_only(true)
         .connect_timeout(Duration::from_secs(10))
+        // A connection that goes silent (a replica that stopped answering, a load
+        // balancer holding it) fails instead of hanging: every request, and the event
+        // stream (which hears a heartbeat every 30 s, and gives up itself after its idle
+        // timeout, 90 s by default), is retried.
+        .read_timeout(Duration::from_secs(120))
         .local_address(local)
         .build()
         .context("building the printer endpoint client")
