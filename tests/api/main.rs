@@ -7,6 +7,7 @@
 mod browser;
 mod db_proxy;
 mod helpers;
+mod proxy;
 mod tls;
 
 mod account;

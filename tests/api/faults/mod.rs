@@ -12,7 +12,8 @@
 //!
 //! The replicas are `printworks serve` processes (the binary under test) sharing one
 //! database, data directory (master key, printer CA, local blobs) and printer URL; the
-//! printer URL points at [`Balancer`], the layer-4 load balancer of a deployment.
+//! printer URL points at a [`crate::proxy::Proxy`], as the layer-4 load balancer of a
+//! deployment.
 
 mod database;
 mod disk;
@@ -21,11 +22,9 @@ mod replicas;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::binary::printworks;
 
@@ -144,84 +143,5 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// A layer-4 load balancer on loopback: each new connection goes to the first backend
-/// that accepts it, bytes copied both ways untouched (mutual TLS ends at Printworks).
-/// Towards the client it passes at most `bytes_per_second`, so that a download lasts
-/// long enough for a fault to land in the middle of it.
-pub struct Balancer {
-    pub addr: SocketAddr,
-    backends: Arc<Mutex<Vec<SocketAddr>>>,
-}
-
-impl Balancer {
-    pub async fn start(bytes_per_second: usize) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let backends: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
-        let b = backends.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let candidates = b.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    for backend in candidates {
-                        // A small receive buffer, so that what the backend sent is not
-                        // all waiting here when it dies.
-                        let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
-                            return;
-                        };
-                        let _ = socket.set_recv_buffer_size(64 * 1024);
-                        if let Ok(server) = socket.connect(backend).await {
-                            carry(client, server, bytes_per_second).await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Self { addr, backends }
-    }
-
-    pub fn set_backends(&self, backends: &[SocketAddr]) {
-        *self.backends.lock().unwrap() = backends.to_vec();
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-}
-
-async fn carry(
-    mut client: tokio::net::TcpStream,
-    mut server: tokio::net::TcpStream,
-    bytes_per_second: usize,
-) {
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let up = async {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-        let _ = sw.shutdown().await;
-    };
-    let down = async {
-        let piece = (bytes_per_second / 20).max(1024);
-        let mut buf = vec![0u8; piece];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if cw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs_f64(n as f64 / bytes_per_second as f64)).await;
-        }
-        let _ = cw.shutdown().await;
-    };
-    // Either side closing (or dying) ends the connection, as a load balancer's would.
-    tokio::select! {
-        () = up => {}
-        () = down => {}
     }
 }

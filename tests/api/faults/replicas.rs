@@ -10,8 +10,9 @@ use printworks_proto::PrinterEvent;
 use reqwest::StatusCode;
 use sqlx::{ConnectOptions as _, PgPool};
 
-use super::{Balancer, Server};
+use super::Server;
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
+use crate::proxy::{Proxy, ProxyOptions};
 use crate::relay::agent::{WITHIN, start_agent};
 use crate::relay::{gcode, sha256_hex};
 
@@ -20,7 +21,7 @@ use crate::relay::{gcode, sha256_hex};
 /// balancer. What the replicas share is kept in `dir`.
 struct Fleet {
     dir: tempfile::TempDir,
-    balancer: Balancer,
+    balancer: Proxy,
     token: String,
     printer: TestPrinter,
     database_url: String,
@@ -31,7 +32,14 @@ struct Fleet {
 
 impl Fleet {
     async fn new(pool: &PgPool, bytes_per_second: usize) -> Self {
-        let balancer = Balancer::start(bytes_per_second).await;
+        let balancer = Proxy::start(
+            &[],
+            ProxyOptions {
+                bytes_per_second: Some(bytes_per_second),
+                ..ProxyOptions::default()
+            },
+        )
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let (shared, printer_url) = (dir.path().to_path_buf(), balancer.url());
         let app = TestApp::spawn_with(pool.clone(), &printworks::ServiceSet::all(), move |s| {

@@ -3,22 +3,19 @@
 //! offline when the job is sent; a download cut in the middle and resumed with `Range`.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use printworks_agent::run::{RunOptions, local_jobs, run};
 use printworks_common::db::MIGRATOR;
 use reqwest::StatusCode;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 use super::{gcode, sha256_hex};
 use crate::binary::printworks;
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
+use crate::proxy::{Proxy, ProxyOptions};
 
 pub const WITHIN: Duration = Duration::from_secs(60);
 
@@ -206,60 +203,22 @@ async fn a_printer_offline_when_the_job_was_sent_prints_it_when_it_connects(pool
     stop.cancel();
 }
 
-/// A TCP relay to `upstream` that cuts the first connection which carries more than
-/// `after` bytes towards the client (a network failure in the middle of a download).
-async fn flaky_proxy(upstream: SocketAddr, after: usize) -> (SocketAddr, Arc<AtomicBool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let cut_flag = cut.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            let cut = cut_flag.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.split();
-                let (mut sr, mut sw) = server.split();
-                let up = tokio::io::copy(&mut cr, &mut sw);
-                let down = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut sent = 0usize;
-                    loop {
-                        let n = sr.read(&mut buf).await?;
-                        if n == 0 {
-                            return Ok::<_, std::io::Error>(());
-                        }
-                        sent += n;
-                        if sent > after && !cut.swap(true, Ordering::SeqCst) {
-                            // Drop both sides mid-transfer.
-                            return Ok(());
-                        }
-                        cw.write_all(&buf[..n]).await?;
-                    }
-                };
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
-                }
-            });
-        }
-    });
-    (addr, cut)
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
     let token = app.access_token(&w.admin, ALL_SCOPES).await;
     let mut printer = app.pair_printer(&token, w.org, "SN-C").await;
-    let (proxy, cut) = flaky_proxy(app.printer_addr.unwrap(), 200 * 1024).await;
-    printer.printer_url = format!("https://{proxy}");
+    // The network fails once in the middle of a download.
+    let proxy = Proxy::start(
+        &[app.printer_addr.unwrap()],
+        ProxyOptions {
+            cut_first_after: Some(200 * 1024),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    printer.printer_url = proxy.url();
     let g = gcode(40_000); // about 1 MB
     let job = app
         .submit_gcode(&token, printer.id, "long.gcode", g.clone())
@@ -269,7 +228,7 @@ async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
     let dir = tempfile::tempdir().unwrap();
     let stop = start_agent(&app, &printer, &dir.path().join("p"));
     let done = app.wait_for_job(&token, job, "completed", WITHIN).await;
-    assert!(cut.load(Ordering::SeqCst), "the connection was never cut");
+    assert!(proxy.was_cut(), "the connection was never cut");
     let resumed = done["history"]
         .as_array()
         .unwrap()
@@ -291,47 +250,14 @@ async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
     stop.cancel();
 }
 
-/// A TCP relay to `upstream` that can be switched off: while off it drops every
-/// connection it carries and refuses new ones (the printer's network is down).
-async fn switchable_proxy(
-    upstream: SocketAddr,
-) -> (SocketAddr, Arc<AtomicBool>, Arc<tokio::sync::Notify>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let down = Arc::new(AtomicBool::new(false));
-    let cut = Arc::new(tokio::sync::Notify::new());
-    let (d, c) = (down.clone(), cut.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                return;
-            };
-            if d.load(Ordering::SeqCst) {
-                continue; // dropped at once
-            }
-            let c = c.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    () = c.notified() => {}
-                }
-            });
-        }
-    });
-    (addr, down, cut)
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_printer_that_loses_the_network_mid_print_finishes_and_reports_later(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let w = OrgWorld::new(&app).await;
     let token = app.access_token(&w.admin, ALL_SCOPES).await;
     let mut printer = app.pair_printer(&token, w.org, "SN-N").await;
-    let (proxy, down, cut) = switchable_proxy(app.printer_addr.unwrap()).await;
-    printer.printer_url = format!("https://{proxy}");
+    let proxy = Proxy::start(&[app.printer_addr.unwrap()], ProxyOptions::default()).await;
+    printer.printer_url = proxy.url();
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("p");
     let state = printer.state_dir(&state_dir, &app.base);
@@ -351,8 +277,7 @@ async fn a_printer_that_loses_the_network_mid_print_finishes_and_reports_later(p
         .id();
     app.wait_for_job(&token, job, "printing", WITHIN).await;
     // The network goes: every connection of the printer is cut, none gets through.
-    down.store(true, Ordering::SeqCst);
-    cut.notify_waiters();
+    proxy.set_down(true);
     // The print goes on and finishes on the printer...
     let local = printworks_agent::StateDir::new(&state_dir);
     let deadline = tokio::time::Instant::now() + WITHIN;
@@ -379,7 +304,7 @@ async fn a_printer_that_loses_the_network_mid_print_finishes_and_reports_later(p
         .expect(StatusCode::OK);
     assert_eq!(seen.body["status"], "printing");
     // The network is back: the report arrives.
-    down.store(false, Ordering::SeqCst);
+    proxy.set_down(false);
     app.wait_for_job(&token, job, "completed", WITHIN).await;
     stop.cancel();
 }
