@@ -19,7 +19,7 @@ with_db = url="$${DATABASE_URL:-}"; [ -n "$$url" ] || url=$$($(DB) start); expor
 .PHONY: help run test test-faults test-deps lint deny fuzz fmt db db-stop build bench k8s-check
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 run: ## start the whole system on its embedded defaults (http://127.0.0.1:8080)
 	@$(with_db) cargo run --quiet --locked -p printworks -- serve
