@@ -406,3 +406,28 @@ async fn backup_create_list_and_restore(pool: PgPool) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `DATABASE_URL_FILE`: the URL from a file (a mounted Secret), as in Kubernetes.
+#[sqlx::test(migrations = false)]
+async fn the_database_url_can_come_from_a_file(_pool: PgPoolOptions, connect: PgConnectOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("uri");
+    std::fs::write(&file, format!("{}\n", connect.to_url_lossy())).unwrap();
+    let out = printworks(dir.path())
+        .env("DATABASE_URL_FILE", &file)
+        .env("PRINTWORKS_LOG", "warn")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = PgPoolOptions::new().connect_with(connect).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, MIGRATOR.iter().count());
+}

@@ -37,6 +37,17 @@ pub struct Settings {
     #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true, value_parser = DatabaseUrl::parse_setting)]
     pub database_url: Option<DatabaseUrl>,
 
+    /// A file holding the PostgreSQL URL (e.g. a mounted Kubernetes Secret), instead of
+    /// DATABASE_URL: the URL and its password then stay out of the environment.
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<PathBuf>,
+
     /// Directory for generated state: signing keys, the printer CA, local blobs, and the
     /// embedded PostgreSQL cluster.
     #[arg(long, global = true, env = "PRINTWORKS_DATA_DIR", value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
@@ -554,6 +565,7 @@ impl Settings {
         #[allow(clippy::expect_used)]
         Self {
             database_url: None,
+            database_url_file: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             http_addr: p(DEFAULT_HTTP_ADDR),
             printer_addr: p(DEFAULT_PRINTER_ADDR),
@@ -591,6 +603,13 @@ impl Settings {
     pub fn resolve_database_url(&self) -> Result<DatabaseUrl, String> {
         if let Some(url) = &self.database_url {
             return Ok(url.clone());
+        }
+        if let Some(file) = &self.database_url_file {
+            // Never echo the file's content: it holds a password.
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("DATABASE_URL_FILE {}: {e}", file.display()))?;
+            return DatabaseUrl::parse_setting(text.trim())
+                .map_err(|e| format!("DATABASE_URL_FILE {}: {e}", file.display()));
         }
         let file = self.data_dir.join(EMBEDDED_DATABASE_URL_FILE);
         match std::fs::read_to_string(&file) {
@@ -751,6 +770,34 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_url_can_come_from_a_file_whose_content_is_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings::defaults();
+        s.data_dir = dir.path().join("data");
+        let file = dir.path().join("uri");
+        std::fs::write(
+            &file,
+            "postgresql://app:s3cret@db.example:5432/printworks\n",
+        )
+        .unwrap();
+        s.database_url_file = Some(file.clone());
+        let url = s.resolve_database_url().unwrap();
+        assert!(!format!("{url:?}").contains("s3cret"));
+        std::fs::write(&file, "mysql://app:s3cret@db/printworks").unwrap();
+        let e = s.resolve_database_url().err().unwrap();
+        assert!(
+            e.contains("DATABASE_URL_FILE") && !e.contains("s3cret"),
+            "{e}"
+        );
+        s.database_url_file = Some(dir.path().join("missing"));
+        let e = s.resolve_database_url().err().unwrap();
+        assert!(
+            e.contains("DATABASE_URL_FILE") && e.contains("missing"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn durations() {

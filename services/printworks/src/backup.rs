@@ -842,7 +842,12 @@ async fn load(
     reader.take(MAGIC.len()).await?;
     let mut tx = target.begin().await?;
     // Rows the migrations seeded (the built-in OAuth clients, ...) are in the backup as
-    // they were then.
+    // they were then. The append-only audit tables refuse a DELETE unless the
+    // transaction says it is allowed to (as retention does): none is seeded today, but
+    // one seeded later must not make every restore fail.
+    sqlx::query("SELECT set_config('printworks.audit_retention', 'on', true)")
+        .execute(&mut *tx)
+        .await?;
     for t in m.tables.iter().rev() {
         // An identifier from the sealed manifest, quoted.
         sqlx::query(sqlx::AssertSqlSafe(format!(
