@@ -2,7 +2,8 @@
 //! the setting, no secret echoed), serving with JSON logs, and stopping on SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use printworks_common::db::MIGRATOR;
@@ -21,6 +22,136 @@ pub(crate) fn printworks(data_dir: &std::path::Path) -> Command {
         .env("PRINTWORKS_DATA_DIR", data_dir)
         .stdin(Stdio::null());
     cmd
+}
+
+/// A `printworks serve` process of the binary under test.
+pub struct Server {
+    /// `None` once it has been waited for.
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub printer: Option<SocketAddr>,
+    /// What it logged until it served.
+    seen: Vec<String>,
+    logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `printworks serve --services <services>` on loopback ports with `data_dir`
+    /// and the environment `env` (DATABASE_URL, ...), logging JSON, and waits until it
+    /// serves. Its public URL is its own address unless `env` says otherwise.
+    pub fn start(data_dir: &std::path::Path, services: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = printworks(data_dir);
+        cmd.env("PRINTWORKS_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("PRINTWORKS_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+            .env("PRINTWORKS_PRINTER_ADDR", "127.0.0.1:0")
+            .env("PRINTWORKS_LOG_FORMAT", "json")
+            .env("PRINTWORKS_LOG", "info")
+            .env("PRINTWORKS_SHUTDOWN_GRACE", "20s")
+            .env("PRINTWORKS_AUTH_RATE_LIMIT", "1000000");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .args(["serve", "--services", services])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("printworks serve starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Held from here on, so that a failure below still stops the process.
+        let mut server = Self {
+            child: Some(child),
+            http: SocketAddr::from(([127, 0, 0, 1], port)),
+            printer: None,
+            seen: Vec::new(),
+            logs,
+        };
+        loop {
+            let line = server
+                .logs
+                .recv_timeout(Duration::from_secs(60))
+                .expect("printworks serve logs that it serves");
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            server.seen.push(line);
+            if v["message"] == "printworks is serving" {
+                server.http = v["address"].as_str().expect("address").parse().unwrap();
+                // `printer_endpoint` is logged as `Some(127.0.0.1:port)` or `None`.
+                server.printer = v["printer_endpoint"]
+                    .as_str()
+                    .and_then(|s| s.strip_prefix("Some(")?.strip_suffix(')'))
+                    .map(|a| a.parse().unwrap());
+                return server;
+            }
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal}");
+    }
+
+    /// `SIGKILL`: gone at once, nothing finished.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// `SIGTERM`: the graceful stop.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits for the process to exit; its exit status and every line it logged.
+    pub async fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child.take().expect("running");
+        let mut lines = std::mem::take(&mut self.seen);
+        let (_, rest) = std::sync::mpsc::channel();
+        let logs = std::mem::replace(&mut self.logs, rest);
+        let (status, rest) = tokio::task::spawn_blocking(move || {
+            let status = child.wait().unwrap();
+            // The reader ends at the end of the process's output.
+            (status, logs.iter().collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        lines.extend(rest);
+        (status, lines)
+    }
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 #[test]
@@ -170,37 +301,12 @@ async fn serve_migrates_serves_logs_json_and_stops_on_sigterm(
     } else {
         connect.clone().password(CANARY)
     };
-    let mut child = printworks(dir.path())
-        .env("DATABASE_URL", with_password.to_url_lossy().as_str())
-        .env("PRINTWORKS_HTTP_ADDR", "127.0.0.1:0")
-        .env("PRINTWORKS_PRINTER_ADDR", "127.0.0.1:0")
-        .env("PRINTWORKS_LOG_FORMAT", "json")
-        .env("PRINTWORKS_LOG", "info")
-        .args(["serve", "--services", "account,relay"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut logs = Vec::new();
-    let address = loop {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("serving log line");
-        logs.push(line.clone());
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if v["message"] == "printworks is serving" {
-            break v["address"].as_str().unwrap().to_owned();
-        }
-    };
+    let server = Server::start(
+        dir.path(),
+        "account,relay",
+        &[("DATABASE_URL", with_password.to_url_lossy().as_str())],
+    );
+    let address = server.http;
 
     let res = reqwest::get(format!("http://{address}/readyz"))
         .await
@@ -216,20 +322,9 @@ async fn serve_migrates_serves_logs_json_and_stops_on_sigterm(
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND, "org was not asked for");
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    server.terminate();
+    let (status, logs) = server.wait().await;
     assert!(status.success(), "exit after SIGTERM: {status}");
-    logs.extend(lines_rx.try_iter());
 
     let all = logs.join("\n");
     assert!(
