@@ -13,22 +13,24 @@ use super::Server;
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp};
 use crate::relay::gcode;
 
-/// `deploy/embedded-postgres.sh <command>` for the cluster under `dir`; its output.
-async fn cluster(dir: &std::path::Path, command: &str) -> String {
-    let script = concat!(
+/// `deploy/embedded-postgres.sh <command>` for the cluster under `dir`.
+fn run_cluster_script(dir: &std::path::Path, command: &str) -> std::process::Output {
+    std::process::Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/embedded-postgres.sh"
-    );
+    ))
+    .arg(command)
+    .env("PRINTWORKS_DATA_DIR", dir)
+    .output()
+    .unwrap()
+}
+
+/// [`run_cluster_script`], which must succeed; what it printed (the URL, for `start`).
+async fn cluster(dir: &std::path::Path, command: &str) -> String {
     let (dir, command) = (dir.to_path_buf(), command.to_owned());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(script)
-            .arg(&command)
-            .env("PRINTWORKS_DATA_DIR", &dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || run_cluster_script(&dir, &command))
+        .await
+        .unwrap();
     assert!(
         out.status.success(),
         "embedded-postgres.sh: {}",
@@ -57,16 +59,11 @@ async fn readyz_becomes(app: &TestApp, want: StatusCode, within: Duration) {
 async fn postgresql_restarted_under_load_answers_503_recovers_and_keeps_every_accepted_job() {
     let dir = tempfile::tempdir().unwrap();
     let url = cluster(dir.path(), "start").await;
+    /// Stops the cluster however the test ends.
     struct Stop(std::path::PathBuf);
     impl Drop for Stop {
         fn drop(&mut self) {
-            let _ = std::process::Command::new(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../deploy/embedded-postgres.sh"
-            ))
-            .arg("stop")
-            .env("PRINTWORKS_DATA_DIR", &self.0)
-            .output();
+            run_cluster_script(&self.0, "stop");
         }
     }
     let _stop = Stop(dir.path().to_path_buf());

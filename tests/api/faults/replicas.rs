@@ -14,7 +14,7 @@ use super::Server;
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::relay::agent::{WITHIN, start_agent};
-use crate::relay::{gcode, sha256_hex};
+use crate::relay::{gcode, history_states, resumed_at, sha256_hex};
 
 /// A deployment made through the API (in-process, then stopped): an organization, a
 /// token of its admin, a printer paired to reach the printer endpoint through the
@@ -80,15 +80,6 @@ impl Fleet {
     }
 }
 
-fn states(job: &serde_json::Value) -> Vec<String> {
-    job["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["state"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_relay_killed_mid_download_hands_its_printer_to_another_that_delivers_the_job_once(
     pool: PgPool,
@@ -123,20 +114,15 @@ async fn a_relay_killed_mid_download_hands_its_printer_to_another_that_delivers_
     let done = api_b
         .wait_for_job(&fleet.token, job, "completed", WITHIN)
         .await;
-    let states = states(&done);
+    let states = history_states(&done);
     assert_eq!(
-        states.iter().filter(|s| *s == "printing").count(),
+        states.iter().filter(|s| **s == "printing").count(),
         1,
         "{states:?}"
     );
-    assert_eq!(states.last().map(String::as_str), Some("completed"));
+    assert_eq!(states.last(), Some(&"completed"));
     assert!(
-        done["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|h| h["message"].as_str())
-            .any(|m| m.starts_with("download resumed at byte ")),
+        resumed_at(&done).is_some(),
         "the download did not resume after the kill: {done}"
     );
     assert_eq!(done["sha256"], sha256_hex(&g));

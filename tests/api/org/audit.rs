@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use printworks_common::crypto::sha256;
+use printworks_common::crypto::{hex, hex_decode, sha256};
 use printworks_common::db::MIGRATOR;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -748,14 +748,10 @@ async fn the_export_can_be_verified_by_anyone(pool: PgPool) {
         .filter(|l| l["chain_id"] == json!(org))
         .collect();
     assert_eq!(own.len(), 4);
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut prev = hex(&[0u8; 32]);
     for line in own {
         assert_eq!(line["prev_hash"], prev.as_str());
-        let prev_bytes: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&prev[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        let mut data = prev_bytes;
+        let mut data = hex_decode(&prev).unwrap();
         data.extend_from_slice(line["record"].as_str().unwrap().as_bytes());
         let hash = hex(&sha256(&data));
         assert_eq!(line["hash"], hash.as_str());

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{gcode, sha256_hex};
+use super::{gcode, resumed_at, sha256_hex};
 use crate::binary::printworks;
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
 use crate::proxy::{Proxy, ProxyOptions};
@@ -229,20 +229,7 @@ async fn a_download_cut_in_the_middle_resumes_with_range(pool: PgPool) {
     let stop = start_agent(&app, &printer, &dir.path().join("p"));
     let done = app.wait_for_job(&token, job, "completed", WITHIN).await;
     assert!(proxy.was_cut(), "the connection was never cut");
-    let resumed = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| h["message"].as_str())
-        .find(|m| m.starts_with("download resumed at byte "))
-        .map(str::to_owned);
-    let at: usize = resumed
-        .expect("no resumed download")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let at = resumed_at(&done).expect("no resumed download");
     assert!(at > 0 && at < g.len(), "{at}");
     // The printer checked the digest before printing: it completed, so it had exactly
     // the file that was sent.

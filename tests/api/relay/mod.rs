@@ -76,10 +76,32 @@ pub fn stored_files(app: &crate::helpers::TestApp) -> Vec<std::path::PathBuf> {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    printworks_common::crypto::sha256(data)
+    printworks_common::crypto::hex(&printworks_common::crypto::sha256(data))
+}
+
+/// The states of a job's history (`GET /relay/v1/jobs/{job}`), oldest first.
+pub fn history_states(job: &Value) -> Vec<&str> {
+    job["history"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|b| format!("{b:02x}"))
+        .map(|h| h["state"].as_str().unwrap())
         .collect()
+}
+
+/// Where the printer resumed a download that was cut, if it did: the byte in the
+/// history's `download resumed at byte N`.
+pub fn resumed_at(job: &Value) -> Option<usize> {
+    job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| {
+            h["message"]
+                .as_str()?
+                .strip_prefix("download resumed at byte ")
+        })
+        .find_map(|n| n.parse().ok())
 }
 
 /// Server-sent events read from a response, one at a time.

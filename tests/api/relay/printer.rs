@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::{Events, gcode, sha256_hex};
+use super::{Events, gcode, history_states, sha256_hex};
 use crate::helpers::{ALL_SCOPES, OrgWorld, TestApp, TestPrinter};
 
 async fn events(p: &TestPrinter) -> Events {
@@ -170,12 +170,7 @@ async fn a_printer_gets_signed_jobs_in_order_downloads_them_and_reports(pool: Pg
         .expect(StatusCode::OK);
     assert_eq!(job.body["status"], "completed");
     assert!(job.body["finished_at"].is_string());
-    let states: Vec<&str> = job.body["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["state"].as_str().unwrap())
-        .collect();
+    let states = history_states(&job.body);
     assert_eq!(states.first(), Some(&"queued"));
     let order = [
         "queued",
