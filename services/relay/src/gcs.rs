@@ -76,6 +76,15 @@ impl GcsStore {
         }
     }
 
+    /// The JSON API's collection of the bucket's objects (deletion and listing).
+    fn objects_url(&self) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o",
+            self.api,
+            url::form_urlencoded::byte_serialize(self.bucket.as_bytes()).collect::<String>()
+        )
+    }
+
     async fn auth_headers(&self) -> anyhow::Result<reqwest::header::HeaderMap> {
         match self.credentials.headers(http::Extensions::new()).await? {
             CacheableResource::New { data, .. } => Ok(data),
@@ -128,9 +137,8 @@ impl BlobStore for GcsStore {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let url = format!(
-                "{}/storage/v1/b/{}/o/{}",
-                self.api,
-                url::form_urlencoded::byte_serialize(self.bucket.as_bytes()).collect::<String>(),
+                "{}/{}",
+                self.objects_url(),
                 url::form_urlencoded::byte_serialize(self.object(key).as_bytes())
                     .collect::<String>(),
             );
@@ -169,11 +177,7 @@ impl BlobStore for GcsStore {
             } else {
                 format!("{}/", self.prefix)
             };
-            let base = format!(
-                "{}/storage/v1/b/{}/o",
-                self.api,
-                url::form_urlencoded::byte_serialize(self.bucket.as_bytes()).collect::<String>(),
-            );
+            let base = self.objects_url();
             let mut found = Vec::new();
             let mut token: Option<String> = None;
             loop {
