@@ -358,14 +358,9 @@ fn smtp_url(s: &crate::settings::OrgSettings) -> anyhow::Result<Option<secrecy::
     let Some(path) = &s.smtp_url_file else {
         return Ok(s.smtp_url.clone());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("PRINTWORKS_SMTP_URL_FILE {}: {e}", path.display()))?;
-    anyhow::ensure!(
-        !text.trim().is_empty(),
-        "PRINTWORKS_SMTP_URL_FILE {} is empty",
-        path.display()
-    );
-    Ok(Some(secrecy::SecretString::from(text.trim().to_owned())))
+    crate::settings::secret_from_file("PRINTWORKS_SMTP_URL_FILE", path)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -605,10 +605,8 @@ impl Settings {
             return Ok(url.clone());
         }
         if let Some(file) = &self.database_url_file {
-            // Never echo the file's content: it holds a password.
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("DATABASE_URL_FILE {}: {e}", file.display()))?;
-            return DatabaseUrl::parse_setting(text.trim())
+            let text = secret_from_file("DATABASE_URL_FILE", file)?;
+            return DatabaseUrl::parse_setting(text.expose_secret())
                 .map_err(|e| format!("DATABASE_URL_FILE {}: {e}", file.display()));
         }
         let file = self.data_dir.join(EMBEDDED_DATABASE_URL_FILE);
@@ -622,6 +620,18 @@ impl Settings {
             )),
         }
     }
+}
+
+/// The secret in the file a `*_FILE` setting names (e.g. a mounted Kubernetes Secret),
+/// trimmed; an error, naming the setting and the file but never echoing the content,
+/// when it cannot be read or is empty.
+pub fn secret_from_file(setting: &str, path: &Path) -> Result<SecretString, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(format!("{setting} {} is empty", path.display()));
+    }
+    Ok(SecretString::from(text.trim().to_owned()))
 }
 
 /// A PostgreSQL URL. Kept secret (it may carry a password): `Debug` and [`Self::redacted`]
