@@ -71,15 +71,8 @@ async fn readyz_fails_while_the_database_is_down_and_recovers_by_itself(
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 
     proxy.restore();
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..50 {
-        status = app.get("/readyz").await.status();
-        if status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, StatusCode::OK, "readiness did not recover");
+    app.wait_for_readyz(StatusCode::OK, Duration::from_secs(5))
+        .await;
 }
 
 #[sqlx::test(migrations = false)]

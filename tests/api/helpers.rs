@@ -868,6 +868,22 @@ impl TestApp {
             .await
     }
 
+    /// Waits (at most `within`) for `/readyz` to answer `want`.
+    pub async fn wait_for_readyz(&self, want: StatusCode, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let status = self.get("/readyz").await.status();
+            if status == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz stayed {status}, not {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (at most `within`) for the job to reach `state`, watching it as its
     /// owner would; returns the job.
     pub async fn wait_for_job(

@@ -39,22 +39,6 @@ async fn cluster(dir: &std::path::Path, command: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Polls `/readyz` until it answers `want` (at most `within`).
-async fn readyz_becomes(app: &TestApp, want: StatusCode, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let status = app.get("/readyz").await.status();
-        if status == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz stayed {status}, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn postgresql_restarted_under_load_answers_503_recovers_and_keeps_every_accepted_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,15 +100,12 @@ async fn postgresql_restarted_under_load_answers_503_recovers_and_keeps_every_ac
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster(dir.path(), "stop").await;
-    readyz_becomes(
-        &app,
-        StatusCode::SERVICE_UNAVAILABLE,
-        Duration::from_secs(10),
-    )
-    .await;
+    app.wait_for_readyz(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster(dir.path(), "start").await;
-    readyz_becomes(&app, StatusCode::OK, Duration::from_secs(60)).await;
+    app.wait_for_readyz(StatusCode::OK, Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     running.store(false, Ordering::SeqCst);
     let (answers, accepted) = load.await.unwrap();
