@@ -640,6 +640,24 @@ struct DumpReader {
     read: u64,
 }
 
+/// The next `n` bytes of `stream`, read on into `raw` as needed (what was read beyond
+/// them stays in `raw`).
+async fn next_bytes(
+    stream: &mut ByteStream,
+    raw: &mut Vec<u8>,
+    n: usize,
+) -> anyhow::Result<Vec<u8>> {
+    while raw.len() < n {
+        let more = stream
+            .try_next()
+            .await?
+            .context("the backup's data is truncated")?;
+        raw.extend_from_slice(&more);
+    }
+    let rest = raw.split_off(n);
+    Ok(std::mem::replace(raw, rest))
+}
+
 impl DumpReader {
     async fn open(store: &dyn BlobStore, m: &Manifest, key: &[u8; 32]) -> anyhow::Result<Self> {
         let mut stream = store
@@ -647,22 +665,15 @@ impl DumpReader {
             .await
             .context("reading the backup")?;
         let mut raw = Vec::new();
-        while raw.len() < seal::HEADER as usize {
-            let more = stream
-                .try_next()
-                .await?
-                .context("the backup's data is truncated")?;
-            raw.extend_from_slice(&more);
-        }
-        let rest = raw.split_off(seal::HEADER as usize);
-        let opener = Opener::for_domain(key, DOMAIN, m.id, m.dump_bytes, &raw)
+        let header = next_bytes(&mut stream, &mut raw, seal::HEADER as usize).await?;
+        let opener = Opener::for_domain(key, DOMAIN, m.id, m.dump_bytes, &header)
             .map_err(|e| anyhow::anyhow!("backup {}: {e}", m.id))?;
         Ok(Self {
             stream,
             opener,
             size: m.dump_bytes,
             chunk: 0,
-            raw: rest,
+            raw,
             plain: Vec::new(),
             pos: 0,
             digest: digest::Context::new(&digest::SHA256),
@@ -676,17 +687,7 @@ impl DumpReader {
             return Ok(false);
         }
         let (_, len) = seal::chunk_span(self.size, self.chunk);
-        let len = len as usize;
-        while self.raw.len() < len {
-            let more = self
-                .stream
-                .try_next()
-                .await?
-                .context("the backup's data is truncated")?;
-            self.raw.extend_from_slice(&more);
-        }
-        let rest = self.raw.split_off(len);
-        let sealed = std::mem::replace(&mut self.raw, rest);
+        let sealed = next_bytes(&mut self.stream, &mut self.raw, len as usize).await?;
         let plain = self
             .opener
             .open(self.chunk, sealed)
