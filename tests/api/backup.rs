@@ -5,6 +5,7 @@
 //! writing anything.
 
 use printworks::backup::{self, Listed};
+use printworks_common::Settings;
 use printworks_common::clock::{Clock as _, SystemClock};
 use printworks_common::db::MIGRATOR;
 use printworks_common::settings::MasterKey;
@@ -219,51 +220,34 @@ async fn altered_truncated_or_foreign_backups_are_refused_and_nothing_is_written
         .join(format!("blobs/backups/{}/manifest", m.id));
     let original = std::fs::read(&data_path).unwrap();
     let (target, name) = scratch_database(&pool, "refused").await;
-    let refused = |e: anyhow::Error, says: &str| {
+    // A restore of this backup into `db` that is refused, saying `says`.
+    let refused = async |db: &PgPool, key: &MasterKey, settings: &Settings, says: &str| {
+        let e = backup::restore(db, &store, key, m.id, settings, now)
+            .await
+            .unwrap_err();
         let e = format!("{e:#}");
         assert!(e.contains(says), "{e}");
     };
 
     // Into a database that is not empty.
+    refused(&pool, &key, &settings, "not empty").await;
+    // With another backup key.
     refused(
-        backup::restore(&pool, &store, &key, m.id, &settings, now)
-            .await
-            .unwrap_err(),
-        "not empty",
-    );
-    // With another backup key, or the master key.
-    refused(
-        backup::restore(
-            &target,
-            &store,
-            &MasterKey::from_bytes([7; 32]),
-            m.id,
-            &settings,
-            now,
-        )
-        .await
-        .unwrap_err(),
+        &target,
+        &MasterKey::from_bytes([7; 32]),
+        &settings,
         "does not open with this backup key",
-    );
+    )
+    .await;
     // One byte changed in the middle of the data.
     let mut altered = original.clone();
     let mid = altered.len() / 2;
     altered[mid] ^= 1;
     std::fs::write(&data_path, &altered).unwrap();
-    refused(
-        backup::restore(&target, &store, &key, m.id, &settings, now)
-            .await
-            .unwrap_err(),
-        "altered",
-    );
-    // Cut short, and cut short with the manifest's size.
+    refused(&target, &key, &settings, "altered").await;
+    // Cut short: no longer the size its manifest says.
     std::fs::write(&data_path, &original[..original.len() - 100]).unwrap();
-    refused(
-        backup::restore(&target, &store, &key, m.id, &settings, now)
-            .await
-            .unwrap_err(),
-        "truncated",
-    );
+    refused(&target, &key, &settings, "truncated").await;
     // Another backup's data in its place: chunks are bound to their backup's id.
     let other = backup::create(&pool, &store, &key, now).await.unwrap();
     let other_data = std::fs::read(
@@ -278,12 +262,7 @@ async fn altered_truncated_or_foreign_backups_are_refused_and_nothing_is_written
         "the same database, the same size"
     );
     std::fs::write(&data_path, &other_data).unwrap();
-    refused(
-        backup::restore(&target, &store, &key, m.id, &settings, now)
-            .await
-            .unwrap_err(),
-        "altered",
-    );
+    refused(&target, &key, &settings, "altered").await;
     // Another backup's manifest in its place: it is bound to its own id.
     let other_manifest = std::fs::read(
         f.dir
@@ -294,40 +273,30 @@ async fn altered_truncated_or_foreign_backups_are_refused_and_nothing_is_written
     let manifest = std::fs::read(&manifest_path).unwrap();
     std::fs::write(&manifest_path, &other_manifest).unwrap();
     refused(
-        backup::restore(&target, &store, &key, m.id, &settings, now)
-            .await
-            .unwrap_err(),
+        &target,
+        &key,
+        &settings,
         "does not open with this backup key",
-    );
+    )
+    .await;
     std::fs::write(&manifest_path, &manifest).unwrap();
     // Without the master key the secrets inside were sealed with, or with another one.
     std::fs::write(&data_path, &original).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     refused(
-        backup::restore(
-            &target,
-            &store,
-            &key,
-            m.id,
-            &test_settings(elsewhere.path()),
-            now,
-        )
-        .await
-        .unwrap_err(),
+        &target,
+        &key,
+        &test_settings(elsewhere.path()),
         "no master key is configured",
-    );
+    )
+    .await;
     assert!(
         !elsewhere.path().join("keys/master.key").exists(),
         "none was made up"
     );
     let mut other_master = test_settings(elsewhere.path());
     other_master.master_key = Some(MasterKey::from_bytes([5; 32]));
-    refused(
-        backup::restore(&target, &store, &key, m.id, &other_master, now)
-            .await
-            .unwrap_err(),
-        "which is not configured here",
-    );
+    refused(&target, &key, &other_master, "which is not configured here").await;
     // ... unless it is configured as a previous key (a rotation since the backup).
     let master = std::fs::read(f.dir.path().join("keys/master.key")).unwrap();
     other_master.master_key_previous = vec![MasterKey::from_bytes(master.try_into().unwrap())];
@@ -342,11 +311,12 @@ async fn altered_truncated_or_foreign_backups_are_refused_and_nothing_is_written
     bad[last] ^= 1;
     std::fs::write(&manifest_path, &bad).unwrap();
     refused(
-        backup::restore(&target, &store, &key, m.id, &settings, now)
-            .await
-            .unwrap_err(),
+        &target,
+        &key,
+        &settings,
         "does not open with this backup key",
-    );
+    )
+    .await;
     // Nothing was written by any refusal.
     assert_eq!(table_count(&target).await, 0);
 

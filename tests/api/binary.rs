@@ -409,20 +409,31 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     // Backups kept apart from the job files.
     let store = tempfile::tempdir().unwrap();
     let store_url = url::Url::from_directory_path(store.path()).unwrap();
-    let run = |url: &str, args: &[&str]| {
-        let out = printworks(dir.path())
-            .env("DATABASE_URL", url)
-            .env("PRINTWORKS_LOG", "warn")
-            .env("PRINTWORKS_MASTER_KEY", master_key)
-            .env("PRINTWORKS_BACKUP_KEY", backup_key)
-            .env("PRINTWORKS_BACKUP_URL", store_url.as_str())
-            .args(args)
-            .output()
-            .unwrap();
+    // `printworks <args>` with `data_dir` and `env`: exit code, stdout, stderr.
+    let cli = |data_dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = printworks(data_dir);
+        cmd.env("PRINTWORKS_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.args(args).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // ... as the operator of this deployment, on the database at `url`.
+    let run = |url: &str, args: &[&str]| {
+        cli(
+            dir.path(),
+            &[
+                ("DATABASE_URL", url),
+                ("PRINTWORKS_MASTER_KEY", master_key),
+                ("PRINTWORKS_BACKUP_KEY", backup_key),
+                ("PRINTWORKS_BACKUP_URL", store_url.as_str()),
+            ],
+            args,
         )
     };
     let (code, out, err) = run(&url, &["backup", "create"]);
@@ -443,34 +454,27 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     // Listing elsewhere needs only the store and the backup key: no database, and no
     // master key is made where there was none.
     let elsewhere = tempfile::tempdir().unwrap();
-
-    let listed = printworks(elsewhere.path())
-        .env("PRINTWORKS_LOG", "warn")
-        .env("PRINTWORKS_BACKUP_KEY", backup_key)
-        .env("PRINTWORKS_BACKUP_URL", store_url.as_str())
-        .args(["backup", "list"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&listed.stdout);
+    let (code, out, err) = cli(
+        elsewhere.path(),
+        &[
+            ("PRINTWORKS_BACKUP_KEY", backup_key),
+            ("PRINTWORKS_BACKUP_URL", store_url.as_str()),
+        ],
+        &["backup", "list"],
+    );
     assert!(
-        listed.status.success() && out.lines().any(|l| l.starts_with(&id)),
-        "{out}{}",
-        String::from_utf8_lossy(&listed.stderr)
+        code == Some(0) && out.lines().any(|l| l.starts_with(&id)),
+        "{out}{err}"
     );
     assert!(!elsewhere.path().join("keys/master.key").exists());
     // Without the backup key, nothing to list with (and no key is made up).
-    let listed = printworks(elsewhere.path())
-        .env("PRINTWORKS_LOG", "warn")
-        .env("PRINTWORKS_BACKUP_URL", store_url.as_str())
-        .args(["backup", "list"])
-        .output()
-        .unwrap();
-    assert_eq!(listed.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&listed.stderr).contains("no backup key"),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
+    let (code, _, err) = cli(
+        elsewhere.path(),
+        &[("PRINTWORKS_BACKUP_URL", store_url.as_str())],
+        &["backup", "list"],
     );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no backup key"), "{err}");
     assert!(!elsewhere.path().join("keys/backup.key").exists());
 
     // Restore into a new database.
@@ -486,20 +490,17 @@ async fn backup_create_list_and_restore(pool: PgPool) {
     crate::backup::drop_database(&pool, target, &name).await;
 
     // The master key as the backup key.
-    let out = printworks(dir.path())
-        .env("DATABASE_URL", &url)
-        .env("PRINTWORKS_LOG", "warn")
-        .env("PRINTWORKS_MASTER_KEY", master_key)
-        .env("PRINTWORKS_BACKUP_KEY", master_key)
-        .args(["backup", "list"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("must not be the master key"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, _, err) = cli(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &url),
+            ("PRINTWORKS_MASTER_KEY", master_key),
+            ("PRINTWORKS_BACKUP_KEY", master_key),
+        ],
+        &["backup", "list"],
     );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("must not be the master key"), "{err}");
 }
 
 /// `DATABASE_URL_FILE`: the URL from a file (a mounted Secret), as in Kubernetes.
