@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond Rust and PostgreSQL: Debian's headless Chromium and its
-# WebDriver, for the tests of the pages people see. Installed with apt when missing and
-# running as root (CI, containers); otherwise one line says what to install.
+# WebDriver, for the tests of the pages people see, installed with apt when missing and
+# running as root (CI, containers; otherwise one line says what to install); and the
+# OpenID provider the federation tests sign in at (Node's oidc-provider, pinned by
+# tests/idp/package-lock.json), installed with `npm ci` into tests/idp/node_modules.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+idp=tests/idp
+if ! command -v node >/dev/null 2>&1; then
+  printf 'test-deps: the federation tests need Node.js 20 or later with npm\n' >&2
+  exit 1
+fi
+# Installed again only when the lock file changed since the last install.
+if ! cmp -s "$idp/package-lock.json" "$idp/node_modules/.package-lock.json.installed" 2>/dev/null; then
+  (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$idp/package-lock.json" "$idp/node_modules/.package-lock.json.installed"
+fi
 
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)

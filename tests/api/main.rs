@@ -15,6 +15,7 @@ mod backup;
 mod binary;
 mod errors;
 mod faults;
+mod federation;
 mod hardening;
 mod health;
 mod openapi;

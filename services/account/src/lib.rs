@@ -7,6 +7,7 @@
 pub mod api;
 pub mod device;
 pub mod directory;
+pub mod federation;
 pub mod keys;
 pub mod login;
 pub mod oauth;
@@ -61,6 +62,8 @@ pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
         "oauth_refresh_tokens",
         "oauth_consents",
         "email_verifications",
+        "federated_identities",
+        "federated_logins",
     ],
     functions: &[],
 };
@@ -90,6 +93,33 @@ pub trait OrgDirectory: Send + Sync + 'static {
     ) -> BoxFuture<'a, anyhow::Result<Option<Role>>>;
     /// The organization's name, to show on the consent page.
     fn name(&self, organization_id: Uuid) -> BoxFuture<'_, anyhow::Result<Option<String>>>;
+    /// The identity provider a federated sign-in goes to: that of the organization that
+    /// proved the e-mail domain, or the organization's own.
+    fn identity_provider(
+        &self,
+        lookup: federation::Lookup,
+    ) -> BoxFuture<'_, anyhow::Result<Option<federation::IdentityProvider>>>;
+    /// Whether the organization proved it owns the e-mail domain.
+    fn proves_domain<'a>(
+        &'a self,
+        organization_id: Uuid,
+        domain: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// Makes the person a member with `role` (just in time, at their first federated
+    /// sign-in), in the caller's transaction, audited. False if they already were one.
+    fn provision<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role: Role,
+        now: time::OffsetDateTime,
+    ) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// The organization's name and system use notification, if it set one.
+    fn notice(
+        &self,
+        organization_id: Uuid,
+    ) -> BoxFuture<'_, anyhow::Result<Option<(String, String)>>>;
 }
 
 #[derive(Clone)]
@@ -100,6 +130,8 @@ pub struct AccountState {
     pub throttle: Throttle,
     pub keys: Arc<SigningKeys>,
     pub orgs: Arc<dyn OrgDirectory>,
+    /// Organizations' identity providers, discovered.
+    pub providers: Arc<federation::provider::Providers>,
 }
 
 impl AccountState {
@@ -118,6 +150,7 @@ impl AccountState {
                 ctx.clock.clone(),
             )),
             orgs,
+            providers: Arc::default(),
             ctx,
         })
     }
@@ -165,6 +198,8 @@ pub fn routes() -> RouteTable<AccountState> {
         .get("/account/login", Public, pages::login_page).rate_limited()
         .post("/account/login", Public, pages::login_submit).rate_limited()
         .post("/account/login/totp", Public, pages::totp_submit).rate_limited()
+        .post("/account/login/federated", Public, federation::signin::start_page).rate_limited()
+        .get(federation::signin::CALLBACK_PATH, Public, federation::signin::callback).rate_limited()
         .get("/account/verify-email", Public, verification::follow).rate_limited()
         .get("/account/logout", Public, pages::logout_page)
         .post("/account/logout", Public, pages::logout)

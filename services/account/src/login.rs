@@ -31,6 +31,8 @@ pub enum LoginError {
     SecondFactorRequired,
     #[error("wrong second factor")]
     InvalidSecondFactor,
+    #[error("this address signs in through its organization's identity provider")]
+    FederationRequired,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -101,6 +103,22 @@ pub async fn check_password(
     counted: &str,
 ) -> Result<Account, LoginError> {
     let subject = subject(email_input);
+    // An organization that proved the address's domain and enforces its provider:
+    // no password, whatever it is (and before it costs a hash or a throttle step).
+    if let Ok(email) = Email::parse(email_input)
+        && let Some(idp) = crate::federation::signin::provider_for_email(state, &email).await?
+        && idp.enforced
+    {
+        audit_failure(
+            state,
+            Actor::Anonymous,
+            client.addr,
+            "federation_required",
+            Some(&subject),
+        )
+        .await?;
+        return Err(LoginError::FederationRequired);
+    }
     if let Gate::Wait(wait) = state
         .throttle
         .attempt(&state.ctx.db, counted, state.ctx.now())

@@ -69,16 +69,58 @@ pub async fn create(
     addr: Option<IpAddr>,
     user_agent: Option<&str>,
 ) -> sqlx::Result<NewSession> {
+    insert(conn, state, user_id, amr, None, addr, user_agent).await
+}
+
+/// Starts a session that came from `organization`'s identity provider: it ends at the
+/// federated maximum (`PRINTWORKS_FEDERATED_SESSION_MAX`), and the person then signs in
+/// at the provider again.
+pub async fn create_federated(
+    conn: &mut PgConnection,
+    state: &AccountState,
+    user_id: Uuid,
+    amr: &[&str],
+    organization: Uuid,
+    addr: Option<IpAddr>,
+    user_agent: Option<&str>,
+) -> sqlx::Result<NewSession> {
+    insert(
+        conn,
+        state,
+        user_id,
+        amr,
+        Some(organization),
+        addr,
+        user_agent,
+    )
+    .await
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    state: &AccountState,
+    user_id: Uuid,
+    amr: &[&str],
+    federated_org: Option<Uuid>,
+    addr: Option<IpAddr>,
+    user_agent: Option<&str>,
+) -> sqlx::Result<NewSession> {
     let now = state.ctx.now();
-    let lifetime = time::Duration::try_from(state.ctx.settings.account.session_lifetime)
-        .unwrap_or(time::Duration::days(14));
+    let settings = &state.ctx.settings.account;
+    let mut lifetime =
+        time::Duration::try_from(settings.session_lifetime).unwrap_or(time::Duration::days(14));
+    if federated_org.is_some() {
+        let max = time::Duration::try_from(settings.federated_session_max)
+            .unwrap_or(time::Duration::hours(12));
+        lifetime = lifetime.min(max);
+    }
     let id = Uuid::new_v4();
     let token = random_token();
     let expires_at = now + lifetime;
     sqlx::query(
         "INSERT INTO sessions (id, user_id, token_hash, amr, user_agent, source_addr,
-                               created_at, last_seen_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                               created_at, last_seen_at, expires_at, federated_org)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
     )
     .bind(id)
     .bind(user_id)
@@ -88,6 +130,7 @@ pub async fn create(
     .bind(addr.map(|a| a.to_string()))
     .bind(now)
     .bind(expires_at)
+    .bind(federated_org)
     .execute(conn)
     .await?;
     Ok(NewSession {
@@ -124,6 +167,39 @@ pub async fn find(state: &AccountState, token: &str) -> sqlx::Result<Option<Acti
             .await?;
     }
     Ok(session)
+}
+
+/// How a session's person signed in, as an organization's policy asks: the
+/// authentication methods, when, and through which organization's provider.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Standing {
+    pub amr: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub federated_org: Option<Uuid>,
+}
+
+impl Standing {
+    /// A second factor was checked: TOTP here, or one the provider reported.
+    pub fn has_second_factor(&self) -> bool {
+        self.amr.iter().any(|m| m == "otp" || m == "mfa")
+    }
+}
+
+/// The standing of `user_id`'s session `session_id`, if it has not ended (a token
+/// outlives the session's end by at most its lifetime; the policy does not).
+pub async fn standing(
+    db: impl sqlx::PgExecutor<'_>,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> sqlx::Result<Option<Standing>> {
+    sqlx::query_as(
+        "SELECT amr, created_at, federated_org FROM sessions
+         WHERE id = $1 AND user_id = $2 AND ended_at IS NULL",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Ends a session of `user_id` and revokes the refresh tokens issued through it.

@@ -385,6 +385,17 @@ pub struct OrgSettings {
         default_value = "Printworks <no-reply@printworks.invalid>"
     )]
     pub mail_from: String,
+
+    /// The DNS server (`IP:PORT`) asked for the TXT records that prove an organization
+    /// owns an e-mail domain (federated sign-in). Unset: the system's resolvers
+    /// (/etc/resolv.conf).
+    #[arg(
+        long,
+        global = true,
+        env = "PRINTWORKS_DNS_SERVER",
+        value_name = "IP:PORT"
+    )]
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl OrgSettings {
@@ -396,6 +407,7 @@ impl OrgSettings {
             smtp_url: None,
             smtp_url_file: None,
             mail_from: "Printworks <no-reply@printworks.invalid>".into(),
+            dns_server: None,
         }
     }
 }
@@ -496,6 +508,12 @@ pub struct AccountSettings {
         value_name = "TEXT"
     )]
     pub system_use_notice: Option<String>,
+
+    /// A session that came from an organization's identity provider ends this long
+    /// after sign-in at the latest; the person then signs in at the provider again (a
+    /// leaver disabled there cannot), and the refresh tokens issued through it end too.
+    #[arg(long, global = true, env = "PRINTWORKS_FEDERATED_SESSION_MAX", value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
+    pub federated_session_max: Duration,
 }
 
 impl AccountSettings {
@@ -516,6 +534,7 @@ impl AccountSettings {
             login_max_delay: parse_duration("5m").expect("default"),
             introspection_clients: Vec::new(),
             system_use_notice: None,
+            federated_session_max: parse_duration("12h").expect("default"),
         }
     }
 }

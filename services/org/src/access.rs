@@ -237,6 +237,8 @@ pub async fn membership(
             let role = crate::role_of(&ctx.db, org, *user_id)
                 .await?
                 .ok_or_else(ApiError::not_found)?;
+            // The organization's rules for how its people sign in, on every call.
+            crate::policy::enforce(ctx, org, caller).await?;
             Ok(Membership {
                 org,
                 role,

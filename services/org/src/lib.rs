@@ -17,9 +17,11 @@ pub mod fleet;
 pub mod invitations;
 pub mod members;
 pub mod organizations;
+pub mod policy;
 pub mod printers;
 pub mod projects;
 pub mod shares;
+pub mod sso;
 pub mod teams;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::FromRef;
 use printworks_account::OrgDirectory;
+use printworks_account::federation::{IdentityProvider, Lookup};
 use printworks_common::AppContext;
 use printworks_common::audit::{integrity, retention};
 use printworks_common::auth::{Role, Scope};
@@ -53,9 +56,22 @@ pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
         "printers",
         "printer_shares",
         "printer_security",
+        "org_identity_providers",
+        "org_sso_domains",
+        "org_policies",
     ],
     functions: &["org_notify_printer_unpaired", "org_notify_printer_security"],
 };
+
+/// The org service's sealed values: organizations' identity provider client secrets.
+pub const SEALED: &[printworks_common::reseal::SealedColumn] =
+    &[printworks_common::reseal::SealedColumn {
+        table: "org_identity_providers",
+        key: "organization_id",
+        key_is_uuid: true,
+        column: "client_secret_sealed",
+        context_prefix: "sso-client-secret:",
+    }];
 
 pub const NAME: &str = "org";
 pub const PREFIX: &str = "/org/v1";
@@ -89,6 +105,13 @@ pub fn routes() -> RouteTable<OrgState> {
         .get("/organizations/{org}/members", Token(OrganizationRead), members::list)
         .patch("/organizations/{org}/members/{user}", Token(OrganizationWrite), members::change_role)
         .delete("/organizations/{org}/members/{user}", Token(OrganizationWrite), members::remove)
+        .delete("/organizations/{org}/members/{user}/sessions", Token(OrganizationWrite), members::end_sessions)
+        .get("/organizations/{org}/sso", Token(OrganizationRead), sso::get)
+        .put("/organizations/{org}/sso", Token(OrganizationWrite), sso::put)
+        .delete("/organizations/{org}/sso", Token(OrganizationWrite), sso::delete)
+        .post("/organizations/{org}/sso/domains/{domain}/verify", Token(OrganizationWrite), sso::verify_domain)
+        .get("/organizations/{org}/policy", Token(OrganizationRead), policy::get)
+        .put("/organizations/{org}/policy", Token(OrganizationWrite), policy::put)
         .get("/organizations/{org}/invitations", Token(OrganizationRead), invitations::list)
         .post("/organizations/{org}/invitations", Token(OrganizationWrite), invitations::create)
         .delete("/organizations/{org}/invitations/{invitation}", Token(OrganizationWrite), invitations::revoke)
@@ -181,11 +204,12 @@ pub async fn role_of(
 /// and consent page).
 pub struct Directory {
     db: PgPool,
+    secrets: printworks_common::crypto::SecretBox,
 }
 
 impl Directory {
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
+    pub fn new(db: PgPool, secrets: printworks_common::crypto::SecretBox) -> Self {
+        Self { db, secrets }
     }
 }
 
@@ -213,4 +237,137 @@ impl OrgDirectory for Directory {
     fn name(&self, organization_id: Uuid) -> BoxFuture<'_, anyhow::Result<Option<String>>> {
         Box::pin(async move { Ok(organizations::name_of(&self.db, organization_id).await?) })
     }
+
+    fn identity_provider(
+        &self,
+        lookup: Lookup,
+    ) -> BoxFuture<'_, anyhow::Result<Option<IdentityProvider>>> {
+        Box::pin(async move {
+            let (org, domain) = match lookup {
+                Lookup::Domain(d) => (None, Some(d)),
+                Lookup::Organization(o) => (Some(o), None),
+            };
+            let row: Option<ProviderRow> = sqlx::query_as(
+                "SELECT p.organization_id, o.name, p.issuer, p.client_id, p.client_secret_sealed,
+                        p.default_role, p.enforced, pol.allowed_auth, pol.notice
+                 FROM org_identity_providers p
+                 JOIN organizations o ON o.id = p.organization_id
+                 LEFT JOIN org_policies pol ON pol.organization_id = p.organization_id
+                 WHERE p.organization_id = $1
+                    OR p.organization_id = (SELECT organization_id FROM org_sso_domains
+                                            WHERE domain = $2 AND verified_at IS NOT NULL)",
+            )
+            .bind(org)
+            .bind(domain)
+            .fetch_optional(&self.db)
+            .await?;
+            let Some(r) = row else { return Ok(None) };
+            let secret = self
+                .secrets
+                .open(
+                    &sso::secret_context(r.organization_id),
+                    &r.client_secret_sealed,
+                )
+                .and_then(|s| String::from_utf8(s).ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("an identity provider's client secret does not open")
+                })?;
+            Ok(Some(IdentityProvider {
+                organization_id: r.organization_id,
+                organization_name: r.name,
+                issuer: r.issuer,
+                client_id: r.client_id,
+                client_secret: secrecy::SecretString::from(secret),
+                default_role: Role::parse(&r.default_role).unwrap_or(Role::Guest),
+                enforced: r.enforced,
+                federation_allowed: r.allowed_auth.as_deref() != Some("password"),
+                notice: r.notice,
+            }))
+        })
+    }
+
+    fn proves_domain<'a>(
+        &'a self,
+        organization_id: Uuid,
+        domain: &'a str,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let proven: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM org_sso_domains
+                 WHERE organization_id = $1 AND domain = $2 AND verified_at IS NOT NULL",
+            )
+            .bind(organization_id)
+            .bind(domain)
+            .fetch_optional(&self.db)
+            .await?;
+            Ok(proven.is_some())
+        })
+    }
+
+    fn provision<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role: Role,
+        now: time::OffsetDateTime,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            access::lock_org(&mut *conn, organization_id).await?;
+            let added = sqlx::query(
+                "INSERT INTO organization_members (organization_id, user_id, role, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .bind(role.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            if added {
+                printworks_common::audit::AuditEvent::new(
+                    "member.provisioned",
+                    printworks_common::audit::Actor::User(user_id),
+                    printworks_common::audit::Outcome::Success,
+                )
+                .organization(organization_id)
+                .target("user", user_id)
+                .detail("role", role.as_str())
+                .write(&mut *conn, now)
+                .await?;
+            }
+            Ok(added)
+        })
+    }
+
+    fn notice(
+        &self,
+        organization_id: Uuid,
+    ) -> BoxFuture<'_, anyhow::Result<Option<(String, String)>>> {
+        Box::pin(async move {
+            Ok(sqlx::query_as(
+                "SELECT o.name, p.notice FROM org_policies p
+                 JOIN organizations o ON o.id = p.organization_id
+                 WHERE p.organization_id = $1 AND p.notice IS NOT NULL",
+            )
+            .bind(organization_id)
+            .fetch_optional(&self.db)
+            .await?)
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ProviderRow {
+    organization_id: Uuid,
+    name: String,
+    issuer: String,
+    client_id: String,
+    client_secret_sealed: Vec<u8>,
+    default_role: String,
+    enforced: bool,
+    allowed_auth: Option<String>,
+    notice: Option<String>,
 }

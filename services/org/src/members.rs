@@ -283,3 +283,65 @@ pub async fn remove(
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Serialize)]
+pub struct SessionsEnded {
+    ended: u64,
+}
+
+/// `DELETE …/members/{user}/sessions`: an admin signs a member out everywhere (every
+/// session ends, every refresh token is revoked) — for an account the organization
+/// manages: one that came through its identity provider, or whose address is in a
+/// domain it proved. Another person's own account is theirs: 403.
+pub async fn end_sessions(
+    State(state): State<OrgState>,
+    auth: Auth,
+    client: ClientInfo,
+    Path((org, user)): Path<(Uuid, Uuid)>,
+) -> Result<Json<SessionsEnded>, ApiError> {
+    let m = membership(&state.ctx, org, &auth).await?;
+    m.require_admin()?;
+    let now = state.ctx.now();
+    let mut tx = state.ctx.db.begin().await?;
+    let admin_m = relock(&mut tx, &m).await?;
+    let admin = admin_m.require_admin()?;
+    if crate::role_of(&mut *tx, org, user).await?.is_none() {
+        return Err(ApiError::not_found());
+    }
+    let email = printworks_account::directory::profile(&state.ctx.db, user)
+        .await?
+        .map(|p| p.email)
+        .unwrap_or_default();
+    let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
+    let proven: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM org_sso_domains
+         WHERE organization_id = $1 AND domain = $2 AND verified_at IS NOT NULL",
+    )
+    .bind(org)
+    .bind(domain)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let managed =
+        proven.is_some() || printworks_account::federation::linked_to(&mut *tx, user, org).await?;
+    if !managed {
+        return Err(crate::access::forbidden(
+            "Only accounts the organization manages (signed in through its identity provider, or with an address in a domain it proved) can be signed out by its admins. Remove the member instead.",
+        ));
+    }
+    let ended =
+        printworks_account::session::end_all_but(&mut tx, user, None, "ended_by_admin", now)
+            .await?;
+    AuditEvent::new(
+        "member.sessions_ended",
+        admin.audit_actor(),
+        Outcome::Success,
+    )
+    .organization(org)
+    .source(client.addr)
+    .target("user", user)
+    .detail("sessions", ended)
+    .write(&mut tx, now)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(SessionsEnded { ended }))
+}

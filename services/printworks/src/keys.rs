@@ -22,6 +22,7 @@ pub fn sealed_columns() -> Vec<SealedColumn> {
     [
         printworks_common::reseal::SEALED,
         printworks_account::SEALED,
+        printworks_org::SEALED,
         printworks_pairing::SEALED,
         printworks_relay::SEALED,
     ]

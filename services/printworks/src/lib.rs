@@ -108,7 +108,10 @@ pub async fn router(
     // it, whichever services this process runs.
     let jobs: Arc<dyn PrinterJobs> = Arc::new(printworks_relay::lifecycle::PrinterJobsOfRelay);
     if services.contains(Service::Account) {
-        let orgs = Arc::new(printworks_org::Directory::new(ctx.db.clone()));
+        let orgs = Arc::new(printworks_org::Directory::new(
+            ctx.db.clone(),
+            ctx.secrets.clone(),
+        ));
         app = app.merge(printworks_account::router(ctx.clone(), orgs).await?);
     }
     if services.contains(Service::Org) {

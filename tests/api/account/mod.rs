@@ -9,4 +9,4 @@ mod pages;
 mod sessions;
 mod signup;
 mod tokens;
-mod totp;
+pub(crate) mod totp;

@@ -14,7 +14,7 @@ use time::Duration;
 use crate::helpers::{PASSWORD, TestApp, TestUser, expect_problem};
 
 /// The code an authenticator app shows for `secret` (base32) at the app's time.
-fn code(app: &TestApp, secret: &str, offset_steps: i64) -> String {
+pub(crate) fn code(app: &TestApp, secret: &str, offset_steps: i64) -> String {
     let bytes = totp_rs::Secret::try_from_base32(secret)
         .unwrap()
         .as_ref()
@@ -57,7 +57,7 @@ async fn audited(app: &TestApp, pattern: &str) -> Vec<(String, String)> {
 }
 
 /// Enrols and confirms TOTP; returns the secret and the recovery codes.
-async fn turn_on(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
+pub(crate) async fn turn_on(app: &TestApp, user: &TestUser) -> (String, Vec<String>) {
     let res = post(
         app,
         user,

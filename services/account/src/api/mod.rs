@@ -39,6 +39,15 @@ impl From<LoginError> for ApiError {
             )
             .with("mfa_required", true)
             .into(),
+            LoginError::FederationRequired => Problem::new(
+                StatusCode::FORBIDDEN,
+                "federation-required",
+                "This address signs in through its organization's identity provider",
+            )
+            .detail(
+                "The organization that owns this e-mail domain requires single sign-on: sign in at /account/login with “Sign in with single sign-on”.",
+            )
+            .into(),
             LoginError::Internal(e) => ApiError::from(e),
         }
     }

@@ -151,20 +151,23 @@ async fn grant_still_valid(
     let (Some(_), Some(session_id)) = (person, session_id) else {
         return Ok(false);
     };
-    let session: Option<(Option<OffsetDateTime>, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
-        "SELECT ended_at, expires_at, last_seen_at FROM sessions
+    let session: Option<(Option<OffsetDateTime>, OffsetDateTime, OffsetDateTime, bool)> =
+        sqlx::query_as(
+            "SELECT ended_at, expires_at, last_seen_at, federated_org IS NOT NULL FROM sessions
              WHERE id = $1 AND user_id = $2 FOR SHARE",
-    )
-    .bind(session_id)
-    .bind(user_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+        )
+        .bind(session_id)
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let now = state.ctx.now();
     let idle = time::Duration::try_from(state.ctx.settings.account.session_idle_timeout)
         .unwrap_or(time::Duration::hours(24));
+    // A session from an organization's provider lends its refresh tokens no more life
+    // than it has: when it ends, the person must pass the provider again.
     let session_ok = match session {
-        Some((None, expires_at, last_seen_at)) => {
-            !fresh || (expires_at > now && last_seen_at > now - idle)
+        Some((None, expires_at, last_seen_at, federated)) => {
+            (!fresh || last_seen_at > now - idle) && (expires_at > now || (!fresh && !federated))
         }
         _ => false,
     };

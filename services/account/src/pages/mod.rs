@@ -90,6 +90,8 @@ pub fn message(
 #[template(path = "login.html")]
 pub(crate) struct LoginPage<'a> {
     notice: Option<&'a str>,
+    /// An organization's name and its own notification (`?org=`).
+    org_notice: Option<(&'a str, &'a str)>,
     error: Option<&'a str>,
     csrf: &'a str,
     return_to: &'a str,
@@ -199,17 +201,23 @@ fn see_other(to: &str) -> Response {
 // ---- Sign in --------------------------------------------------------------------------
 
 #[derive(Deserialize)]
-pub(crate) struct ReturnTo {
+pub(crate) struct LoginQuery {
     return_to: Option<String>,
+    /// The organization whose system use notification to show (IEC 62443 CR 1.12).
+    org: Option<Uuid>,
 }
 
 pub(crate) async fn login_page(
     State(state): State<AccountState>,
     headers: HeaderMap,
     jar: CookieJar,
-    Query(q): Query<ReturnTo>,
+    Query(q): Query<LoginQuery>,
 ) -> Result<Response, printworks_common::ApiError> {
     let return_to = safe_return_to(q.return_to.as_deref());
+    let org_notice = match q.org {
+        Some(org) => state.orgs.notice(org).await?,
+        None => None,
+    };
     if session_from_parts_headers(&headers, &state)
         .await?
         .is_some()
@@ -219,6 +227,7 @@ pub(crate) async fn login_page(
     let (csrf, jar) = csrf_token(&state, jar);
     let page = LoginPage {
         notice: state.ctx.settings.account.system_use_notice.as_deref(),
+        org_notice: org_notice.as_ref().map(|(n, t)| (n.as_str(), t.as_str())),
         error: None,
         csrf: &csrf,
         return_to: return_to.as_deref().unwrap_or(""),
@@ -235,7 +244,7 @@ pub(crate) struct LoginForm {
     return_to: Option<String>,
 }
 
-fn login_again(
+pub(crate) fn login_again(
     state: &AccountState,
     jar: CookieJar,
     status: StatusCode,
@@ -246,6 +255,7 @@ fn login_again(
     let (csrf, jar) = csrf_token(state, jar);
     let page = LoginPage {
         notice: state.ctx.settings.account.system_use_notice.as_deref(),
+        org_notice: None,
         error: Some(error),
         csrf: &csrf,
         return_to,
@@ -295,6 +305,14 @@ fn login_error_page(
             email,
             return_to,
         ),
+        LoginError::FederationRequired => login_again(
+            state,
+            jar,
+            StatusCode::FORBIDDEN,
+            "Your organization signs you in with its own account: choose “Sign in with single sign-on”.",
+            email,
+            return_to,
+        ),
         LoginError::Internal(e) => printworks_common::ApiError::from(e).into_response(),
     }
 }
@@ -319,6 +337,11 @@ pub(crate) async fn login_submit(
     }
     let return_to = safe_return_to(form.return_to.as_deref()).unwrap_or_default();
     let email: String = form.email.chars().take(254).collect();
+    // No password: the person signs in through their organization's provider.
+    if secrecy::ExposeSecret::expose_secret(&form.password).is_empty() {
+        return crate::federation::signin::start(&state, jar, &client, &email, &return_to, false)
+            .await;
+    }
     let counted = login::throttle_subject(&state, &jar, &email);
     let account =
         match login::check_password(&state, &email, form.password, &client, &counted).await {
