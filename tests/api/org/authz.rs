@@ -48,6 +48,44 @@ const TABLE: &[(&str, &str, [u16; 4])] = &[
         "/org/v1/organizations/{org}/invitations/{invitation}",
         [204, 403, 403, 404],
     ),
+    // A member the organization manages (linked through its provider).
+    (
+        "DELETE",
+        "/org/v1/organizations/{org}/members/{user}/sessions",
+        [200, 403, 403, 404],
+    ),
+    (
+        "GET",
+        "/org/v1/organizations/{org}/sso",
+        [200, 403, 403, 404],
+    ),
+    // The admin passes authorization; the issuer given cannot be reached.
+    (
+        "PUT",
+        "/org/v1/organizations/{org}/sso",
+        [422, 403, 403, 404],
+    ),
+    (
+        "DELETE",
+        "/org/v1/organizations/{org}/sso",
+        [204, 403, 403, 404],
+    ),
+    // A domain proven before: nothing to look up.
+    (
+        "POST",
+        "/org/v1/organizations/{org}/sso/domains/{domain}/verify",
+        [200, 403, 403, 404],
+    ),
+    (
+        "GET",
+        "/org/v1/organizations/{org}/policy",
+        [200, 200, 200, 404],
+    ),
+    (
+        "PUT",
+        "/org/v1/organizations/{org}/policy",
+        [200, 403, 403, 404],
+    ),
     // An invitation addressed to the caller: those already in the organization are told so.
     ("POST", "/org/v1/invitations/accept", [409, 409, 409, 200]),
     (
@@ -220,6 +258,30 @@ async fn prepare(
         .unwrap();
         id
     };
+    // An identity provider with a proven domain (its secret sealed by nobody: these
+    // routes never open it).
+    let provider = || async {
+        sqlx::query(
+            "INSERT INTO org_identity_providers (organization_id, issuer, client_id,
+                 client_secret_sealed, default_role, enforced, created_at, updated_at)
+             VALUES ($1, 'https://idp.example.com', 'printworks', '\\x00', 'member', false, $2, $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(org)
+        .bind(now)
+        .execute(&app.db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO org_sso_domains (organization_id, domain, challenge, created_at, verified_at)
+             VALUES ($1, 'fablab.example.com', 'c', $2, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(org)
+        .bind(now)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    };
     let t = template;
     let path = |s: &str| s.replace("{org}", &org.to_string());
     match (method, t) {
@@ -236,6 +298,43 @@ async fn prepare(
             let user = fresh_member("guest").await;
             (path(t).replace("{user}", &user.to_string()), None)
         }
+        ("DELETE", "/org/v1/organizations/{org}/members/{user}/sessions") => {
+            let user = fresh_member("member").await;
+            sqlx::query(
+                "INSERT INTO federated_identities (issuer, subject, user_id, organization_id,
+                                                   created_at, last_login_at)
+                 VALUES ('https://idp.example.com', $1, $2, $3, $4, $4)",
+            )
+            .bind(user.to_string())
+            .bind(user)
+            .bind(org)
+            .bind(now)
+            .execute(&app.db)
+            .await
+            .unwrap();
+            (path(t).replace("{user}", &user.to_string()), None)
+        }
+        ("GET" | "DELETE", "/org/v1/organizations/{org}/sso") => {
+            provider().await;
+            (path(t), None)
+        }
+        ("PUT", "/org/v1/organizations/{org}/sso") => (
+            path(t),
+            Some(json!({
+                "issuer": "http://127.0.0.1:1", "client_id": "printworks", "client_secret": "s",
+                "domains": ["fablab.example.com"], "default_role": "member", "enforced": false,
+            })),
+        ),
+        ("POST", "/org/v1/organizations/{org}/sso/domains/{domain}/verify") => {
+            provider().await;
+            (path(t).replace("{domain}", "fablab.example.com"), None)
+        }
+        ("PUT", "/org/v1/organizations/{org}/policy") => (
+            path(t),
+            Some(
+                json!({"require_mfa": false, "max_session_age": null, "allowed_auth": "both", "notice": null}),
+            ),
+        ),
         ("POST", "/org/v1/organizations/{org}/invitations") => (
             path(t),
             Some(json!({"email": format!("{}@example.com", Uuid::new_v4()), "role": "member"})),
