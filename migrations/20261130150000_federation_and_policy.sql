@@ -38,7 +38,8 @@ CREATE TABLE org_policies (
     updated_at           timestamptz NOT NULL
 );
 
--- Account service: a person as the provider knows them, matched by (issuer, sub).
+-- Account service: a person as an organization's provider knows them, matched by
+-- (organization, issuer, sub): two organizations may use one multi-tenant issuer.
 CREATE TABLE federated_identities (
     issuer          text        NOT NULL,
     subject         text        NOT NULL CHECK (length(subject) BETWEEN 1 AND 255),
@@ -46,7 +47,7 @@ CREATE TABLE federated_identities (
     organization_id uuid        NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
     created_at      timestamptz NOT NULL,
     last_login_at   timestamptz NOT NULL,
-    PRIMARY KEY (issuer, subject)
+    PRIMARY KEY (organization_id, issuer, subject)
 );
 CREATE INDEX federated_identities_user ON federated_identities (user_id);
 

@@ -179,25 +179,30 @@ pub struct Standing {
 }
 
 impl Standing {
-    /// A second factor was checked: TOTP here, or one the provider reported.
-    pub fn has_second_factor(&self) -> bool {
-        self.amr.iter().any(|m| m == "otp" || m == "mfa")
+    /// A second factor was checked, as `organization` may count it: TOTP here, or one
+    /// reported by that organization's own provider (another organization's provider
+    /// saying so proves nothing to this one).
+    pub fn has_second_factor_for(&self, organization: Uuid) -> bool {
+        self.amr.iter().any(|m| m == "otp")
+            || (self.federated_org == Some(organization) && self.amr.iter().any(|m| m == "mfa"))
     }
 }
 
-/// The standing of `user_id`'s session `session_id`, if it has not ended (a token
-/// outlives the session's end by at most its lifetime; the policy does not).
+/// The standing of `user_id`'s session `session_id`, if it has neither ended nor
+/// expired (a token outlives its session by at most its lifetime; the policy does not).
 pub async fn standing(
     db: impl sqlx::PgExecutor<'_>,
     user_id: Uuid,
     session_id: Uuid,
+    now: OffsetDateTime,
 ) -> sqlx::Result<Option<Standing>> {
     sqlx::query_as(
         "SELECT amr, created_at, federated_org FROM sessions
-         WHERE id = $1 AND user_id = $2 AND ended_at IS NULL",
+         WHERE id = $1 AND user_id = $2 AND ended_at IS NULL AND expires_at > $3",
     )
     .bind(session_id)
     .bind(user_id)
+    .bind(now)
     .fetch_optional(db)
     .await
 }

@@ -72,7 +72,7 @@ impl Policy {
             }
             _ => {}
         }
-        if self.require_mfa && !s.has_second_factor() {
+        if self.require_mfa && !s.has_second_factor_for(org) {
             return Err(refusal(
                 "organization-requires-mfa",
                 "This organization requires a second factor",
@@ -119,7 +119,7 @@ pub async fn enforce(ctx: &AppContext, org: Uuid, caller: &Caller) -> Result<(),
         return Ok(());
     };
     let session = match caller.session_id {
-        Some(sid) => standing(&ctx.db, user, sid).await?,
+        Some(sid) => standing(&ctx.db, user, sid, ctx.now()).await?,
         None => None,
     };
     let Some(session) = session else {
@@ -150,6 +150,8 @@ pub async fn put(
 ) -> Result<Json<Policy>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
+    // How people sign in is for people to decide, not an automated client.
+    m.require_person()?;
     if !matches!(
         req.allowed_auth.as_str(),
         "password" | "federation" | "both"
@@ -180,35 +182,46 @@ pub async fn put(
     let mut tx = state.ctx.db.begin().await?;
     let fresh = relock(&mut tx, &m).await?;
     let admin = fresh.require_admin()?;
-    if req.allowed_auth == "federation" {
-        let configured: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM org_identity_providers WHERE organization_id = $1")
-                .bind(org)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if configured.is_none() {
-            return Err(ApiError::invalid(
-                "allowed_auth federation needs the organization's identity provider: configure it first (PUT …/sso).",
-            ));
-        }
+    let enforced: Option<bool> = sqlx::query_scalar(
+        "SELECT enforced FROM org_identity_providers WHERE organization_id = $1",
+    )
+    .bind(org)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if req.allowed_auth == "federation" && enforced.is_none() {
+        return Err(ApiError::invalid(
+            "allowed_auth federation needs the organization's identity provider: configure it first (PUT …/sso).",
+        ));
+    }
+    if req.allowed_auth == "password" && enforced == Some(true) {
+        return Err(ApiError::invalid(
+            "allowed_auth password would leave the addresses the identity provider enforces no way to sign in: turn enforced off first (PUT …/sso).",
+        ));
     }
     // The admin setting it must still be able to act under it: no locking oneself out.
-    if let (Some(user), Some(sid)) = (auth.user_id(), auth.session_id) {
-        let mine = standing(&mut *tx, user, sid).await?;
-        if let Some(s) = mine
-            && let Err(refused) = req.check(org, &s, now)
-        {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "policy-would-lock-you-out",
-                "Your own sign-in does not meet this policy",
-            )
-            .detail(format!(
-                "You could no longer act in this organization ({}). Meet the policy first, then set it.",
-                refused
-            ))
-            .into());
-        }
+    let lock_out = |why: String| -> ApiError {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "policy-would-lock-you-out",
+            "Your own sign-in does not meet this policy",
+        )
+        .detail(why)
+        .into()
+    };
+    let mine = match (auth.user_id(), auth.session_id) {
+        (Some(user), Some(sid)) => standing(&mut *tx, user, sid, now).await?,
+        _ => None,
+    };
+    let Some(mine) = mine else {
+        return Err(lock_out(
+            "The sign-in your token came from has ended: sign in again, then set the policy."
+                .into(),
+        ));
+    };
+    if let Err(refused) = req.check(org, &mine, now) {
+        return Err(lock_out(format!(
+            "You could no longer act in this organization ({refused}). Meet the policy first, then set it."
+        )));
     }
     sqlx::query(
         "INSERT INTO org_policies (organization_id, require_mfa, max_session_age_secs,

@@ -403,6 +403,22 @@ async fn an_admin_configures_the_provider_and_proves_the_domain(pool: PgPool) {
         .await
         .expect(StatusCode::NOT_FOUND);
     fed.prove(org, token, "corp.test").await;
+    // Another client at the provider (or another provider) vouches for nothing the old
+    // one proved: its secret again, and the domain proven again.
+    let mut other_client = good.clone();
+    other_client["client_id"] = json!("printworks-2");
+    other_client
+        .as_object_mut()
+        .unwrap()
+        .remove("client_secret");
+    put(other_client.clone())
+        .await
+        .expect(StatusCode::UNPROCESSABLE_ENTITY);
+    other_client["client_secret"] = json!("another-secret");
+    let res = put(other_client).await.expect(StatusCode::OK);
+    assert_eq!(res.body["domains"][0]["status"], "pending");
+    put(good.clone()).await.expect(StatusCode::OK);
+    fed.prove(org, token, "corp.test").await;
 
     // Another organization cannot claim a proven domain, nor prove it.
     let rival = app.new_user("rival").await;
@@ -825,4 +841,46 @@ async fn an_admin_signs_a_managed_member_out_everywhere(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_account_squatted_before_the_owner_arrives_is_taken_back(pool: PgPool) {
+    let fed = Fed::configured(pool, "127.0.0.1", "corp.test", false).await;
+    let app = &fed.app;
+    // Someone signs up with erin's address (never confirming it) and signs in.
+    let res = app
+        .sign_up("erin@corp.test", crate::helpers::PASSWORD)
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let squatter = app.login("erin@corp.test", crate::helpers::PASSWORD).await;
+    // erin arrives through her organization's provider: the account is hers now, and
+    // nothing the squatter held works any more.
+    fed.idp
+        .put_user(
+            "sub-erin",
+            json!({"login": "erin", "email": "erin@corp.test", "password": "erin-password"}),
+        )
+        .await;
+    fed.sign_in("erin@corp.test", "erin").await.me(app).await;
+    let res = squatter
+        .get(app.url("/account/v1/users/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = crate::helpers::client()
+        .post(app.url("/account/v1/sessions"))
+        .json(&json!({"email": "erin@corp.test", "password": crate::helpers::PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let reset: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action = 'user.federation_linked'
+           AND record::jsonb #>> '{details,account_reset}' = 'true'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(reset, 1);
 }

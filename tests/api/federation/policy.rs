@@ -217,6 +217,40 @@ async fn federation_only_mfa_from_the_provider_and_a_maximum_session_age(pool: P
     };
     let token = app.access_token(&dave, ALL_SCOPES).await;
     get_org(app, org, &token).await.expect(StatusCode::OK);
+    // Nobody could sign in if the provider went while the policy wants it.
+    app.call(
+        Method::DELETE,
+        &format!("/org/v1/organizations/{org}/sso"),
+        Some(&token),
+        None,
+    )
+    .await
+    .expect(StatusCode::CONFLICT);
+
+    // The second factor dave's provider reported counts for this organization only: in
+    // an organization of his own, it proves nothing (another organization's provider
+    // could say anything).
+    let own = app.new_org(&dave, "Dave's Lab").await;
+    let res = put_policy(
+        app,
+        own,
+        &token,
+        json!({"require_mfa": true, "max_session_age": null, "allowed_auth": "both", "notice": null}),
+    )
+    .await
+    .expect(StatusCode::CONFLICT);
+    assert_eq!(
+        res.body["type"],
+        "urn:printworks:problem:policy-would-lock-you-out"
+    );
+    assert!(
+        res.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("second factor"),
+        "{}",
+        res.body
+    );
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -279,6 +313,18 @@ async fn the_organization_notice_is_shown_before_sign_in(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert!(crate::helpers::location(&res).starts_with(&fed.idp.issuer));
+    // The cookie that binds the sign-in to this browser: HttpOnly, Lax (it must come
+    // back with the provider's cross-site redirect), on `/` (as `__Host-` needs on https).
+    let cookie = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("pw_federation="))
+        .unwrap();
+    for part in ["HttpOnly", "SameSite=Lax", "Path=/;"] {
+        assert!(format!("{cookie};").contains(part), "{cookie}");
+    }
     // An address of no federated domain is told to use its password.
     let res = b
         .post(app.url("/account/login/federated"))

@@ -23,6 +23,9 @@ pub async fn snapshot(db: &PgPool, org: Uuid) -> Vec<String> {
         "SELECT to_jsonb(p)::text FROM printers p WHERE organization_id = $1 ORDER BY id",
         "SELECT to_jsonb(s)::text FROM printer_shares s JOIN printers p ON p.id = s.printer_id WHERE p.organization_id = $1 ORDER BY s.printer_id, s.grantee_id",
         "SELECT to_jsonb(s)::text FROM printer_security s JOIN printers p ON p.id = s.printer_id WHERE p.organization_id = $1",
+        "SELECT to_jsonb(p)::text FROM org_identity_providers p WHERE organization_id = $1",
+        "SELECT to_jsonb(d)::text FROM org_sso_domains d WHERE organization_id = $1 ORDER BY domain",
+        "SELECT to_jsonb(p)::text FROM org_policies p WHERE organization_id = $1",
         "SELECT count(*)::text FROM audit_events WHERE organization_id = $1",
     ];
     let mut out = Vec::new();
@@ -168,6 +171,47 @@ async fn ids_of_another_organization_answer_404_and_change_nothing(pool: PgPool)
             Method::DELETE,
             format!("/org/v1/organizations/{a}/members/{user}"),
             None,
+        ),
+        (
+            Method::DELETE,
+            format!("/org/v1/organizations/{b}/members/{user}/sessions"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/org/v1/organizations/{a}/members/{user}/sessions"),
+            None,
+        ),
+        (Method::GET, format!("/org/v1/organizations/{a}/sso"), None),
+        (
+            Method::PUT,
+            format!("/org/v1/organizations/{a}/sso"),
+            Some(json!({
+                "issuer": "https://idp.example.com", "client_id": "c", "client_secret": "s",
+                "domains": ["example.com"], "default_role": "member", "enforced": true,
+            })),
+        ),
+        (
+            Method::DELETE,
+            format!("/org/v1/organizations/{a}/sso"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/org/v1/organizations/{a}/sso/domains/example.com/verify"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/org/v1/organizations/{a}/policy"),
+            None,
+        ),
+        (
+            Method::PUT,
+            format!("/org/v1/organizations/{a}/policy"),
+            Some(
+                json!({"require_mfa": true, "max_session_age": null, "allowed_auth": "both", "notice": null}),
+            ),
         ),
         (
             Method::GET,

@@ -66,16 +66,19 @@ pub async fn linked_to(
     Ok(linked.is_some())
 }
 
-/// Whether the person is already linked to someone at `issuer`.
+/// Whether the person is already linked to someone at `issuer` for the organization.
 pub(crate) async fn linked_at(
     db: impl sqlx::PgExecutor<'_>,
     user_id: Uuid,
+    organization_id: Uuid,
     issuer: &str,
 ) -> sqlx::Result<bool> {
     let linked: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM federated_identities WHERE user_id = $1 AND issuer = $2 LIMIT 1",
+        "SELECT 1 FROM federated_identities
+         WHERE user_id = $1 AND organization_id = $2 AND issuer = $3 LIMIT 1",
     )
     .bind(user_id)
+    .bind(organization_id)
     .bind(issuer)
     .fetch_optional(db)
     .await?;

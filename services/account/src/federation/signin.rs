@@ -222,7 +222,8 @@ pub(crate) async fn start(
     tx.commit().await?;
     let https = state.ctx.settings.public_url.is_https();
     let cookie = Cookie::build((browser_cookie_name(https), browser))
-        .path("/account/login/federated")
+        // `/`: a `__Host-` cookie (https) must have it.
+        .path("/")
         .http_only(true)
         .secure(https)
         // Lax: the provider's redirect back is a top-level GET from another site.
@@ -291,7 +292,7 @@ pub(crate) async fn callback(
     let https = state.ctx.settings.public_url.is_https();
     let cookie_name = browser_cookie_name(https);
     let mut removal = Cookie::build((cookie_name, ""))
-        .path("/account/login/federated")
+        .path("/")
         .http_only(true)
         .secure(https)
         .same_site(SameSite::Lax)
@@ -505,7 +506,7 @@ async fn finish(
             )
         })?
         .set_pkce_verifier(PkceCodeVerifier::new(verifier))
-        .request_async(&provider::send)
+        .request_async(&provider::http_for(&idp.issuer))
         .await
         .map_err(|e| {
             Failure::Refused(
@@ -559,7 +560,7 @@ async fn finish(
     }
     let (email, verified) = match (claims.email(), claims.email_verified()) {
         (Some(e), Some(v)) => (e.as_str().to_owned(), v),
-        _ => userinfo_email(&oidc, &tokens, &claims).await?,
+        _ => userinfo_email(&idp.issuer, &oidc, &tokens, &claims).await?,
     };
     let refused_for =
         |reason, text: &str| Failure::Refused(Refusal::new(reason, text), Some(subject.clone()));
@@ -587,7 +588,16 @@ async fn finish(
     let display_name: String = claims
         .name()
         .and_then(|n| n.get(None))
-        .map(|n| n.as_str().trim().chars().take(100).collect::<String>())
+        .map(|n| {
+            n.as_str()
+                .chars()
+                .filter(|c| !c.is_control() && !is_bidi_control(*c))
+                .collect::<String>()
+                .trim()
+                .chars()
+                .take(100)
+                .collect::<String>()
+        })
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| {
             email
@@ -606,6 +616,11 @@ async fn finish(
         session,
         return_to: pending.return_to.and_then(|r| safe_return_to(Some(&r))),
     })
+}
+
+/// Characters that reorder how text around them is shown.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
 }
 
 fn token_error<E: std::error::Error>(
@@ -638,6 +653,7 @@ fn id_token_reason(e: &openidconnect::ClaimsVerificationError) -> &'static str {
 /// `email` and `email_verified` from the userinfo endpoint, for providers that keep
 /// scope claims out of the ID token. The answer must be about the same `sub`.
 async fn userinfo_email(
+    issuer: &str,
     oidc: &Client,
     tokens: &openidconnect::core::CoreTokenResponse,
     claims: &IdTokenClaims<EmptyAdditionalClaims, CoreGenderClaim>,
@@ -655,7 +671,7 @@ async fn userinfo_email(
         )
         .map_err(|_| no_email())?;
     let info: CoreUserInfoClaims = request
-        .request_async(&provider::send)
+        .request_async(&provider::http_for(issuer))
         .await
         .map_err(|_| no_email())?;
     match (info.email(), info.email_verified()) {
@@ -681,15 +697,17 @@ async fn sign_in(
     let mut tx = state.ctx.db.begin().await?;
     let known: Option<Uuid> = sqlx::query_scalar(
         "UPDATE federated_identities SET last_login_at = $3
-         WHERE issuer = $1 AND subject = $2 RETURNING user_id",
+         WHERE organization_id = $4 AND issuer = $1 AND subject = $2 RETURNING user_id",
     )
     .bind(&idp.issuer)
     .bind(subject)
     .bind(now)
+    .bind(idp.organization_id)
     .fetch_optional(&mut *tx)
     .await?;
     let refused_for =
         |reason, text: &str| Failure::Refused(Refusal::new(reason, text), Some(subject.to_owned()));
+    let mut reset = false;
     let user_id = match known {
         Some(id) => id,
         None => {
@@ -712,7 +730,9 @@ async fn sign_in(
             let (id, provisioned) = match existing {
                 // The address is someone's who already signs in here as another person
                 // of this provider (an address handed on): never taken over by address.
-                Some(id) if super::linked_at(&mut *tx, id, &idp.issuer).await? => {
+                Some(id)
+                    if super::linked_at(&mut *tx, id, idp.organization_id, &idp.issuer).await? =>
+                {
                     return Err(refused_for(
                         "email_of_another_identity",
                         "Your address belongs to another person of your identity provider here. Ask your administrator.",
@@ -720,7 +740,42 @@ async fn sign_in(
                 }
                 // An account made with a password before: the organization proved the
                 // domain and its provider vouches for the address, so it is linked.
-                Some(id) => (id, false),
+                // Whoever else held a way into it loses it: every session and refresh
+                // token ends. If its address was never confirmed, whoever made it never
+                // proved it was theirs: its password, second factor and consents go too.
+                Some(id) => {
+                    let verified: bool = sqlx::query_scalar(
+                        "SELECT email_verified_at IS NOT NULL FROM users WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    crate::session::end_all_but(&mut tx, id, None, "linked_to_provider", now)
+                        .await?;
+                    if !verified {
+                        let unusable = state
+                            .passwords
+                            .hash(SecretString::from(random_token()))
+                            .await?;
+                        sqlx::query(
+                            "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(&unusable)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        for table in [
+                            "DELETE FROM totp_credentials WHERE user_id = $1",
+                            "DELETE FROM recovery_codes WHERE user_id = $1",
+                            "DELETE FROM oauth_consents WHERE user_id = $1",
+                        ] {
+                            sqlx::query(table).bind(id).execute(&mut *tx).await?;
+                        }
+                    }
+                    reset = !verified;
+                    (id, false)
+                }
                 None => {
                     let id = Uuid::new_v4();
                     // No password anyone knows: this person signs in through the provider.
@@ -739,7 +794,8 @@ async fn sign_in(
                     .bind(&unusable)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(concurrent)?;
                     (id, true)
                 }
             };
@@ -754,7 +810,8 @@ async fn sign_in(
             .bind(idp.organization_id)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(concurrent)?;
             // The provider vouched for the address (`email_verified`) in a proven domain.
             sqlx::query(
                 "UPDATE users SET email_verified_at = coalesce(email_verified_at, $2) WHERE id = $1",
@@ -777,6 +834,7 @@ async fn sign_in(
             .target("user", id)
             .detail("issuer", idp.issuer.as_str())
             .detail("subject", subject)
+            .detail("account_reset", reset)
             .write(&mut tx, now)
             .await?;
             state
@@ -812,6 +870,20 @@ async fn sign_in(
         .await?;
     tx.commit().await?;
     Ok((account, new))
+}
+
+/// A unique index said another sign-in of the same person got there first.
+fn concurrent(e: sqlx::Error) -> Failure {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => Failure::Refused(
+            Refusal::new(
+                "concurrent_sign_in",
+                "Another sign-in of yours was being made at the same moment.",
+            ),
+            None,
+        ),
+        _ => Failure::Internal(e.into()),
+    }
 }
 
 /// Audits a refused federated sign-in.

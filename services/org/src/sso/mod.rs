@@ -183,6 +183,7 @@ pub async fn put(
 ) -> Result<Json<SsoView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
+    m.require_person()?;
     let issuer = req.issuer.trim().to_owned();
     let client_id = req.client_id.trim().to_owned();
     if client_id.is_empty() || client_id.len() > 255 {
@@ -244,6 +245,32 @@ pub async fn put(
             .secrets
             .seal(&secret_context(org), s.expose_secret().as_bytes())
     });
+    let before: Option<(String, String)> = sqlx::query_as(
+        "SELECT issuer, client_id FROM org_identity_providers WHERE organization_id = $1",
+    )
+    .bind(org)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // Another provider (or another client at it) vouches for nothing the old one proved:
+    // its secret must be given anew, and every domain proven again.
+    let replaced = before
+        .as_ref()
+        .is_some_and(|(i, c)| i != &issuer || c != &client_id);
+    if replaced && sealed.is_none() {
+        return Err(ApiError::invalid(
+            "client_secret is required when the issuer or client_id changes.",
+        ));
+    }
+    let allowed: Option<String> =
+        sqlx::query_scalar("SELECT allowed_auth FROM org_policies WHERE organization_id = $1")
+            .bind(org)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if req.enforced && allowed.as_deref() == Some("password") {
+        return Err(ApiError::invalid(
+            "enforced would leave the domains' addresses no way to sign in while the policy's allowed_auth is password: change the policy first.",
+        ));
+    }
     let updated = sqlx::query(
         "UPDATE org_identity_providers SET issuer = $2, client_id = $3,
              client_secret_sealed = coalesce($4, client_secret_sealed),
@@ -286,6 +313,16 @@ pub async fn put(
         .bind(&domains)
         .execute(&mut *tx)
         .await?;
+    if replaced {
+        sqlx::query(
+            "UPDATE org_sso_domains SET verified_at = NULL, challenge = $2 || '.' || domain
+             WHERE organization_id = $1",
+        )
+        .bind(org)
+        .bind(random_token())
+        .execute(&mut *tx)
+        .await?;
+    }
     for d in &domains {
         sqlx::query(
             "INSERT INTO org_sso_domains (organization_id, domain, challenge, created_at)
@@ -307,6 +344,7 @@ pub async fn put(
         .detail("default_role", role.as_str())
         .detail("enforced", req.enforced)
         .detail("client_secret_changed", sealed.is_some())
+        .detail("domains_to_prove_again", replaced)
         .write(&mut tx, now)
         .await?;
     tx.commit().await?;
@@ -324,10 +362,25 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
+    m.require_person()?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let fresh = relock(&mut tx, &m).await?;
     let admin = fresh.require_admin()?;
+    let allowed: Option<String> =
+        sqlx::query_scalar("SELECT allowed_auth FROM org_policies WHERE organization_id = $1")
+            .bind(org)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if allowed.as_deref() == Some("federation") {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "The policy allows only sign-in through this provider",
+        )
+        .detail("Nobody could sign in to act here any more: set the policy's allowed_auth to both first.")
+        .into());
+    }
     let removed = sqlx::query("DELETE FROM org_identity_providers WHERE organization_id = $1")
         .bind(org)
         .execute(&mut *tx)
@@ -353,6 +406,7 @@ pub async fn verify_domain(
 ) -> Result<Json<SsoView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
+    m.require_person()?;
     let domain = parse_domain(&domain).map_err(|_| ApiError::not_found())?;
     let challenge: Option<(String, Option<OffsetDateTime>)> = sqlx::query_as(
         "SELECT challenge, verified_at FROM org_sso_domains
@@ -421,6 +475,7 @@ pub async fn verify_domain(
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(domain_claimed(&domain));
             }
+            Ok(done) if done.rows_affected() == 0 => return Err(ApiError::not_found()),
             other => other?,
         };
         AuditEvent::new("sso.domain_verified", admin.audit_actor(), Outcome::Success)
