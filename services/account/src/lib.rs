@@ -115,6 +115,15 @@ pub trait OrgDirectory: Send + Sync + 'static {
         role: Role,
         now: time::OffsetDateTime,
     ) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// Whether a person's sign-in (`session_id`) meets the organization's policy: the
+    /// problem that says how to comply, if not.
+    fn policy(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        session_id: Option<Uuid>,
+        now: time::OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), printworks_common::ApiError>>;
     /// The organization's name and system use notification, if it set one.
     fn notice(
         &self,

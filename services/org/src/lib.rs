@@ -342,6 +342,22 @@ impl OrgDirectory for Directory {
         })
     }
 
+    fn policy(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        session_id: Option<Uuid>,
+        now: time::OffsetDateTime,
+    ) -> BoxFuture<'_, Result<(), printworks_common::ApiError>> {
+        Box::pin(policy::enforce_person(
+            &self.db,
+            organization_id,
+            user_id,
+            session_id,
+            now,
+        ))
+    }
+
     fn notice(
         &self,
         organization_id: Uuid,

@@ -112,14 +112,27 @@ pub async fn of(db: impl sqlx::PgExecutor<'_>, org: Uuid) -> sqlx::Result<Option
 /// Applies the organization's policy to a person's call. An automated client acting on
 /// its own is not a person signing in, and is not subject to it.
 pub async fn enforce(ctx: &AppContext, org: Uuid, caller: &Caller) -> Result<(), ApiError> {
-    let Subject::User(user) = caller.subject else {
+    match caller.subject {
+        Subject::User(user) => {
+            enforce_person(&ctx.db, org, user, caller.session_id, ctx.now()).await
+        }
+        Subject::Client { .. } => Ok(()),
+    }
+}
+
+/// Whether `user`'s sign-in `session` meets the organization's policy (none set: yes).
+pub async fn enforce_person(
+    db: &sqlx::PgPool,
+    org: Uuid,
+    user: Uuid,
+    session: Option<Uuid>,
+    now: OffsetDateTime,
+) -> Result<(), ApiError> {
+    let Some(policy) = of(db, org).await? else {
         return Ok(());
     };
-    let Some(policy) = of(&ctx.db, org).await? else {
-        return Ok(());
-    };
-    let session = match caller.session_id {
-        Some(sid) => standing(&ctx.db, user, sid, ctx.now()).await?,
+    let session = match session {
+        Some(sid) => standing(db, user, sid, now).await?,
         None => None,
     };
     let Some(session) = session else {
@@ -129,7 +142,7 @@ pub async fn enforce(ctx: &AppContext, org: Uuid, caller: &Caller) -> Result<(),
             "Sign in again, then get a new access token.",
         ));
     };
-    policy.check(org, &session, ctx.now())
+    policy.check(org, &session, now)
 }
 
 pub async fn get(

@@ -155,19 +155,7 @@ impl Fed {
     /// Through the login page and the provider's form up to the callback URL the
     /// provider sends the browser to (not followed).
     pub async fn to_callback(&self, b: &reqwest::Client, email: &str, login: &str) -> String {
-        let page = b
-            .get(self.app.url("/account/login"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let csrf = form_fields(&page)
-            .into_iter()
-            .find(|(n, _)| n == "csrf")
-            .unwrap()
-            .1;
+        let csrf = login_csrf(&self.app, b).await;
         // The login form with its password left empty starts single sign-on.
         let res = b
             .post(self.app.url("/account/login"))
@@ -261,14 +249,58 @@ impl SignIn {
             "{}",
             self.body
         );
-        let res = self
-            .browser
-            .get(app.url("/account/v1/users/me"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            session_status(app, &self.browser).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
+
+    /// Signed in (as [`SignIn::me`]): the person, with the browser holding the session.
+    pub async fn user(self, app: &TestApp) -> TestUser {
+        let me = self.me(app).await;
+        TestUser {
+            id: Uuid::parse_str(me["id"].as_str().unwrap()).unwrap(),
+            email: me["email"].as_str().unwrap().to_owned(),
+            browser: self.browser,
+        }
+    }
+}
+
+/// The CSRF token of the login page, as `b` gets it (with its cookie).
+pub async fn login_csrf(app: &TestApp, b: &reqwest::Client) -> String {
+    let page = b
+        .get(app.url("/account/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    form_fields(&page)
+        .into_iter()
+        .find(|(n, _)| n == "csrf")
+        .unwrap()
+        .1
+}
+
+/// What `/account/v1/users/me` answers `b`: whether its session still stands.
+pub async fn session_status(app: &TestApp, b: &reqwest::Client) -> StatusCode {
+    b.get(app.url("/account/v1/users/me"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// What `POST /oauth/token` answers a refresh of the CLI's `refresh_token`.
+async fn refresh_status(app: &TestApp, refresh_token: &str) -> StatusCode {
+    app.token(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", crate::helpers::CLI),
+    ])
+    .await
+    .status()
 }
 
 /// How many federated sign-ins the audit log records as refused for `reason`.
@@ -688,19 +720,7 @@ async fn an_enforced_provider_refuses_passwords_and_links_the_existing_account(p
     );
     // The page says the same, in words.
     let b = browser();
-    let page = b
-        .get(app.url("/account/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = form_fields(&page)
-        .into_iter()
-        .find(|(n, _)| n == "csrf")
-        .unwrap()
-        .1;
+    let csrf = login_csrf(app, &b).await;
     let res = b
         .post(app.url("/account/login"))
         .form(&[
@@ -732,13 +752,11 @@ async fn an_enforced_provider_refuses_passwords_and_links_the_existing_account(p
 async fn a_leaver_loses_access(pool: PgPool) {
     let fed = Fed::configured(pool, "127.0.0.1", "corp.test", false).await;
     let app = &fed.app;
-    let signed_in = fed.sign_in("alice@corp.test", "alice").await;
-    let me = signed_in.me(app).await;
-    let alice = TestUser {
-        id: Uuid::parse_str(me["id"].as_str().unwrap()).unwrap(),
-        email: "alice@corp.test".into(),
-        browser: signed_in.browser,
-    };
+    let alice = fed
+        .sign_in("alice@corp.test", "alice")
+        .await
+        .user(app)
+        .await;
     let tokens = app
         .cli_tokens(&alice, &format!("{ALL_SCOPES} offline_access"))
         .await;
@@ -767,80 +785,46 @@ async fn a_leaver_loses_access(pool: PgPool) {
     // refresh tokens issued through it end with it.
     app.clock
         .advance(time::Duration::hours(12) + time::Duration::seconds(1));
-    let res = alice
-        .browser
-        .get(app.url("/account/v1/users/me"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = app
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("client_id", crate::helpers::CLI),
-        ])
-        .await;
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        session_status(app, &alice.browser).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(refresh_status(app, &refresh).await, StatusCode::BAD_REQUEST);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_admin_signs_a_managed_member_out_everywhere(pool: PgPool) {
     let fed = Fed::configured(pool, "127.0.0.1", "corp.test", false).await;
     let app = &fed.app;
-    let signed_in = fed.sign_in("alice@corp.test", "alice").await;
-    let me = signed_in.me(app).await;
-    let alice = Uuid::parse_str(me["id"].as_str().unwrap()).unwrap();
-    let user = TestUser {
-        id: alice,
-        email: "alice@corp.test".into(),
-        browser: signed_in.browser,
-    };
+    let alice = fed
+        .sign_in("alice@corp.test", "alice")
+        .await
+        .user(app)
+        .await;
     let refresh = app
-        .cli_tokens(&user, &format!("{ALL_SCOPES} offline_access"))
+        .cli_tokens(&alice, &format!("{ALL_SCOPES} offline_access"))
         .await["refresh_token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let path = format!("/org/v1/organizations/{}/members/{alice}/sessions", fed.org);
-    let res = app
-        .call(Method::DELETE, &path, Some(&fed.token), None)
-        .await
-        .expect(StatusCode::OK);
+    let (org, token) = (fed.org, fed.token.as_str());
+    let sign_out = |user: Uuid| {
+        let path = format!("/org/v1/organizations/{org}/members/{user}/sessions");
+        async move { app.call(Method::DELETE, &path, Some(token), None).await }
+    };
+    let res = sign_out(alice.id).await.expect(StatusCode::OK);
     assert_eq!(res.body["ended"], 1);
-    let res = user
-        .browser
-        .get(app.url("/account/v1/users/me"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = app
-        .token(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("client_id", crate::helpers::CLI),
-        ])
-        .await;
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        session_status(app, &alice.browser).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(refresh_status(app, &refresh).await, StatusCode::BAD_REQUEST);
     // A member whose account is their own (not from the organization's provider, nor
     // in its domain) is not the admin's to sign out.
     let own = app.new_user("own").await;
     app.add_member(fed.org, &own, "member").await;
-    let path = format!(
-        "/org/v1/organizations/{}/members/{}/sessions",
-        fed.org, own.id
-    );
-    app.call(Method::DELETE, &path, Some(&fed.token), None)
-        .await
-        .expect(StatusCode::FORBIDDEN);
-    let res = own
-        .browser
-        .get(app.url("/account/v1/users/me"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    sign_out(own.id).await.expect(StatusCode::FORBIDDEN);
+    assert_eq!(session_status(app, &own.browser).await, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -862,12 +846,10 @@ async fn an_account_squatted_before_the_owner_arrives_is_taken_back(pool: PgPool
         )
         .await;
     fed.sign_in("erin@corp.test", "erin").await.me(app).await;
-    let res = squatter
-        .get(app.url("/account/v1/users/me"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        session_status(app, &squatter).await,
+        StatusCode::UNAUTHORIZED
+    );
     let res = crate::helpers::client()
         .post(app.url("/account/v1/sessions"))
         .json(&json!({"email": "erin@corp.test", "password": crate::helpers::PASSWORD}))

@@ -108,6 +108,32 @@ async fn a_second_factor_is_required_where_the_organization_says_so(pool: PgPool
     )
     .await
     .expect(StatusCode::FORBIDDEN);
+    // The same rule where the account service acts for the organization: an admin
+    // without a second factor cannot manage its OAuth clients.
+    let other_admin = app.new_user("other-admin").await;
+    app.add_member(strict, &other_admin, "admin").await;
+    let other_token = app.access_token(&other_admin, ALL_SCOPES).await;
+    let res = app
+        .call(
+            Method::GET,
+            &format!("/account/v1/clients?organization_id={strict}"),
+            Some(&other_token),
+            None,
+        )
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    assert_eq!(
+        res.body["type"],
+        "urn:printworks:problem:organization-requires-mfa"
+    );
+    app.call(
+        Method::GET,
+        &format!("/account/v1/clients?organization_id={strict}"),
+        Some(&admin_token),
+        None,
+    )
+    .await
+    .expect(StatusCode::OK);
     // … allowed where the organization does not ask for it.
     get_org(&app, relaxed, &member_token)
         .await
@@ -157,20 +183,12 @@ async fn federation_only_mfa_from_the_provider_and_a_maximum_session_age(pool: P
     let app = &fed.app;
     let org = fed.org;
     // dave signs in at the provider with a second factor (amr otp, mfa), alice without.
-    let dave_in = fed.sign_in("dave@corp.test", "dave").await;
-    let dave_me = dave_in.me(app).await;
-    let dave = TestUser {
-        id: Uuid::parse_str(dave_me["id"].as_str().unwrap()).unwrap(),
-        email: "dave@corp.test".into(),
-        browser: dave_in.browser,
-    };
-    let alice_in = fed.sign_in("alice@corp.test", "alice").await;
-    let alice_me = alice_in.me(app).await;
-    let alice = TestUser {
-        id: Uuid::parse_str(alice_me["id"].as_str().unwrap()).unwrap(),
-        email: "alice@corp.test".into(),
-        browser: alice_in.browser,
-    };
+    let dave = fed.sign_in("dave@corp.test", "dave").await.user(app).await;
+    let alice = fed
+        .sign_in("alice@corp.test", "alice")
+        .await
+        .user(app)
+        .await;
     app.set_role(&fed.token, org, dave.id, "admin")
         .await
         .expect(StatusCode::OK);
@@ -209,12 +227,7 @@ async fn federation_only_mfa_from_the_provider_and_a_maximum_session_age(pool: P
         .await
         .expect(StatusCode::FORBIDDEN);
     assert_eq!(res.body["type"], "urn:printworks:problem:session-too-old");
-    let again = fed.sign_in("dave@corp.test", "dave").await;
-    again.me(app).await;
-    let dave = TestUser {
-        browser: again.browser,
-        ..dave
-    };
+    let dave = fed.sign_in("dave@corp.test", "dave").await.user(app).await;
     let token = app.access_token(&dave, ALL_SCOPES).await;
     get_org(app, org, &token).await.expect(StatusCode::OK);
     // Nobody could sign in if the provider went while the policy wants it.
@@ -275,21 +288,10 @@ async fn the_organization_notice_is_shown_before_sign_in(pool: PgPool) {
         .unwrap();
     assert!(page.contains(notice), "{page}");
     // … and before the browser is sent to the provider: a page to acknowledge it.
+    let plain = app.get("/account/login").await.text().await.unwrap();
+    assert!(!plain.contains(notice));
     let b = browser();
-    let page = b
-        .get(app.url("/account/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(!page.contains(notice));
-    let csrf = form_fields(&page)
-        .into_iter()
-        .find(|(n, _)| n == "csrf")
-        .unwrap()
-        .1;
+    let csrf = super::login_csrf(app, &b).await;
     let res = b
         .post(app.url("/account/login/federated"))
         .form(&[("email", "alice@corp.test"), ("csrf", &csrf)])

@@ -33,6 +33,9 @@ use crate::session::SessionUser;
 /// clients of its own, which would outlive the consent it was given.
 pub struct Person {
     pub user_id: Uuid,
+    /// The browser session, or the one the token came through: what the
+    /// organization's policy is checked against.
+    pub session_id: Option<Uuid>,
 }
 
 impl<St> FromRequestParts<St> for Person
@@ -43,7 +46,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
-        let user_id = if let Some(caller) = parts.extensions.get::<Caller>().cloned() {
+        let (user_id, session_id) = if let Some(caller) = parts.extensions.get::<Caller>().cloned()
+        {
             let account = AccountState::from_ref(state);
             let first_party: Option<bool> =
                 sqlx::query_scalar("SELECT first_party FROM oauth_clients WHERE id = $1")
@@ -58,25 +62,33 @@ where
                 )
                 .into());
             }
-            caller.user_id().ok_or_else(|| {
+            let user = caller.user_id().ok_or_else(|| {
                 printworks_common::auth::unauthenticated(
                     "This needs a token issued to a person.",
                     true,
                 )
-            })?
+            })?;
+            (user, caller.session_id)
         } else {
-            SessionUser::from_request_parts(parts, state)
-                .await?
-                .user_id()
+            let s = SessionUser::from_request_parts(parts, state).await?;
+            (s.user_id(), Some(s.session.id))
         };
-        Ok(Self { user_id })
+        Ok(Self {
+            user_id,
+            session_id,
+        })
     }
 }
 
-/// 404 unless the user belongs to the organization (other tenants learn nothing); 403
-/// when they do but are not an admin.
-async fn require_admin(state: &AccountState, org: Uuid, user: Uuid) -> Result<(), ApiError> {
-    admin_only(state.orgs.role(org, user).await?)
+/// 404 unless the person belongs to the organization (other tenants learn nothing); 403
+/// when they do but are not an admin, or their sign-in does not meet the organization's
+/// policy.
+async fn require_admin(state: &AccountState, org: Uuid, person: &Person) -> Result<(), ApiError> {
+    admin_only(state.orgs.role(org, person.user_id).await?)?;
+    state
+        .orgs
+        .policy(org, person.user_id, person.session_id, state.ctx.now())
+        .await
 }
 
 fn admin_only(role: Option<Role>) -> Result<(), ApiError> {
@@ -245,7 +257,7 @@ pub(crate) async fn register(
     client_info: ClientInfo,
     Json(req): Json<Register>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    require_admin(&state, req.organization_id, person.user_id).await?;
+    require_admin(&state, req.organization_id, &person).await?;
     crate::verification::require(&state.ctx.db, person.user_id).await?;
     let c = check(&req)?;
     let id = base64url(&random_bytes::<16>());
@@ -315,7 +327,7 @@ pub(crate) async fn list(
     person: Person,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paginated<ClientView>>, ApiError> {
-    require_admin(&state, q.organization_id, person.user_id).await?;
+    require_admin(&state, q.organization_id, &person).await?;
     let page = Page::from_query(&PageQuery {
         limit: q.limit,
         cursor: q.cursor,
@@ -364,7 +376,7 @@ pub(crate) async fn revoke(
     let Some(Some(org)) = org else {
         return Err(ApiError::not_found());
     };
-    require_admin(&state, org, person.user_id).await?;
+    require_admin(&state, org, &person).await?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     crate::oauth::clients::revoke(&mut tx, &client_id, now).await?;

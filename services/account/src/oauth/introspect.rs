@@ -150,7 +150,10 @@ pub(crate) async fn introspect(
         let now = state.ctx.now();
         let row: Option<(String, Uuid, Vec<String>, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
             "SELECT client_id, user_id, scopes, created_at, expires_at FROM oauth_refresh_tokens
-             WHERE token_hash = $1 AND revoked_at IS NULL AND rotated_at IS NULL AND expires_at > $2",
+             WHERE token_hash = $1 AND revoked_at IS NULL AND rotated_at IS NULL AND expires_at > $2
+               -- A federated session's refresh tokens end with it (see oauth::token).
+               AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = oauth_refresh_tokens.session_id
+                               AND s.federated_org IS NOT NULL AND s.expires_at <= $2)",
         )
         .bind(token_digest(token))
         .bind(now)

@@ -161,6 +161,14 @@ async fn view(ctx: &AppContext, org: Uuid) -> Result<Option<SsoView>, ApiError> 
     }))
 }
 
+/// The configuration as the routes answer it: 404 if there is none.
+async fn answer(ctx: &AppContext, org: Uuid) -> Result<Json<SsoView>, ApiError> {
+    view(ctx, org)
+        .await?
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
+}
+
 pub async fn get(
     State(state): State<OrgState>,
     auth: Auth,
@@ -168,10 +176,7 @@ pub async fn get(
 ) -> Result<Json<SsoView>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
-    view(&state.ctx, org)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
+    answer(&state.ctx, org).await
 }
 
 pub async fn put(
@@ -348,10 +353,7 @@ pub async fn put(
         .write(&mut tx, now)
         .await?;
     tx.commit().await?;
-    view(&state.ctx, org)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
+    answer(&state.ctx, org).await
 }
 
 pub async fn delete(
@@ -486,8 +488,5 @@ pub async fn verify_domain(
             .await?;
         tx.commit().await?;
     }
-    view(&state.ctx, org)
-        .await?
-        .map(Json)
-        .ok_or_else(ApiError::not_found)
+    answer(&state.ctx, org).await
 }
