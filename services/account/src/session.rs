@@ -188,8 +188,9 @@ impl Standing {
     }
 }
 
-/// The standing of `user_id`'s session `session_id`, if it has neither ended nor
-/// expired (a token outlives its session by at most its lifetime; the policy does not).
+/// The standing of `user_id`'s session `session_id`, if it has not ended — nor, for a
+/// session from a provider, expired (a password session's refresh tokens outlive it by
+/// design; a federated one's do not: see `oauth::token`).
 pub async fn standing(
     db: impl sqlx::PgExecutor<'_>,
     user_id: Uuid,
@@ -198,7 +199,8 @@ pub async fn standing(
 ) -> sqlx::Result<Option<Standing>> {
     sqlx::query_as(
         "SELECT amr, created_at, federated_org FROM sessions
-         WHERE id = $1 AND user_id = $2 AND ended_at IS NULL AND expires_at > $3",
+         WHERE id = $1 AND user_id = $2 AND ended_at IS NULL
+           AND (federated_org IS NULL OR expires_at > $3)",
     )
     .bind(session_id)
     .bind(user_id)

@@ -514,6 +514,12 @@ pub struct AccountSettings {
     /// leaver disabled there cannot), and the refresh tokens issued through it end too.
     #[arg(long, global = true, env = "PRINTWORKS_FEDERATED_SESSION_MAX", value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
     pub federated_session_max: Duration,
+
+    /// Let organizations' identity providers be on this machine (a loopback address,
+    /// plain http allowed): for tests and development only. Off, an admin cannot point
+    /// Printworks at its own ports.
+    #[arg(long, global = true, env = "PRINTWORKS_FEDERATION_ALLOW_LOOPBACK", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub federation_allow_loopback: bool,
 }
 
 impl AccountSettings {
@@ -535,6 +541,7 @@ impl AccountSettings {
             introspection_clients: Vec::new(),
             system_use_notice: None,
             federated_session_max: parse_duration("12h").expect("default"),
+            federation_allow_loopback: false,
         }
     }
 }

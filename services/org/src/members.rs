@@ -291,8 +291,8 @@ pub struct SessionsEnded {
 
 /// `DELETE …/members/{user}/sessions`: an admin signs a member out everywhere (every
 /// session ends, every refresh token is revoked) — for an account the organization
-/// manages: one that came through its identity provider, or whose address is in a
-/// domain it proved. Another person's own account is theirs: 403.
+/// manages: one whose address is in a domain it proved. Another person's own account is
+/// theirs: 403.
 pub async fn end_sessions(
     State(state): State<OrgState>,
     auth: Auth,
@@ -301,6 +301,7 @@ pub async fn end_sessions(
 ) -> Result<Json<SessionsEnded>, ApiError> {
     let m = membership(&state.ctx, org, &auth).await?;
     m.require_admin()?;
+    m.require_person()?;
     let now = state.ctx.now();
     let mut tx = state.ctx.db.begin().await?;
     let admin_m = relock(&mut tx, &m).await?;
@@ -321,11 +322,9 @@ pub async fn end_sessions(
     .bind(domain)
     .fetch_optional(&mut *tx)
     .await?;
-    let managed =
-        proven.is_some() || printworks_account::federation::linked_to(&mut *tx, user, org).await?;
-    if !managed {
+    if proven.is_none() {
         return Err(crate::access::forbidden(
-            "Only accounts the organization manages (signed in through its identity provider, or with an address in a domain it proved) can be signed out by its admins. Remove the member instead.",
+            "Only accounts the organization manages (with an address in a domain it proved) can be signed out by its admins. Remove the member instead.",
         ));
     }
     let ended =

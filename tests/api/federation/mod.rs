@@ -4,7 +4,7 @@
 //! `browser`), every refusal of a bad answer, leavers, and the organization's policy.
 
 mod browser;
-mod peers;
+pub(crate) mod peers;
 mod policy;
 
 use printworks_common::db::MIGRATOR;
@@ -37,6 +37,8 @@ impl Fed {
         let addr = dns.addr;
         let app = TestApp::spawn_with(pool, &ServiceSet::all(), move |s| {
             s.org.dns_server = Some(addr);
+            // The test provider runs on this machine.
+            s.account.federation_allow_loopback = true;
         })
         .await;
         let (admin, org) = app.admin_with_org().await;
@@ -353,7 +355,7 @@ async fn an_admin_configures_the_provider_and_proves_the_domain(pool: PgPool) {
     for (issuer, reason) in [
         ("http://127.0.0.1:1".to_owned(), "cannot be reached"),
         // Discovery names http://127.0.0.1:PORT: not the issuer asked for.
-        (format!("http://localhost:{port}"), "https"),
+        (format!("http://localhost:{port}"), "this machine"),
         (format!("{}/", fed.idp.issuer), "wrong"),
         ("http://example.com".to_owned(), "https"),
         ("not a url".to_owned(), "not a URL"),
@@ -575,6 +577,40 @@ async fn a_person_signs_in_at_their_provider_and_is_made_a_member(pool: PgPool) 
             .await
             .unwrap();
     assert_eq!(identities, 1);
+
+    // Once the organization no longer proves alice's domain, its provider signs her in
+    // no more, even though it linked her before (here the sign-in starts from an
+    // address of a domain it still proves).
+    let body = |domains: Value| {
+        json!({
+            "issuer": fed.idp.issuer, "client_id": CLIENT_ID, "domains": domains,
+            "default_role": "member", "enforced": false,
+        })
+    };
+    let sso = format!("/org/v1/organizations/{}/sso", fed.org);
+    app.call(
+        Method::PUT,
+        &sso,
+        Some(&fed.token),
+        Some(&body(json!(["corp.test", "lab.test"]))),
+    )
+    .await
+    .expect(StatusCode::OK);
+    fed.prove(fed.org, &fed.token, "lab.test").await;
+    app.call(
+        Method::PUT,
+        &sso,
+        Some(&fed.token),
+        Some(&body(json!(["lab.test"]))),
+    )
+    .await
+    .expect(StatusCode::OK);
+    refused_once!(app, "domain_not_proven", {
+        fed.sign_in("someone@lab.test", "alice")
+            .await
+            .refused(app)
+            .await
+    });
 
     // The OAuth flows work for them as for anyone: a token, and the organization.
     let user = TestUser {

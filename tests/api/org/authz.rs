@@ -48,7 +48,7 @@ const TABLE: &[(&str, &str, [u16; 4])] = &[
         "/org/v1/organizations/{org}/invitations/{invitation}",
         [204, 403, 403, 404],
     ),
-    // A member the organization manages (linked through its provider).
+    // A member the organization manages (their address in a domain it proved).
     (
         "DELETE",
         "/org/v1/organizations/{org}/members/{user}/sessions",
@@ -299,19 +299,14 @@ async fn prepare(
             (path(t).replace("{user}", &user.to_string()), None)
         }
         ("DELETE", "/org/v1/organizations/{org}/members/{user}/sessions") => {
+            provider().await;
             let user = fresh_member("member").await;
-            sqlx::query(
-                "INSERT INTO federated_identities (issuer, subject, user_id, organization_id,
-                                                   created_at, last_login_at)
-                 VALUES ('https://idp.example.com', $1, $2, $3, $4, $4)",
-            )
-            .bind(user.to_string())
-            .bind(user)
-            .bind(org)
-            .bind(now)
-            .execute(&app.db)
-            .await
-            .unwrap();
+            sqlx::query("UPDATE users SET email = $2 WHERE id = $1")
+                .bind(user)
+                .bind(format!("{user}@fablab.example.com"))
+                .execute(&app.db)
+                .await
+                .unwrap();
             (path(t).replace("{user}", &user.to_string()), None)
         }
         ("GET" | "DELETE", "/org/v1/organizations/{org}/sso") => {

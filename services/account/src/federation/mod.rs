@@ -49,23 +49,6 @@ pub fn session_amr(provider_amr: &[String]) -> Vec<&'static str> {
     if mfa { vec!["fed", "mfa"] } else { vec!["fed"] }
 }
 
-/// Whether the person's account came through `organization`'s provider (their
-/// `(iss, sub)` is linked to it).
-pub async fn linked_to(
-    db: impl sqlx::PgExecutor<'_>,
-    user_id: Uuid,
-    organization_id: Uuid,
-) -> sqlx::Result<bool> {
-    let linked: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM federated_identities WHERE user_id = $1 AND organization_id = $2 LIMIT 1",
-    )
-    .bind(user_id)
-    .bind(organization_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(linked.is_some())
-}
-
 /// Whether the person is already linked to someone at `issuer` for the organization.
 pub(crate) async fn linked_at(
     db: impl sqlx::PgExecutor<'_>,

@@ -152,7 +152,11 @@ pub(crate) async fn start(
         return Ok((jar, html(StatusCode::OK, &page)).into_response());
     }
     let now = state.ctx.now();
-    let metadata = match state.providers.metadata(&idp.issuer, now).await {
+    let metadata = match state
+        .providers
+        .metadata(&idp.issuer, reach(state), now)
+        .await
+    {
         Ok(m) => m,
         Err(reason) => {
             tracing::warn!(organization = %idp.organization_id, %reason, "identity provider unavailable");
@@ -231,6 +235,11 @@ pub(crate) async fn start(
         .max_age(SIGN_IN_TTL)
         .build();
     Ok((jar.add(cookie), Redirect::to(url.as_str())).into_response())
+}
+
+/// Which providers this deployment may reach (see [`provider::Reach`]).
+fn reach(state: &AccountState) -> provider::Reach {
+    provider::Reach::from_settings(&state.ctx.settings.account)
 }
 
 fn verifier_context(state_hash: &[u8]) -> String {
@@ -482,7 +491,7 @@ async fn finish(
         .ok_or_else(|| anyhow::anyhow!("a federated sign-in's PKCE verifier does not open"))?;
     let metadata = state
         .providers
-        .metadata(&idp.issuer, now)
+        .metadata(&idp.issuer, reach(state), now)
         .await
         .map_err(|reason| {
             Failure::Refused(
@@ -506,7 +515,7 @@ async fn finish(
             )
         })?
         .set_pkce_verifier(PkceCodeVerifier::new(verifier))
-        .request_async(&provider::http_for(&idp.issuer))
+        .request_async(&provider::http_for(reach(state)))
         .await
         .map_err(|e| {
             Failure::Refused(
@@ -534,7 +543,11 @@ async fn finish(
     )) = &claims
     {
         // The provider may have rotated its keys: fetch them again (rate-limited).
-        if let Ok(Some(fresh)) = state.providers.refreshed(&idp.issuer, now).await {
+        if let Ok(Some(fresh)) = state
+            .providers
+            .refreshed(&idp.issuer, reach(state), now)
+            .await
+        {
             let oidc = provider::client(fresh, &idp.client_id, &idp.client_secret, &redirect)
                 .map_err(anyhow::Error::msg)?;
             claims = id_token
@@ -560,7 +573,7 @@ async fn finish(
     }
     let (email, verified) = match (claims.email(), claims.email_verified()) {
         (Some(e), Some(v)) => (e.as_str().to_owned(), v),
-        _ => userinfo_email(&idp.issuer, &oidc, &tokens, &claims).await?,
+        _ => userinfo_email(reach(state), &oidc, &tokens, &claims).await?,
     };
     let refused_for =
         |reason, text: &str| Failure::Refused(Refusal::new(reason, text), Some(subject.clone()));
@@ -620,7 +633,7 @@ async fn finish(
 
 /// Characters that reorder how text around them is shown.
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200b}'..='\u{200f}' | '\u{061c}')
 }
 
 fn token_error<E: std::error::Error>(
@@ -653,7 +666,7 @@ fn id_token_reason(e: &openidconnect::ClaimsVerificationError) -> &'static str {
 /// `email` and `email_verified` from the userinfo endpoint, for providers that keep
 /// scope claims out of the ID token. The answer must be about the same `sub`.
 async fn userinfo_email(
-    issuer: &str,
+    reach: provider::Reach,
     oidc: &Client,
     tokens: &openidconnect::core::CoreTokenResponse,
     claims: &IdTokenClaims<EmptyAdditionalClaims, CoreGenderClaim>,
@@ -671,7 +684,7 @@ async fn userinfo_email(
         )
         .map_err(|_| no_email())?;
     let info: CoreUserInfoClaims = request
-        .request_async(&provider::http_for(issuer))
+        .request_async(&provider::http_for(reach))
         .await
         .map_err(|_| no_email())?;
     match (info.email(), info.email_verified()) {
@@ -709,7 +722,27 @@ async fn sign_in(
         |reason, text: &str| Failure::Refused(Refusal::new(reason, text), Some(subject.to_owned()));
     let mut reset = false;
     let user_id = match known {
-        Some(id) => id,
+        // Still in a domain the organization proves: a provider whose organization no
+        // longer proves the address's domain (or another organization proves it now)
+        // signs nobody in with it.
+        Some(id) => {
+            let address: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            if !state
+                .orgs
+                .proves_domain(idp.organization_id, domain)
+                .await?
+            {
+                return Err(refused_for(
+                    "domain_not_proven",
+                    "Your address is not in a domain your organization has proven.",
+                ));
+            }
+            id
+        }
         None => {
             if !state
                 .orgs
@@ -765,7 +798,13 @@ async fn sign_in(
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                        sqlx::query("UPDATE users SET display_name = $2 WHERE id = $1")
+                            .bind(id)
+                            .bind(display_name)
+                            .execute(&mut *tx)
+                            .await?;
                         for table in [
+                            "DELETE FROM mfa_challenges WHERE user_id = $1",
                             "DELETE FROM totp_credentials WHERE user_id = $1",
                             "DELETE FROM recovery_codes WHERE user_id = $1",
                             "DELETE FROM oauth_consents WHERE user_id = $1",

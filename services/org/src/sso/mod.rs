@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use printworks_account::federation::provider::Reach;
+
 use crate::OrgState;
 use crate::access::{membership, relock};
 
@@ -224,7 +226,8 @@ pub async fn put(
     }
     // The provider is asked before anything is stored: a wrong issuer, one that cannot
     // be reached or whose metadata is unfit is refused with the reason.
-    printworks_account::federation::provider::discover(&issuer)
+    let reach = Reach::from_settings(&state.ctx.settings.account);
+    printworks_account::federation::provider::discover(&issuer, reach)
         .await
         .map_err(|reason| invalid_provider(&reason))?;
     let now = state.ctx.now();
@@ -271,6 +274,25 @@ pub async fn put(
             .bind(org)
             .fetch_optional(&mut *tx)
             .await?;
+    if allowed.as_deref() == Some("federation") {
+        // Sign-in goes through proven domains: while the policy allows nothing else, no
+        // change may leave a proven domain unproven.
+        let proven: Vec<String> = sqlx::query_scalar(
+            "SELECT domain FROM org_sso_domains WHERE organization_id = $1 AND verified_at IS NOT NULL",
+        )
+        .bind(org)
+        .fetch_all(&mut *tx)
+        .await?;
+        if replaced || proven.iter().any(|d| !domains.contains(d)) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The policy allows only sign-in through this provider",
+            )
+            .detail("This change would leave a proven domain unproven, and nobody of it could sign in: set the policy's allowed_auth to both first.")
+            .into());
+        }
+    }
     if req.enforced && allowed.as_deref() == Some("password") {
         return Err(ApiError::invalid(
             "enforced would leave the domains' addresses no way to sign in while the policy's allowed_auth is password: change the policy first.",
@@ -464,12 +486,15 @@ pub async fn verify_domain(
         if claimed.is_some() {
             return Err(domain_claimed(&domain));
         }
+        // Only the challenge that was found: a provider swapped meanwhile made a new one.
         let marked = sqlx::query(
-            "UPDATE org_sso_domains SET verified_at = $3 WHERE organization_id = $1 AND domain = $2",
+            "UPDATE org_sso_domains SET verified_at = $3
+             WHERE organization_id = $1 AND domain = $2 AND challenge = $4 AND verified_at IS NULL",
         )
         .bind(org)
         .bind(&domain)
         .bind(now)
+        .bind(&challenge)
         .execute(&mut *tx)
         .await;
         match marked {
@@ -477,7 +502,11 @@ pub async fn verify_domain(
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(domain_claimed(&domain));
             }
-            Ok(done) if done.rows_affected() == 0 => return Err(ApiError::not_found()),
+            Ok(done) if done.rows_affected() == 0 => {
+                return Err(ApiError::conflict(
+                    "The configuration changed while the domain was checked: look at it again and verify anew.",
+                ));
+            }
             other => other?,
         };
         AuditEvent::new("sso.domain_verified", admin.audit_actor(), Outcome::Success)
