@@ -110,6 +110,17 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         ["200", "200", "200", "404"],
     ),
     ("GET", "/relay/v1/jobs/{job}", ["200", "200", "200", "404"]),
+    (
+        "GET",
+        "/relay/v1/printers/{printer}/status",
+        ["200", "200", "200", "404"],
+    ),
+    // A stream: only its answer's status is read.
+    (
+        "GET",
+        "/relay/v1/printers/{printer}/status/events",
+        ["200", "200", "200", "404"],
+    ),
     // The admin's job on the admin's printer: only admins (and whoever sent it or added
     // the printer) abort it.
     (
@@ -205,6 +216,21 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
             let res = if *template == "/relay/v1/printers/{printer}/jobs" && method == Method::POST
             {
                 app.submit_gcode(token, printer, "cube", gcode()).await
+            } else if template.ends_with("/status/events") {
+                let res = app
+                    .client
+                    .get(app.url(&path))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status();
+                let body = if status.is_success() {
+                    json!({})
+                } else {
+                    res.json().await.unwrap()
+                };
+                crate::helpers::Answer { status, body }
             } else {
                 let body = match *template {
                     "/pairing/v1/claims" => Some(json!({

@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
 use printworks_proto::printer::path;
 use printworks_proto::{
-    AbortEvent, JobEvent, JobStatusReport, PrinterEvent, ReportedState, SettingsAppliedRequest,
-    SettingsEvent,
+    AbortEvent, Heater, JobEvent, JobStatusReport, PrinterEvent, PrinterState, PrinterStatus,
+    ReportedState, SettingsAppliedRequest, SettingsEvent,
 };
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,17 @@ struct Shared {
     work: Notify,
     /// A report is waiting.
     reports: Notify,
+    /// What the printer is doing now, for its status reports (not kept between runs).
+    live: Mutex<Live>,
+    /// [`Shared::live`] changed.
+    status: Notify,
+}
+
+/// The job being printed now, and how far.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Live {
+    job: Option<Uuid>,
+    progress: Option<f32>,
 }
 
 impl Shared {
@@ -127,6 +138,15 @@ impl Shared {
 
     fn read<T>(&self, f: impl FnOnce(&Book) -> T) -> T {
         f(&self.book.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn set_live(&self, live: Live) {
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = live;
+        self.status.notify_one();
+    }
+
+    fn live(&self) -> Live {
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn report(
@@ -232,6 +252,8 @@ pub async fn run(
         path: book_path,
         work: Notify::new(),
         reports: Notify::new(),
+        live: Mutex::default(),
+        status: Notify::new(),
     });
     shared.change(|_| ())?;
     let client = printer_client(&saved)?;
@@ -246,8 +268,9 @@ pub async fn run(
     let events = tokio::spawn(events_loop(ctx.clone()));
     let worker = tokio::spawn(worker_loop(ctx.clone()));
     let outbox = tokio::spawn(outbox_loop(ctx.clone()));
+    let status = tokio::spawn(status_loop(ctx.clone()));
     stop.cancelled().await;
-    for task in [events, worker, outbox] {
+    for task in [events, worker, outbox, status] {
         task.abort();
     }
     Ok(())
@@ -483,6 +506,61 @@ async fn outbox_loop(ctx: Ctx) {
     }
 }
 
+/// The simulated printer's status: hot while it prints, cold otherwise.
+fn simulated_status(live: Live) -> PrinterStatus {
+    let heater = |name: &str, hot: f32| Heater {
+        name: name.into(),
+        actual: if live.job.is_some() { hot } else { 24.0 },
+        target: live.job.map(|_| hot),
+    };
+    PrinterStatus {
+        state: if live.job.is_some() {
+            PrinterState::Printing
+        } else {
+            PrinterState::Idle
+        },
+        heaters: vec![heater("tool0", 210.0), heater("bed", 60.0)],
+        job_id: live.job,
+        progress: live.progress,
+        firmware_version: Some(concat!("printworks-agent ", env!("CARGO_PKG_VERSION")).into()),
+        message: None,
+    }
+}
+
+/// Reports the printer's status: at once when it changes, at most once a second while
+/// printing (a status not taken is tried again a second later).
+async fn status_loop(ctx: Ctx) {
+    let mut sent: Option<PrinterStatus> = None;
+    let mut last = tokio::time::Instant::now() - Duration::from_secs(1);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = ctx.shared.status.notified() => {}
+        }
+        let now = simulated_status(ctx.shared.live());
+        if sent.as_ref() == Some(&now) {
+            continue;
+        }
+        let same_state = sent.as_ref().is_some_and(|s| s.state == now.state);
+        if same_state && last.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last = tokio::time::Instant::now();
+        match ctx
+            .client
+            .post(ctx.url(printworks_proto::status::STATUS_PATH))
+            .json(&now)
+            .send()
+            .await
+        {
+            Ok(res) if res.status().is_success() => sent = Some(now),
+            Ok(res) => tracing::debug!(status = %res.status(), "status report not taken"),
+            Err(e) => tracing::debug!(error = %e, "status report not sent"),
+        }
+    }
+}
+
 async fn worker_loop(ctx: Ctx) {
     loop {
         let next = ctx
@@ -492,7 +570,9 @@ async fn worker_loop(ctx: Ctx) {
             ctx.shared.work.notified().await;
             continue;
         };
-        if let Err(e) = work(&ctx, &job).await {
+        let outcome = work(&ctx, &job).await;
+        ctx.shared.set_live(Live::default());
+        if let Err(e) = outcome {
             tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "job failed");
             let _ = ctx
                 .shared
@@ -547,6 +627,10 @@ async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
             return stop_aborted(ctx, job);
         }
         let progress = 100.0 * step as f32 / steps as f32;
+        ctx.shared.set_live(Live {
+            job: Some(job.id),
+            progress: Some(progress),
+        });
         if step < steps {
             ctx.shared
                 .report(job.id, ReportedState::Printing, Some(progress), None)?;

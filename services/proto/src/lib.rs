@@ -22,6 +22,7 @@ pub mod printer;
 mod problem;
 mod role;
 mod scope;
+pub mod status;
 
 pub use job::{JobState, ReportOutcome, ReportedState, hex, job_message};
 pub use pairing::{
@@ -36,3 +37,4 @@ pub use printer::{
 pub use problem::ProblemReport;
 pub use role::Role;
 pub use scope::{Scope, ScopeSet};
+pub use status::{Heater, PrinterState, PrinterStatus, StatusView};

@@ -145,15 +145,29 @@ async fn sweep(ctx: &AppContext, wakers: &Wakers) {
     }
 }
 
-/// Listens for hints and sweeps, until `stop`.
-pub async fn run(ctx: AppContext, wakers: Arc<Wakers>, stop: CancellationToken) {
+/// Listens for hints and sweeps, until `stop`: work for printers (this channel), and
+/// printers' status changes for this replica's status streams (`status::CHANNEL`, on
+/// the same connection).
+pub async fn run(
+    ctx: AppContext,
+    wakers: Arc<Wakers>,
+    status: crate::status::Hints,
+    stop: CancellationToken,
+) {
     let every = ctx.settings.relay.dispatch_sweep_interval;
-    let mut follow = Follower::new(&ctx, "dispatch", CHANNEL, every, &stop);
+    let channels = [CHANNEL, crate::status::CHANNEL];
+    let mut follow = Follower::new(&ctx, "dispatch", &channels, every, &stop);
     while let Some(next) = follow.next().await {
         match next {
-            Next::Sweep => sweep(&ctx, &wakers).await,
-            Next::Hint(Some(printer)) => wake(&wakers, printer),
-            Next::Hint(None) => {}
+            Next::Sweep => {
+                sweep(&ctx, &wakers).await;
+                let _ = status.send(None);
+            }
+            Next::Hint(0, Some(printer)) => wake(&wakers, printer),
+            Next::Hint(0, None) => {}
+            Next::Hint(_, printer) => {
+                let _ = status.send(printer);
+            }
         }
     }
 }

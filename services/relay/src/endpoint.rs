@@ -262,7 +262,7 @@ async fn watch_revocations(
     let mut follow = Follower::new(
         &ctx,
         "revocation watcher",
-        REVOKED_CHANNEL,
+        &[REVOKED_CHANNEL],
         SWEEP_INTERVAL,
         &stop,
     );
@@ -270,7 +270,7 @@ async fn watch_revocations(
         // A sweep rechecks every connection; a hint, that printer's.
         let printer = match next {
             Next::Sweep => None,
-            Next::Hint(printer) => printer,
+            Next::Hint(_, printer) => printer,
         };
         if let Err(e) = recheck(&ctx, &connections, printer).await {
             tracing::warn!(error = %e, "revocation check");

@@ -110,6 +110,32 @@ fn sse(event: &PrinterEvent) -> serde_json::Result<Event> {
     Ok(e)
 }
 
+/// The stream ends (the printer went, or another stream took it over): the printer
+/// counts as connected no longer — unless another stream of it holds the row by now.
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let (db, printer, id) = (self.state.ctx.db.clone(), self.printer.printer_id, self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let gone = sqlx::query(
+                    "WITH gone AS (
+                         DELETE FROM printer_streams WHERE printer_id = $1 AND stream_id = $2
+                         RETURNING printer_id)
+                     SELECT pg_notify($3, printer_id::text) FROM gone",
+                )
+                .bind(printer)
+                .bind(id)
+                .bind(crate::status::CHANNEL)
+                .execute(&db)
+                .await;
+                if let Err(e) = gone {
+                    tracing::debug!(printer_id = %printer, error = %e, "could not mark the printer disconnected");
+                }
+            });
+        }
+    }
+}
+
 impl Feed {
     fn push_back(&mut self, event: PrinterEvent) -> serde_json::Result<()> {
         self.pending.push_back(sse(&event)?);
@@ -233,7 +259,8 @@ pub async fn events(
              INSERT INTO printer_streams (printer_id, stream_id, opened_at) VALUES ($1, $2, $3)
              ON CONFLICT (printer_id) DO UPDATE SET stream_id = $2, opened_at = $3
              RETURNING printer_id)
-         SELECT pg_notify('printworks_printer_work', printer_id::text) FROM taken",
+         SELECT pg_notify('printworks_printer_work', printer_id::text),
+                pg_notify('printworks_printer_status', printer_id::text) FROM taken",
     )
     .bind(printer.printer_id)
     .bind(id)

@@ -16,6 +16,7 @@ mod listen;
 pub mod printer_api;
 pub mod registry;
 pub mod seal;
+pub mod status;
 pub mod ufp;
 pub mod upload;
 
@@ -47,7 +48,13 @@ pub const SEALED: &[printworks_common::reseal::SealedColumn] =
 
 /// The tables the relay owns (see `printworks_common::db::Owned`).
 pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
-    tables: &["print_jobs", "print_job_events", "printer_streams"],
+    tables: &[
+        "print_jobs",
+        "print_job_events",
+        "printer_streams",
+        "printer_status",
+        "printer_status_history",
+    ],
     functions: &["notify_printer_work"],
 };
 
@@ -63,6 +70,8 @@ pub struct RelayState {
     pub wakers: Arc<dispatch::Wakers>,
     /// Where UFP packages are checked: a few threads of their own.
     pub ufp_checkers: Arc<Checkers>,
+    /// Printers whose status changed, for this replica's status streams.
+    pub status_hints: status::Hints,
 }
 
 /// A bounded set of threads for CPU-heavy checks (UFP packages: unzipping and reading
@@ -111,6 +120,7 @@ impl RelayState {
         let store = blob::from_settings(&ctx.settings).await?;
         let state = Self {
             wakers: Arc::default(),
+            status_hints: status::hints(),
             ufp_checkers: Arc::new(Checkers::new(
                 usize::try_from(ctx.settings.relay.ufp_checkers).unwrap_or(1),
             )),
@@ -127,9 +137,20 @@ impl RelayState {
 /// uploads, orphaned and expired jobs ([`lifecycle::cleanup`]).
 pub fn tasks(state: &RelayState) -> Vec<Task> {
     let (ctx, wakers) = (state.ctx.clone(), state.wakers.clone());
+    let hints = state.status_hints.clone();
+    let pruner = state.ctx.clone();
     let cleaner = state.clone();
     vec![
-        Task::looping("dispatch", move |stop| dispatch::run(ctx, wakers, stop)),
+        Task::looping("dispatch", move |stop| {
+            dispatch::run(ctx, wakers, hints, stop)
+        }),
+        Task::periodic("status-history", Duration::from_secs(3600), move || {
+            let ctx = pruner.clone();
+            async move {
+                status::prune(&ctx.db, ctx.now()).await?;
+                Ok(())
+            }
+        }),
         Task::periodic("job-cleanup", Duration::from_secs(3600), move || {
             let state = cleaner.clone();
             async move {
@@ -155,6 +176,8 @@ pub fn routes() -> RouteTable<RelayState> {
         .get("/printers/{printer}/jobs", Token(PrintJobRead), jobs::list)
         .get("/jobs/{job}", Token(PrintJobRead), jobs::get)
         .post("/jobs/{job}/abort", Token(PrintJobWrite), jobs::abort)
+        .get("/printers/{printer}/status", Token(PrinterRead), status::get)
+        .get("/printers/{printer}/status/events", Token(PrinterRead), status::events)
 }
 
 /// The printers' routes, under [`PRINTER_PREFIX`] on the printer endpoint, whose mutual
@@ -169,6 +192,7 @@ pub fn printer_routes() -> RouteTable<RelayState> {
         .get("/jobs/{job}/content", Printer, download::content)
         .post("/jobs/{job}/status", Printer, printer_api::status)
         .post("/settings/applied", Printer, printer_api::settings_applied)
+        .post("/status", Printer, status::report)
 }
 
 /// The public routes, built from [`routes`].

@@ -1,5 +1,5 @@
-//! The one way this service follows a PostgreSQL notification channel: hints on the
-//! channel name a printer; a sweep after every (re)connection and every `every` catches
+//! The one way this service follows PostgreSQL notification channels (one connection for
+//! all of a follower's channels): hints on a channel name a printer; a sweep after every (re)connection and every `every` catches
 //! whatever was hinted while nobody listened, or whose hint was lost. A lost connection
 //! is reconnected after a pause.
 
@@ -18,15 +18,16 @@ const RETRY: Duration = Duration::from_secs(1);
 pub enum Next {
     /// Look for everything that may have been missed.
     Sweep,
-    /// A notification: the printer it names (`None` if the payload is not one).
-    Hint(Option<Uuid>),
+    /// A notification on the follower's `channels[i]`: the printer it names (`None` if
+    /// the payload is not one).
+    Hint(usize, Option<Uuid>),
 }
 
 pub struct Follower<'a> {
     ctx: &'a AppContext,
     /// Names the follower in logs.
     what: &'static str,
-    channel: &'a str,
+    channels: &'a [&'a str],
     every: Duration,
     stop: &'a CancellationToken,
     listening: Option<(PgListener, Interval)>,
@@ -36,14 +37,14 @@ impl<'a> Follower<'a> {
     pub fn new(
         ctx: &'a AppContext,
         what: &'static str,
-        channel: &'a str,
+        channels: &'a [&'a str],
         every: Duration,
         stop: &'a CancellationToken,
     ) -> Self {
         Self {
             ctx,
             what,
-            channel,
+            channels,
             every,
             stop,
             listening: None,
@@ -74,7 +75,10 @@ impl<'a> Follower<'a> {
                 () = self.stop.cancelled() => return None,
                 _ = tick.tick() => return Some(Next::Sweep),
                 n = listener.recv() => match n {
-                    Ok(n) => return Some(Next::Hint(Uuid::parse_str(n.payload()).ok())),
+                    Ok(n) => {
+                        let i = self.channels.iter().position(|c| *c == n.channel()).unwrap_or(0);
+                        return Some(Next::Hint(i, Uuid::parse_str(n.payload()).ok()));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, what = self.what, "lost the listening connection; reconnecting");
                         self.listening = None;
@@ -86,7 +90,7 @@ impl<'a> Follower<'a> {
 
     async fn connect(&self) -> sqlx::Result<PgListener> {
         let mut l = PgListener::connect_with(&self.ctx.db).await?;
-        l.listen(self.channel).await?;
+        l.listen_all(self.channels.iter().copied()).await?;
         Ok(l)
     }
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod gcs;
 mod jobs;
 mod printer;
+mod status;
 
 use std::time::Duration;
 
