@@ -527,11 +527,13 @@ fn simulated_status(live: Live) -> PrinterStatus {
     }
 }
 
-/// Reports the printer's status: at once when it changes, at most once a second while
-/// printing (a status not taken is tried again a second later).
+/// Reports the printer's status: when it changes, at most once a second while it
+/// prints in one state, and never twice within 600 ms (a change right after a report
+/// waits for the next tick). A status not taken is tried again a second later, at the
+/// earliest.
 async fn status_loop(ctx: Ctx) {
     let mut sent: Option<PrinterStatus> = None;
-    let mut last = tokio::time::Instant::now() - Duration::from_secs(1);
+    let mut attempted: Option<(PrinterState, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -542,11 +544,13 @@ async fn status_loop(ctx: Ctx) {
         if sent.as_ref() == Some(&now) {
             continue;
         }
-        let same_state = sent.as_ref().is_some_and(|s| s.state == now.state);
-        if same_state && last.elapsed() < Duration::from_secs(1) {
-            continue;
+        if let Some((state, at)) = attempted {
+            let gap = if state == now.state { 1000 } else { 600 };
+            if at.elapsed() < Duration::from_millis(gap) {
+                continue;
+            }
         }
-        last = tokio::time::Instant::now();
+        attempted = Some((now.state, tokio::time::Instant::now()));
         match ctx
             .client
             .post(ctx.url(printworks_proto::status::STATUS_PATH))

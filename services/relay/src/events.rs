@@ -129,7 +129,7 @@ impl Drop for Feed {
                 .execute(&db)
                 .await;
                 if let Err(e) = gone {
-                    tracing::debug!(printer_id = %printer, error = %e, "could not mark the printer disconnected");
+                    tracing::warn!(printer_id = %printer, error = %e, "could not mark the printer disconnected");
                 }
             });
         }

@@ -76,7 +76,9 @@ impl<'a> Follower<'a> {
                 _ = tick.tick() => return Some(Next::Sweep),
                 n = listener.recv() => match n {
                     Ok(n) => {
-                        let i = self.channels.iter().position(|c| *c == n.channel()).unwrap_or(0);
+                        let Some(i) = self.channels.iter().position(|c| *c == n.channel()) else {
+                            continue;
+                        };
                         return Some(Next::Hint(i, Uuid::parse_str(n.payload()).ok()));
                     }
                     Err(e) => {

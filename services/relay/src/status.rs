@@ -2,12 +2,13 @@
 //!
 //! - `POST /printer/v1/status` ([`report`]): the printer's status now. The latest is
 //!   kept per printer; the history keeps at most one report a minute (and one at every
-//!   change of state) for 24 hours. A printer that reports more than twice a second is
-//!   answered 429.
+//!   change of state, at most one in 5 s) for 24 hours. A printer that reports more
+//!   than twice a second is answered 429.
 //! - `GET /relay/v1/printers/{printer}/status` ([`get`]): the latest, and whether the
 //!   printer holds its event stream now — for everyone who may see the printer.
 //! - `GET /relay/v1/printers/{printer}/status/events` ([`events`]): server-sent `status`
-//!   events, the current one first and then each change, on any replica: a report is
+//!   events, the current one first and then the status whenever it changed (changes in
+//!   quick succession may arrive as their last), on any replica: a report is
 //!   announced on the `printworks_printer_status` channel, which every replica follows
 //!   on its dispatch listener's connection ([`crate::dispatch::run`]). Access is checked again at every sweep, and the stream ends when the
 //!   caller's token expires or the process stops.
@@ -37,7 +38,9 @@ pub const HISTORY: time::Duration = time::Duration::hours(24);
 /// The history keeps at most one report per printer in this long (and every change of
 /// state).
 pub const HISTORY_STEP: time::Duration = time::Duration::minutes(1);
-/// Reports closer together than this are refused (429).
+/// A change of state is kept in the history unless one was kept this recently.
+pub const CHANGE_STEP: time::Duration = time::Duration::seconds(5);
+/// Reports closer together than this are refused (429), whatever their state.
 const MIN_INTERVAL: time::Duration = time::Duration::milliseconds(500);
 /// How often a status stream looks again whatever it heard: the printer's connection,
 /// the caller's access.
@@ -70,9 +73,9 @@ pub async fn report(
     let changed_state = previous.as_ref().is_none_or(|(s, _)| {
         s.0.get("state").and_then(|v| v.as_str()) != Some(status.state.as_str())
     });
+    // Whatever the state: a printer alternating states must not write without bound.
     if let Some((_, at)) = &previous
         && now - *at < MIN_INTERVAL
-        && !changed_state
     {
         return Err(Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -96,12 +99,13 @@ pub async fn report(
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    // The history at reduced resolution: a row a minute, and every change of state.
+    // The history at reduced resolution: a row a minute, and a change of state unless
+    // one was kept in the last few seconds (a flapping printer writes no more than that).
     sqlx::query(
         "INSERT INTO printer_status_history (printer_id, reported_at, status)
          SELECT $1, $2, $3
-         WHERE $4 OR NOT EXISTS (SELECT 1 FROM printer_status_history
-                                 WHERE printer_id = $1 AND reported_at > $5)
+         WHERE NOT EXISTS (SELECT 1 FROM printer_status_history
+                           WHERE printer_id = $1 AND reported_at > CASE WHEN $4 THEN $6 ELSE $5 END)
          ON CONFLICT DO NOTHING",
     )
     .bind(printer.printer_id)
@@ -109,6 +113,7 @@ pub async fn report(
     .bind(json)
     .bind(changed_state)
     .bind(now - HISTORY_STEP)
+    .bind(now - CHANGE_STEP)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM printer_status_history WHERE printer_id = $1 AND reported_at < $2")
