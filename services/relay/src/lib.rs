@@ -72,6 +72,8 @@ pub struct RelayState {
     pub ufp_checkers: Arc<Checkers>,
     /// Printers whose status changed, for this replica's status streams.
     pub status_hints: status::Hints,
+    /// The status streams open with this replica, per caller.
+    pub status_streams: Arc<status::Streams>,
 }
 
 /// A bounded set of threads for CPU-heavy checks (UFP packages: unzipping and reading
@@ -121,6 +123,7 @@ impl RelayState {
         let state = Self {
             wakers: Arc::default(),
             status_hints: status::hints(),
+            status_streams: Arc::default(),
             ufp_checkers: Arc::new(Checkers::new(
                 usize::try_from(ctx.settings.relay.ufp_checkers).unwrap_or(1),
             )),

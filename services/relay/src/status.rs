@@ -64,6 +64,20 @@ pub async fn report(
     let ctx = &state.ctx;
     let now = ctx.now();
     let mut tx = ctx.db.begin().await?;
+    // A job it names is one of its own: a printer cannot show people another's job.
+    if let Some(job) = status.job_id {
+        let own: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM print_jobs WHERE id = $1 AND printer_id = $2")
+                .bind(job)
+                .bind(printer.printer_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if own.is_none() {
+            return Err(ApiError::invalid(
+                "job_id is not one of this printer's jobs.",
+            ));
+        }
+    }
     let previous: Option<(sqlx::types::Json<serde_json::Value>, OffsetDateTime)> = sqlx::query_as(
         "SELECT status, reported_at FROM printer_status WHERE printer_id = $1 FOR UPDATE",
     )
@@ -162,8 +176,59 @@ pub async fn get(
     Ok(Json(view(&state.ctx.db, printer).await?))
 }
 
+/// Most status streams one caller (a person, or a client acting on its own) holds open
+/// with one replica; more are refused (429).
+pub const MAX_STREAMS_PER_CALLER: usize = 16;
+
+/// The status streams open with this replica, per caller.
+#[derive(Default)]
+pub struct Streams {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Streams {
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more stream of `caller`, held until the guard is dropped.
+    fn take(self: &std::sync::Arc<Self>, caller: String) -> Option<StreamSlot> {
+        let mut counts = self.counts();
+        let n = counts.entry(caller.clone()).or_default();
+        if *n >= MAX_STREAMS_PER_CALLER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: self.clone(),
+            caller,
+        })
+    }
+}
+
+/// One open stream's place in [`Streams`].
+struct StreamSlot {
+    streams: std::sync::Arc<Streams>,
+    caller: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.streams.counts();
+        if let Some(n) = counts.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
+
 /// One status stream's state.
 struct Watch {
+    _slot: StreamSlot,
     ctx: AppContext,
     caller: printworks_common::auth::Caller,
     printer: Uuid,
@@ -237,11 +302,27 @@ pub async fn events(
     Path(printer): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
+    let who = match auth.subject {
+        printworks_common::auth::Subject::User(id) => format!("user:{id}"),
+        printworks_common::auth::Subject::Client { .. } => format!("client:{}", auth.client_id),
+    };
+    let Some(slot) = state.status_streams.take(who) else {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams",
+            "Too many status streams open",
+        )
+        .detail(format!(
+            "At most {MAX_STREAMS_PER_CALLER} status streams per caller are held open; close one first."
+        ))
+        .into());
+    };
     let expires_at =
         OffsetDateTime::from_unix_timestamp(auth.expires_at).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.reset();
     let watch = Watch {
+        _slot: slot,
         hints: state.status_hints.subscribe(),
         ctx: state.ctx.clone(),
         caller: auth.0,

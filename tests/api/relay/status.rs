@@ -113,8 +113,24 @@ async fn a_printer_reports_its_status_and_those_who_may_see_it_read_it(pool: PgP
             "{bad}: {status}"
         );
     }
+    // A job it names must be one of its own.
+    app.clock.advance(time::Duration::seconds(1));
+    let mut foreign = printing(20.0);
+    foreign["job_id"] = json!(Uuid::new_v4());
+    assert_eq!(
+        report(&printer, &foreign).await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     let kept = read(&app, &token, printer.id).await.expect(StatusCode::OK);
     assert_eq!(kept.body["status"]["progress"], 12.5);
+    let job = app
+        .submit_gcode(&token, printer.id, "own.gcode", gcode(5))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let mut own = printing(12.5);
+    own["job_id"] = json!(job);
+    assert_eq!(report(&printer, &own).await, StatusCode::NO_CONTENT);
 
     // More than twice a second: 429, whatever the state (a printer flapping between
     // states writes no more); half a second later it is taken.
@@ -316,4 +332,45 @@ async fn status_changes_stream_to_whoever_follows_them_and_the_agent_reports_its
     .await;
     assert!(gone.is_ok(), "the stream never showed the printer gone");
     ticking.abort();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn one_caller_holds_a_bounded_number_of_status_streams(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-STREAMS").await;
+    let open = |token: String| {
+        let url = app.url(&format!("/relay/v1/printers/{}/status/events", printer.id));
+        let client = app.client.clone();
+        async move { client.get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let res = open(token.clone()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        held.push(res);
+    }
+    let refused = open(token.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:printworks:problem:too-many-streams");
+    // Someone else is not held back by it.
+    let member_token = app.access_token(&w.member, ALL_SCOPES).await;
+    app.share_printer(printer.id, &[w.member.id]).await;
+    assert_eq!(open(member_token).await.status(), StatusCode::OK);
+    // A stream closed frees its place.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = open(token.clone()).await;
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
