@@ -128,6 +128,18 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         "/relay/v1/jobs/{job}/abort",
         ["200", "403", "403", "404"],
     ),
+    // The same callers as abort; the job is still queued (no printer holds it), so the
+    // admin who may is told it cannot be paused yet.
+    (
+        "POST",
+        "/relay/v1/jobs/{job}/pause",
+        ["409 conflict", "403", "403", "404 not-found"],
+    ),
+    (
+        "POST",
+        "/relay/v1/jobs/{job}/resume",
+        ["409 conflict", "403", "403", "404 not-found"],
+    ),
     ("GET", "/account/v1/clients", ["200", "403", "403", "404"]),
     ("POST", "/account/v1/clients", ["201", "403", "403", "404"]),
     (
@@ -191,7 +203,10 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                     .id()
             };
             let path = match *template {
-                "/relay/v1/jobs/{job}" | "/relay/v1/jobs/{job}/abort" => {
+                "/relay/v1/jobs/{job}"
+                | "/relay/v1/jobs/{job}/abort"
+                | "/relay/v1/jobs/{job}/pause"
+                | "/relay/v1/jobs/{job}/resume" => {
                     template.replace("{job}", &job().await.to_string())
                 }
                 "/account/v1/clients/{client_id}" => {

@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use futures_util::TryStreamExt as _;
 use printworks_proto::printer::path;
 use printworks_proto::{
-    AbortEvent, Heater, JobEvent, JobStatusReport, PrinterEvent, PrinterState, PrinterStatus,
-    ReportedState, SettingsAppliedRequest, SettingsEvent,
+    AbortEvent, Heater, HoldEvent, JobEvent, JobStatusReport, PrinterEvent, PrinterState,
+    PrinterStatus, ReportedState, SettingsAppliedRequest, SettingsEvent,
 };
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,9 @@ pub struct LocalJob {
     pub signature: String,
     pub phase: Phase,
     pub aborted: bool,
+    /// Someone asked to hold the print (`pause`), until a `resume`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A status report waiting in the outbox (kept in `book.json`: the state is written as
@@ -121,11 +124,12 @@ struct Shared {
     status: Notify,
 }
 
-/// The job being printed now, and how far.
+/// The job being printed now, how far, and whether it is held.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Live {
     job: Option<Uuid>,
     progress: Option<f32>,
+    paused: bool,
 }
 
 impl Shared {
@@ -416,6 +420,7 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
                 signature,
                 phase: Phase::Waiting,
                 aborted: false,
+                paused: false,
             };
             let added = ctx.shared.change(|b| {
                 if b.jobs.iter().any(|j| j.id == job.id) {
@@ -461,6 +466,16 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
                 "confirming settings: {}",
                 res.status()
             );
+        }
+        PrinterEvent::Pause(HoldEvent { id }) | PrinterEvent::Resume(HoldEvent { id }) => {
+            let pause = matches!(event, PrinterEvent::Pause(_));
+            ctx.shared.change(|b| {
+                if let Some(j) = b.jobs.iter_mut().find(|j| j.id == id) {
+                    j.paused = pause;
+                }
+            })?;
+            tracing::info!(job_id = %id, pause, "hold changed");
+            ctx.shared.work.notify_one();
         }
         PrinterEvent::Heartbeat | PrinterEvent::Reconnect => {}
     }
@@ -514,10 +529,10 @@ fn simulated_status(live: Live) -> PrinterStatus {
         target: live.job.map(|_| hot),
     };
     PrinterStatus {
-        state: if live.job.is_some() {
-            PrinterState::Printing
-        } else {
-            PrinterState::Idle
+        state: match (live.job, live.paused) {
+            (Some(_), true) => PrinterState::Paused,
+            (Some(_), false) => PrinterState::Printing,
+            (None, _) => PrinterState::Idle,
         },
         heaters: vec![heater("tool0", 210.0), heater("bed", 60.0)],
         job_id: live.job,
@@ -586,6 +601,11 @@ async fn worker_loop(ctx: Ctx) {
     }
 }
 
+fn held(ctx: &Ctx, id: Uuid) -> bool {
+    ctx.shared
+        .read(|b| b.jobs.iter().any(|j| j.id == id && j.paused))
+}
+
 fn aborted(ctx: &Ctx, id: Uuid) -> bool {
     ctx.shared
         .read(|b| b.jobs.iter().any(|j| j.id == id && j.aborted))
@@ -631,9 +651,28 @@ async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
             return stop_aborted(ctx, job);
         }
         let progress = 100.0 * step as f32 / steps as f32;
+        if held(ctx, job.id) {
+            // Hold the print until resumed (or aborted), saying so.
+            ctx.shared.set_live(Live {
+                job: Some(job.id),
+                progress: Some(progress),
+                paused: true,
+            });
+            ctx.shared
+                .report(job.id, ReportedState::Paused, Some(progress), None)?;
+            while held(ctx, job.id) && !aborted(ctx, job.id) {
+                ctx.shared.work.notified().await;
+            }
+            if aborted(ctx, job.id) {
+                return stop_aborted(ctx, job);
+            }
+            ctx.shared
+                .report(job.id, ReportedState::Printing, Some(progress), None)?;
+        }
         ctx.shared.set_live(Live {
             job: Some(job.id),
             progress: Some(progress),
+            paused: false,
         });
         if step < steps {
             ctx.shared

@@ -3,8 +3,9 @@
 //!
 //! A job's life: `receiving` (the upload streams; nobody outside the relay sees it) →
 //! `queued` (stored, waiting for the printer) → `dispatched` (announced on the printer's
-//! event stream) → `downloading` (the printer asked for the file) → `printing` →
-//! `completed`, `failed` or `aborted`. The printer may skip states; a job never goes back.
+//! event stream) → `downloading` (the printer asked for the file) → `printing` (or
+//! `paused`, and back: the same stage) → `completed`, `failed` or `aborted`. The printer
+//! may skip states; a job never goes back a stage.
 //!
 //! Who moves it:
 //!
@@ -37,48 +38,55 @@ pub enum JobState {
     /// The printer asked for the file.
     Downloading,
     Printing,
+    /// The printer holds the print (asked to with `pause`); `printing` again on `resume`.
+    Paused,
     Completed,
     Failed,
     Aborted,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
         JobState::Receiving,
         JobState::Queued,
         JobState::Dispatched,
         JobState::Downloading,
         JobState::Printing,
+        JobState::Paused,
         JobState::Completed,
         JobState::Failed,
         JobState::Aborted,
     ];
 
     /// Not finished: what the queue quotas count and what fails when the printer is
-    /// removed (`state IN ('receiving', 'queued', 'dispatched', 'downloading', 'printing')`).
-    pub const UNFINISHED: [JobState; 5] = [
+    /// removed (`state IN ('receiving', 'queued', 'dispatched', 'downloading', 'printing',
+    /// 'paused')`).
+    pub const UNFINISHED: [JobState; 6] = [
         JobState::Receiving,
         JobState::Queued,
         JobState::Dispatched,
         JobState::Downloading,
         JobState::Printing,
+        JobState::Paused,
     ];
 
     /// Stored and not finished: its file may be downloaded, it may be aborted
-    /// (`state IN ('queued', 'dispatched', 'downloading', 'printing')`).
-    pub const ACTIVE: [JobState; 4] = [
+    /// (`state IN ('queued', 'dispatched', 'downloading', 'printing', 'paused')`).
+    pub const ACTIVE: [JobState; 5] = [
         JobState::Queued,
         JobState::Dispatched,
         JobState::Downloading,
         JobState::Printing,
+        JobState::Paused,
     ];
 
     /// Announced to the printer and not finished: sent again on every connection
-    /// (`state IN ('dispatched', 'downloading', 'printing')`).
-    pub const WITH_PRINTER: [JobState; 3] = [
+    /// (`state IN ('dispatched', 'downloading', 'printing', 'paused')`).
+    pub const WITH_PRINTER: [JobState; 4] = [
         JobState::Dispatched,
         JobState::Downloading,
         JobState::Printing,
+        JobState::Paused,
     ];
 
     /// Finished: nothing moves it any more (`state IN ('completed', 'failed', 'aborted')`).
@@ -91,6 +99,7 @@ impl JobState {
             JobState::Dispatched => "dispatched",
             JobState::Downloading => "downloading",
             JobState::Printing => "printing",
+            JobState::Paused => "paused",
             JobState::Completed => "completed",
             JobState::Failed => "failed",
             JobState::Aborted => "aborted",
@@ -119,12 +128,13 @@ impl JobState {
         self.is_unfinished() && self != JobState::Receiving
     }
 
-    /// Announced to the printer and not finished: `dispatched`, `downloading` or
-    /// `printing`. Aborting such a job tells the printer (`abort_requested_at`).
+    /// Announced to the printer and not finished: `dispatched`, `downloading`,
+    /// `printing` or `paused`. Aborting such a job tells the printer
+    /// (`abort_requested_at`), and so does pausing or resuming it.
     pub fn has_reached_printer(self) -> bool {
         matches!(
             self,
-            JobState::Dispatched | JobState::Downloading | JobState::Printing
+            JobState::Dispatched | JobState::Downloading | JobState::Printing | JobState::Paused
         )
     }
 
@@ -140,19 +150,21 @@ impl JobState {
             JobState::Queued => 1,
             JobState::Dispatched => 2,
             JobState::Downloading => 3,
-            JobState::Printing => 4,
+            JobState::Printing | JobState::Paused => 4,
             JobState::Completed | JobState::Failed | JobState::Aborted => 5,
         }
     }
 
     /// Whether the job may go from this state to `next`, by anyone: a `receiving` job
     /// only to `queued` (stored) or `failed` (its printer was removed); a finished one
-    /// nowhere; any other only forward, skipping states if it likes. Staying in a state
-    /// (a progress report) is not a move.
+    /// nowhere; `printing` and `paused` into each other; any other only forward,
+    /// skipping states if it likes. Staying in a state (a progress report) is not a move.
     pub fn can_move_to(self, next: JobState) -> bool {
         match self {
             JobState::Receiving => matches!(next, JobState::Queued | JobState::Failed),
             s if s.is_terminal() => false,
+            JobState::Printing if next == JobState::Paused => true,
+            JobState::Paused if next == JobState::Printing => true,
             s => next.stage() > s.stage(),
         }
     }
@@ -179,7 +191,8 @@ impl JobState {
     ///   another: refused (409).
     /// - An earlier state than the job's: refused (409).
     /// - Otherwise the job takes the reported state: the same one is a progress report,
-    ///   a later one a move (states may be skipped).
+    ///   a later one a move (states may be skipped), and `printing` and `paused` move
+    ///   into each other.
     ///
     /// A `receiving` job takes no report (printers never see one: the relay answers 404
     /// before it asks).
@@ -212,15 +225,17 @@ impl fmt::Display for JobState {
 pub enum ReportedState {
     Downloading,
     Printing,
+    Paused,
     Completed,
     Failed,
     Aborted,
 }
 
 impl ReportedState {
-    pub const ALL: [ReportedState; 5] = [
+    pub const ALL: [ReportedState; 6] = [
         ReportedState::Downloading,
         ReportedState::Printing,
+        ReportedState::Paused,
         ReportedState::Completed,
         ReportedState::Failed,
         ReportedState::Aborted,
@@ -240,6 +255,7 @@ impl ReportedState {
         match self {
             ReportedState::Downloading => JobState::Downloading,
             ReportedState::Printing => JobState::Printing,
+            ReportedState::Paused => JobState::Paused,
             ReportedState::Completed => JobState::Completed,
             ReportedState::Failed => JobState::Failed,
             ReportedState::Aborted => JobState::Aborted,
@@ -331,7 +347,7 @@ mod tests {
                 serde_json::to_string(&r.state()).unwrap()
             );
         }
-        for s in ["receiving", "queued", "dispatched", "paused", ""] {
+        for s in ["receiving", "queued", "dispatched", "pausing", ""] {
             assert_eq!(ReportedState::parse(s), None, "{s}");
         }
         assert_eq!(
@@ -350,16 +366,17 @@ mod tests {
                 "queued",
                 "dispatched",
                 "downloading",
-                "printing"
+                "printing",
+                "paused"
             ]
         );
         assert_eq!(
             names(&JobState::ACTIVE),
-            ["queued", "dispatched", "downloading", "printing"]
+            ["queued", "dispatched", "downloading", "printing", "paused"]
         );
         assert_eq!(
             names(&JobState::WITH_PRINTER),
-            ["dispatched", "downloading", "printing"]
+            ["dispatched", "downloading", "printing", "paused"]
         );
         assert_eq!(
             names(&JobState::TERMINAL),
@@ -379,13 +396,14 @@ mod tests {
     }
 
     /// The rule the relay applied before it had [`JobState::on_report`]
-    /// (`printer_api::status`), kept here as the reference.
+    /// (`printer_api::status`), kept here as the reference — `paused` at `printing`'s
+    /// rank since the two move into each other.
     fn relay_rule(current: &str, new: &str, abort_requested: bool) -> ReportOutcome {
         let rank = |s: &str| match s {
             "queued" => 0,
             "dispatched" => 1,
             "downloading" => 2,
-            "printing" => 3,
+            "printing" | "paused" => 3,
             _ => 4,
         };
         let terminal = rank(current) == 4;
@@ -442,6 +460,17 @@ mod tests {
         );
         // Backwards.
         assert_eq!(J::Printing.on_report(R::Downloading, false), Refused);
+        assert_eq!(J::Paused.on_report(R::Downloading, false), Refused);
+        // Paused and printing again.
+        assert_eq!(J::Printing.on_report(R::Paused, false), MovesTo(J::Paused));
+        assert_eq!(
+            J::Paused.on_report(R::Printing, false),
+            MovesTo(J::Printing)
+        );
+        assert_eq!(
+            J::Paused.on_report(R::Completed, false),
+            MovesTo(J::Completed)
+        );
         // A finished job: its own end again changes nothing, another is refused.
         assert_eq!(J::Completed.on_report(R::Completed, false), AlreadyThere);
         assert_eq!(J::Completed.on_report(R::Failed, false), Refused);

@@ -31,8 +31,8 @@ pub use pairing::{
     renewal_message_from_digest, repair_message_from_digest,
 };
 pub use printer::{
-    AbortEvent, JobEvent, JobStatusAnswer, JobStatusReport, PRINTER_PREFIX, PrinterEvent,
-    PrinterIdentity, SettingsAppliedRequest, SettingsEvent, TlsRenewalRequest,
+    AbortEvent, HoldEvent, JobEvent, JobStatusAnswer, JobStatusReport, PRINTER_PREFIX,
+    PrinterEvent, PrinterIdentity, SettingsAppliedRequest, SettingsEvent, TlsRenewalRequest,
 };
 pub use problem::ProblemReport;
 pub use role::Role;

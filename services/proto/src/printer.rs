@@ -4,7 +4,8 @@
 //! - `GET /printer/v1/events`: server-sent events, held open ([`PrinterEvent`]):
 //!   `settings` ([`SettingsEvent`]) first, a `job` ([`JobEvent`], with `id:` the job's
 //!   id) for every job of the printer to print, an `abort` ([`AbortEvent`]) for each
-//!   job aborted after it reached the printer, and `heartbeat` (no data) when idle.
+//!   job aborted after it reached the printer, a `pause` or `resume` ([`HoldEvent`]) for
+//!   a job someone paused or resumed, and `heartbeat` (no data) when idle.
 //! - `GET /printer/v1/jobs/{job}/content`: the job's file (no JSON).
 //! - `POST /printer/v1/jobs/{job}/status` [`JobStatusReport`] → [`JobStatusAnswer`].
 //! - `POST /printer/v1/settings/applied` [`SettingsAppliedRequest`] → 204.
@@ -53,6 +54,8 @@ pub mod event {
     pub const SETTINGS: &str = "settings";
     pub const JOB: &str = "job";
     pub const ABORT: &str = "abort";
+    pub const PAUSE: &str = "pause";
+    pub const RESUME: &str = "resume";
     pub const HEARTBEAT: &str = "heartbeat";
     pub const RECONNECT: &str = "reconnect";
 }
@@ -119,12 +122,22 @@ pub struct AbortEvent {
     pub id: Uuid,
 }
 
+/// `pause` or `resume`: hold this job's print (report `paused`), or go on with it
+/// (report `printing`). Sent once per connection for a job someone paused or resumed
+/// while it is with the printer; the newest wish counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldEvent {
+    pub id: Uuid,
+}
+
 /// One event of `GET /printer/v1/events`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrinterEvent {
     Settings(SettingsEvent),
     Job(JobEvent),
     Abort(AbortEvent),
+    Pause(HoldEvent),
+    Resume(HoldEvent),
     /// Sent after a while without another event; no data.
     Heartbeat,
     /// The replica holding the stream is stopping, and ends the stream after this: connect
@@ -139,6 +152,8 @@ impl PrinterEvent {
             PrinterEvent::Settings(_) => event::SETTINGS,
             PrinterEvent::Job(_) => event::JOB,
             PrinterEvent::Abort(_) => event::ABORT,
+            PrinterEvent::Pause(_) => event::PAUSE,
+            PrinterEvent::Resume(_) => event::RESUME,
             PrinterEvent::Heartbeat => event::HEARTBEAT,
             PrinterEvent::Reconnect => event::RECONNECT,
         }
@@ -158,6 +173,7 @@ impl PrinterEvent {
             PrinterEvent::Settings(s) => Some(serde_json::to_string(s)?),
             PrinterEvent::Job(j) => Some(serde_json::to_string(j)?),
             PrinterEvent::Abort(a) => Some(serde_json::to_string(a)?),
+            PrinterEvent::Pause(h) | PrinterEvent::Resume(h) => Some(serde_json::to_string(h)?),
             PrinterEvent::Heartbeat | PrinterEvent::Reconnect => None,
         })
     }
@@ -170,6 +186,8 @@ impl PrinterEvent {
             event::SETTINGS => PrinterEvent::Settings(serde_json::from_str(data)?),
             event::JOB => PrinterEvent::Job(serde_json::from_str(data)?),
             event::ABORT => PrinterEvent::Abort(serde_json::from_str(data)?),
+            event::PAUSE => PrinterEvent::Pause(serde_json::from_str(data)?),
+            event::RESUME => PrinterEvent::Resume(serde_json::from_str(data)?),
             event::HEARTBEAT => PrinterEvent::Heartbeat,
             event::RECONNECT => PrinterEvent::Reconnect,
             _ => return Ok(None),

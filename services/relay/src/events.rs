@@ -2,11 +2,12 @@
 //! open): `settings` (firewall, PIN hash, version) first, then a `job` for every job
 //! waiting for this printer, in queue order (id, name, size, sha256 and the relay's
 //! signature over printer, job, size and digest), an `abort` for each aborted job it has
-//! not acknowledged, and a `heartbeat` when idle. On reconnect everything not finished
+//! not acknowledged, a `pause` or `resume` for each job someone paused or resumed (the
+//! newest wish), and a `heartbeat` when idle. On reconnect everything not finished
 //! is sent again: the printer keeps jobs by id. The events are
 //! [`printworks_proto::PrinterEvent`]s, which the agent parses with the same types.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use printworks_common::ApiError;
 use printworks_proto::printer::event;
 use printworks_proto::{
-    AbortEvent, JobEvent, JobState, PrinterEvent, PrinterIdentity, SettingsEvent,
+    AbortEvent, HoldEvent, JobEvent, JobState, PrinterEvent, PrinterIdentity, SettingsEvent,
 };
 use serde::Deserialize;
 use uuid::Uuid;
@@ -37,9 +38,17 @@ struct Feed {
     pending: VecDeque<Event>,
     sent_jobs: HashSet<Uuid>,
     sent_aborts: HashSet<Uuid>,
+    /// The pause (true) or resume (false) last sent for each job.
+    sent_holds: HashMap<Uuid, bool>,
     first: bool,
     /// The process is stopping: `reconnect` was sent, the stream ends.
     ended: bool,
+}
+
+#[derive(Deserialize)]
+struct Hold {
+    id: Uuid,
+    pause: bool,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +70,8 @@ struct Collected {
     mine: bool,
     jobs: sqlx::types::Json<Vec<Dispatchable>>,
     aborts: Vec<Uuid>,
+    /// Jobs with the printer that someone paused or resumed: the newest wish for each.
+    holds: sqlx::types::Json<Vec<Hold>>,
     /// When the newest of `aborts` was asked for.
     latest_abort: Option<time::OffsetDateTime>,
 }
@@ -95,6 +106,9 @@ SELECT
     ) AS jobs,
     ARRAY(SELECT id FROM print_jobs WHERE printer_id = $1 AND abort_requested_at IS NOT NULL
             AND abort_acknowledged_at IS NULL ORDER BY seq) AS aborts,
+    (SELECT coalesce(json_agg(json_build_object('id', id, 'pause', pause_requested) ORDER BY seq), '[]')
+     FROM print_jobs WHERE printer_id = $1 AND hold_changed_at IS NOT NULL
+       AND state IN ('dispatched', 'downloading', 'printing', 'paused')) AS holds,
     (SELECT max(abort_requested_at) FROM print_jobs WHERE printer_id = $1
             AND abort_acknowledged_at IS NULL) AS latest_abort";
 
@@ -183,6 +197,16 @@ impl Feed {
         for id in c.aborts {
             if self.sent_aborts.insert(id) {
                 self.push_back(PrinterEvent::Abort(AbortEvent { id }))?;
+            }
+        }
+        for hold in c.holds.0 {
+            if self.sent_holds.insert(hold.id, hold.pause) != Some(hold.pause) {
+                let event = HoldEvent { id: hold.id };
+                self.push_back(if hold.pause {
+                    PrinterEvent::Pause(event)
+                } else {
+                    PrinterEvent::Resume(event)
+                })?;
             }
         }
         let version = s.version;
@@ -279,6 +303,7 @@ pub async fn events(
         pending: VecDeque::new(),
         sent_jobs: HashSet::new(),
         sent_aborts: HashSet::new(),
+        sent_holds: HashMap::new(),
         first: true,
         ended: false,
     };

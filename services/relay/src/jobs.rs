@@ -163,28 +163,52 @@ pub async fn list(
     Ok(Json(page.finish(rows, |j| (j.created_at, j.id))))
 }
 
+/// The job and the caller's use of its printer: 404 unless they may see it.
+async fn controlled(
+    state: &RelayState,
+    auth: &Auth,
+    job: Uuid,
+) -> Result<(JobView, printworks_org::fleet::Usable), ApiError> {
+    let view = job_view(&state.ctx.db, job)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let usable = printworks_org::fleet::usable(&state.ctx, auth, view.printer_id).await?;
+    Ok((view, usable))
+}
+
+/// Who may abort, pause or resume a job: admins, the person who added the printer while
+/// they may still change printers, and whoever sent the job.
+fn controller<'a>(
+    view: &JobView,
+    usable: &'a printworks_org::fleet::Usable,
+    auth: &Auth,
+    refusal: &str,
+) -> Result<printworks_org::access::Allowed<'a>, ApiError> {
+    let (printer, m) = (&usable.printer, usable.membership());
+    let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
+        || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
+            && m.user_id().is_none();
+    match m.require_admin_or_maker(printer.claimed_by, refusal) {
+        Ok(writer) => Ok(writer.into()),
+        Err(_) => m.require_granted(sender, refusal),
+    }
+}
+
 pub async fn abort(
     State(state): State<RelayState>,
     auth: Auth,
     client: ClientInfo,
     Path(job): Path<Uuid>,
 ) -> Result<Json<JobView>, ApiError> {
-    let view = job_view(&state.ctx.db, job)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    let usable = printworks_org::fleet::usable(&state.ctx, &auth, view.printer_id).await?;
-    let (printer, m) = (&usable.printer, usable.membership());
-    let sender = view.submitted_by.is_some() && view.submitted_by == m.user_id()
-        || view.submitted_by_client.as_deref() == Some(auth.client_id.as_str())
-            && m.user_id().is_none();
-    // Admins, the person who added the printer while they may still change printers,
-    // and whoever sent the job.
-    const REFUSAL: &str =
-        "Only admins, whoever sent the job and whoever added the printer can abort it.";
-    let aborter = match m.require_admin_or_maker(printer.claimed_by, REFUSAL) {
-        Ok(writer) => writer.into(),
-        Err(_) => m.require_granted(sender, REFUSAL)?,
-    };
+    let (view, usable) = controlled(&state, &auth, job).await?;
+    let printer = &usable.printer;
+    let m = usable.membership();
+    let aborter = controller(
+        &view,
+        &usable,
+        &auth,
+        "Only admins, whoever sent the job and whoever added the printer can abort it.",
+    )?;
     let ctx = &state.ctx;
     let now = ctx.now();
     let mut tx = ctx.db.begin().await?;
@@ -224,6 +248,101 @@ pub async fn abort(
         .detail("was", current.as_str())
         .write(&mut tx, now)
         .await?;
+    tx.commit().await?;
+    Ok(Json(
+        job_view(&ctx.db, job)
+            .await?
+            .ok_or_else(ApiError::not_found)?,
+    ))
+}
+
+pub async fn pause(
+    state: State<RelayState>,
+    auth: Auth,
+    client: ClientInfo,
+    job: Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    hold(state, auth, client, job, true).await
+}
+
+pub async fn resume(
+    state: State<RelayState>,
+    auth: Auth,
+    client: ClientInfo,
+    job: Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    hold(state, auth, client, job, false).await
+}
+
+/// `POST /relay/v1/jobs/{job}/pause|resume`: asks the printer to hold the print, or to
+/// go on. Only a job the printer has (`dispatched`, `downloading`, `printing`,
+/// `paused`); pausing one paused (or asked to pause), or resuming one not, is 409. The
+/// printer answers by reporting `paused` or `printing`; the job's state is the
+/// printer's word.
+async fn hold(
+    State(state): State<RelayState>,
+    auth: Auth,
+    client: ClientInfo,
+    Path(job): Path<Uuid>,
+    pause: bool,
+) -> Result<Json<JobView>, ApiError> {
+    let (view, usable) = controlled(&state, &auth, job).await?;
+    let printer = &usable.printer;
+    let who = controller(
+        &view,
+        &usable,
+        &auth,
+        "Only admins, whoever sent the job and whoever added the printer can pause or resume it.",
+    )?;
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    let mut tx = ctx.db.begin().await?;
+    let (current, requested): (String, bool) =
+        sqlx::query_as("SELECT state, pause_requested FROM print_jobs WHERE id = $1 FOR UPDATE")
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+    let current = stored_state(&current)?;
+    if !current.has_reached_printer() {
+        return Err(ApiError::conflict(format!(
+            "The job is {current}: only a job the printer has can be paused or resumed."
+        )));
+    }
+    if requested == pause {
+        return Err(ApiError::conflict(if pause {
+            "The job is paused already (or asked to pause)."
+        } else {
+            "The job is not paused."
+        }));
+    }
+    sqlx::query(
+        "UPDATE print_jobs SET pause_requested = $2, hold_changed_at = $3, updated_at = $3
+         WHERE id = $1",
+    )
+    .bind(job)
+    .bind(pause)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let said = match (pause, usable.membership().user_id().is_some()) {
+        (true, true) => "pause asked by a person",
+        (true, false) => "pause asked by an automated client",
+        (false, true) => "resume asked by a person",
+        (false, false) => "resume asked by an automated client",
+    };
+    record(&mut tx, job, current, None, Some(said), now).await?;
+    AuditEvent::new(
+        if pause { "job.pause" } else { "job.resume" },
+        who.audit_actor(),
+        Outcome::Success,
+    )
+    .organization(printer.organization_id)
+    .source(client.addr)
+    .target("job", job)
+    .detail("printer_id", printer.id.to_string())
+    .detail("was", current.as_str())
+    .write(&mut tx, now)
+    .await?;
     tx.commit().await?;
     Ok(Json(
         job_view(&ctx.db, job)

@@ -179,6 +179,8 @@ pub fn routes() -> RouteTable<RelayState> {
         .get("/printers/{printer}/jobs", Token(PrintJobRead), jobs::list)
         .get("/jobs/{job}", Token(PrintJobRead), jobs::get)
         .post("/jobs/{job}/abort", Token(PrintJobWrite), jobs::abort)
+        .post("/jobs/{job}/pause", Token(PrintJobWrite), jobs::pause)
+        .post("/jobs/{job}/resume", Token(PrintJobWrite), jobs::resume)
         .get("/printers/{printer}/status", Token(PrinterRead), status::get)
         .get("/printers/{printer}/status/events", Token(PrinterRead), status::events)
 }

@@ -132,7 +132,7 @@ pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
     while orphaned.len() < 1000 {
         let active: Vec<Uuid> = sqlx::query_scalar(
             "SELECT DISTINCT printer_id FROM print_jobs
-             WHERE state IN ('queued', 'dispatched', 'downloading', 'printing')
+             WHERE state IN ('queued', 'dispatched', 'downloading', 'printing', 'paused')
                AND printer_id > $1
              ORDER BY printer_id LIMIT 1000",
         )

@@ -43,7 +43,7 @@ pub async fn status(
 ) -> Result<Json<JobStatusAnswer>, ApiError> {
     let Some(reported) = ReportedState::parse(&req.state) else {
         return Err(ApiError::invalid(
-            "state must be downloading, printing, completed, failed or aborted.",
+            "state must be downloading, printing, paused, completed, failed or aborted.",
         ));
     };
     if req.progress.is_some_and(|p| !(0.0..=100.0).contains(&p)) {

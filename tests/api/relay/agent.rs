@@ -355,3 +355,91 @@ async fn the_agent_stops_a_print_that_is_aborted(pool: PgPool) {
     app.wait_for_job(&token, next, "printing", WITHIN).await;
     stop.cancel();
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_print_is_paused_and_resumed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-HOLD").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = printer.state_dir(&dir.path().join("p"), &app.base);
+    let stop = CancellationToken::new();
+    let options = RunOptions {
+        print_time: Duration::from_secs(4),
+        print_steps: 20,
+        ..quick()
+    };
+    tokio::spawn({
+        let stop = stop.clone();
+        async move { run(&state, options, stop).await }
+    });
+    let job = app
+        .submit_gcode(&token, printer.id, "hold-me.gcode", gcode(50))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let act = |what: &'static str| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            app.call(
+                reqwest::Method::POST,
+                &format!("/relay/v1/jobs/{job}/{what}"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    app.wait_for_job(&token, job, "printing", WITHIN).await;
+    // Not paused: nothing to resume.
+    act("resume").await.expect(StatusCode::CONFLICT);
+    act("pause").await.expect(StatusCode::OK);
+    act("pause").await.expect(StatusCode::CONFLICT);
+    // The printer holds the print and says so; its progress stands still meanwhile.
+    app.wait_for_job(&token, job, "paused", WITHIN).await;
+    let progress = |app: &TestApp| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<f32>>("SELECT progress FROM print_jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let held_at = progress(&app).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(progress(&app).await, held_at);
+    assert!(held_at.unwrap_or(100.0) < 100.0);
+    act("resume").await.expect(StatusCode::OK);
+    app.wait_for_job(&token, job, "completed", WITHIN).await;
+    // The history tells the story, and both asks are audited.
+    let history: Vec<String> = sqlx::query_scalar(
+        "SELECT state || coalesce(' ' || message, '') FROM print_job_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let at = |needle: &str| {
+        history
+            .iter()
+            .position(|h| h.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} in {history:?}"))
+    };
+    assert!(at("pause asked by a person") < at("paused"));
+    assert!(at("resume asked by a person") < at("completed"));
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE action IN ('job.pause', 'job.resume') AND target_id = $1",
+    )
+    .bind(job.to_string())
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+    // A finished job is neither paused nor resumed.
+    act("pause").await.expect(StatusCode::CONFLICT);
+    stop.cancel();
+}
