@@ -76,8 +76,9 @@ pub struct LocalJob {
     pub signature: String,
     pub phase: Phase,
     pub aborted: bool,
-    /// Someone asked to hold the print (`pause`), until a `resume`.
-    #[serde(default)]
+    /// Someone asked to hold the print (`pause`), until a `resume`. (Not written when
+    /// false: books from before pause existed read and write the same.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
 }
 

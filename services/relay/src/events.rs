@@ -38,8 +38,8 @@ struct Feed {
     pending: VecDeque<Event>,
     sent_jobs: HashSet<Uuid>,
     sent_aborts: HashSet<Uuid>,
-    /// The pause (true) or resume (false) last sent for each job.
-    sent_holds: HashMap<Uuid, bool>,
+    /// The pause (true) or resume (false) last sent for each job, and when it was asked.
+    sent_holds: HashMap<Uuid, (bool, String)>,
     first: bool,
     /// The process is stopping: `reconnect` was sent, the stream ends.
     ended: bool,
@@ -49,6 +49,9 @@ struct Feed {
 struct Hold {
     id: Uuid,
     pause: bool,
+    /// When it was asked: a new wish the same way (after the printer held a print by
+    /// itself, say) is sent again.
+    at: String,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +109,8 @@ SELECT
     ) AS jobs,
     ARRAY(SELECT id FROM print_jobs WHERE printer_id = $1 AND abort_requested_at IS NOT NULL
             AND abort_acknowledged_at IS NULL ORDER BY seq) AS aborts,
-    (SELECT coalesce(json_agg(json_build_object('id', id, 'pause', pause_requested) ORDER BY seq), '[]')
+    (SELECT coalesce(json_agg(json_build_object('id', id, 'pause', pause_requested,
+                                                 'at', hold_changed_at::text) ORDER BY seq), '[]')
      FROM print_jobs WHERE printer_id = $1 AND hold_changed_at IS NOT NULL
        AND state IN ('dispatched', 'downloading', 'printing', 'paused')) AS holds,
     (SELECT max(abort_requested_at) FROM print_jobs WHERE printer_id = $1
@@ -200,7 +204,9 @@ impl Feed {
             }
         }
         for hold in c.holds.0 {
-            if self.sent_holds.insert(hold.id, hold.pause) != Some(hold.pause) {
+            let wish = (hold.pause, hold.at);
+            if self.sent_holds.get(&hold.id) != Some(&wish) {
+                self.sent_holds.insert(hold.id, wish);
                 let event = HoldEvent { id: hold.id };
                 self.push_back(if hold.pause {
                     PrinterEvent::Pause(event)

@@ -276,9 +276,9 @@ pub async fn resume(
 
 /// `POST /relay/v1/jobs/{job}/pause|resume`: asks the printer to hold the print, or to
 /// go on. Only a job the printer has (`dispatched`, `downloading`, `printing`,
-/// `paused`); pausing one paused (or asked to pause), or resuming one not, is 409. The
-/// printer answers by reporting `paused` or `printing`; the job's state is the
-/// printer's word.
+/// `paused`); pausing one paused (or asked to pause), or resuming one neither, is 409.
+/// The printer answers by reporting `paused` or `printing`; the job's state is the
+/// printer's word, and a report that does what was asked settles the wish.
 async fn hold(
     State(state): State<RelayState>,
     auth: Auth,
@@ -308,7 +308,10 @@ async fn hold(
             "The job is {current}: only a job the printer has can be paused or resumed."
         )));
     }
-    if requested == pause {
+    // The printer may hold a print by itself (its own button, filament run out): what
+    // counts is what it reported and what was last asked.
+    let held = current == JobState::Paused || requested;
+    if held == pause {
         return Err(ApiError::conflict(if pause {
             "The job is paused already (or asked to pause)."
         } else {

@@ -115,6 +115,16 @@ pub async fn status(
     .bind(new.is_terminal())
     .execute(&mut *tx)
     .await?;
+    // The printer did what was last asked (held the print, or went on with it): the
+    // wish is settled and no longer sent on each connection.
+    sqlx::query(
+        "UPDATE print_jobs SET hold_changed_at = NULL
+         WHERE id = $1 AND hold_changed_at IS NOT NULL
+           AND ((state = 'paused' AND pause_requested) OR (state = 'printing' AND NOT pause_requested))",
+    )
+    .bind(job)
+    .execute(&mut *tx)
+    .await?;
     // Progress within a state is kept on the job; a new state goes into the history.
     if new != current || message.is_some() {
         record(&mut tx, job, new, req.progress, message.as_deref(), now).await?;

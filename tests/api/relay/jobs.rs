@@ -492,3 +492,69 @@ async fn an_upload_may_take_longer_than_the_request_timeout(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_print_the_printer_held_by_itself_can_be_resumed_and_a_settled_wish_is_not_sent_again(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, crate::helpers::ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-SELF").await;
+    let job = app
+        .submit_gcode(&token, printer.id, "self.gcode", super::gcode(5))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let say = |state: &'static str| {
+        let client = printer.client();
+        let url = format!("{}/printer/v1/jobs/{job}/status", printer.printer_url);
+        async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({"state": state, "progress": 10.0, "message": null}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let act = |what: &'static str| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/relay/v1/jobs/{job}/{what}"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    // Queued: not with the printer yet.
+    act("pause").await.expect(StatusCode::CONFLICT);
+    assert_eq!(say("printing").await, StatusCode::OK);
+    // The printer holds the print by itself (its own button): the cloud may resume it,
+    // not pause it again.
+    assert_eq!(say("paused").await, StatusCode::OK);
+    act("pause").await.expect(StatusCode::CONFLICT);
+    act("resume").await.expect(StatusCode::OK);
+    let wish = || async {
+        sqlx::query_as::<_, (bool, bool)>(
+            "SELECT pause_requested, hold_changed_at IS NOT NULL FROM print_jobs WHERE id = $1",
+        )
+        .bind(job)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(wish().await, (false, true));
+    // It goes on: the wish is settled, and no longer sent on each connection.
+    assert_eq!(say("printing").await, StatusCode::OK);
+    assert_eq!(wish().await, (false, false));
+    act("pause").await.expect(StatusCode::OK);
+    assert_eq!(wish().await, (true, true));
+    assert_eq!(say("paused").await, StatusCode::OK);
+    assert_eq!(wish().await, (true, false));
+}
