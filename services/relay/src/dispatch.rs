@@ -30,6 +30,8 @@ pub struct EventStream {
     pub notify: Notify,
     /// When the newest abort the stream has sent was asked for (unix microseconds).
     seen_at: AtomicI64,
+    /// When the newest pause or resume it has sent was asked for (unix microseconds).
+    hold_seen_at: AtomicI64,
     /// The settings version it sent (-1: none yet).
     settings_sent: AtomicI64,
 }
@@ -39,6 +41,7 @@ impl EventStream {
         Self {
             notify: Notify::new(),
             seen_at: AtomicI64::new(i64::MIN),
+            hold_seen_at: AtomicI64::new(i64::MIN),
             settings_sent: AtomicI64::new(-1),
         }
     }
@@ -48,16 +51,30 @@ impl EventStream {
         version > self.settings_sent.load(Ordering::Relaxed)
     }
 
-    /// The stream has sent the aborts asked for up to `latest_abort` (as the database
-    /// recorded them) and the settings version `settings`.
-    pub fn saw(&self, latest_abort: Option<OffsetDateTime>, settings: i64) {
+    /// The stream has sent the aborts asked for up to `latest_abort` and the pauses and
+    /// resumes up to `latest_hold` (as the database recorded them), and the settings
+    /// version `settings`.
+    pub fn saw(
+        &self,
+        latest_abort: Option<OffsetDateTime>,
+        latest_hold: Option<OffsetDateTime>,
+        settings: i64,
+    ) {
         if let Some(at) = latest_abort {
-            let micros = i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-            self.seen_at.fetch_max(micros, Ordering::Relaxed);
+            self.seen_at.fetch_max(micros(at), Ordering::Relaxed);
+        }
+        if let Some(at) = latest_hold {
+            self.hold_seen_at.fetch_max(micros(at), Ordering::Relaxed);
         }
         self.settings_sent.fetch_max(settings, Ordering::Relaxed);
     }
 }
+
+fn micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+impl EventStream {}
 
 /// The event streams open on this replica, by printer.
 pub type Wakers = Registry<Arc<EventStream>>;
@@ -76,6 +93,8 @@ struct Waiting {
     printer_id: Uuid,
     queued: bool,
     latest_abort: Option<OffsetDateTime>,
+    /// The newest pause or resume not yet settled by the printer's report.
+    latest_hold: Option<OffsetDateTime>,
     settings_version: Option<i64>,
 }
 
@@ -83,14 +102,17 @@ async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waitin
     let mut waiting: Vec<Waiting> = sqlx::query_as(
         "SELECT printer_id, bool_or(state = $2) AS queued,
                 max(CASE WHEN abort_acknowledged_at IS NULL THEN abort_requested_at END) AS latest_abort,
+                max(CASE WHEN state = ANY($3) THEN hold_changed_at END) AS latest_hold,
                 NULL::bigint AS settings_version
          FROM print_jobs
          WHERE printer_id = ANY($1)
-           AND (state = $2 OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL))
+           AND (state = $2 OR (abort_requested_at IS NOT NULL AND abort_acknowledged_at IS NULL)
+                OR (hold_changed_at IS NOT NULL AND state = ANY($3)))
          GROUP BY printer_id",
     )
     .bind(printers)
     .bind(JobState::Queued.as_str())
+    .bind(JobState::WITH_PRINTER.map(JobState::as_str))
     .fetch_all(&ctx.db)
     .await?;
     // The settings waiting to be confirmed, as the org service (their owner) says.
@@ -108,6 +130,7 @@ async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waitin
                 printer_id,
                 queued: false,
                 latest_abort: None,
+                latest_hold: None,
                 settings_version: Some(version),
             }),
         }
@@ -118,13 +141,13 @@ async fn waiting(ctx: &AppContext, printers: &[Uuid]) -> sqlx::Result<Vec<Waitin
 /// Whether `stream` has not seen what `w` says waits.
 fn unseen(stream: &EventStream, w: &Waiting) -> bool {
     let seen_at = stream.seen_at.load(Ordering::Relaxed);
-    let abort_new = w.latest_abort.is_some_and(|a| {
-        i64::try_from(a.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX) > seen_at
-    });
+    let abort_new = w.latest_abort.is_some_and(|a| micros(a) > seen_at);
+    let hold_seen_at = stream.hold_seen_at.load(Ordering::Relaxed);
+    let hold_new = w.latest_hold.is_some_and(|h| micros(h) > hold_seen_at);
     let settings_new = w
         .settings_version
         .is_some_and(|v| stream.settings_unsent(v));
-    w.queued || abort_new || settings_new
+    w.queued || abort_new || hold_new || settings_new
 }
 
 async fn sweep(ctx: &AppContext, wakers: &Wakers) {

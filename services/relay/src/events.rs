@@ -77,6 +77,8 @@ struct Collected {
     holds: sqlx::types::Json<Vec<Hold>>,
     /// When the newest of `aborts` was asked for.
     latest_abort: Option<time::OffsetDateTime>,
+    /// When the newest of `holds` was asked for.
+    latest_hold: Option<time::OffsetDateTime>,
 }
 
 /// [`Collected`] for the printer `$1` at `$2` by the stream `$3`. The claim is
@@ -113,6 +115,8 @@ SELECT
                                                  'at', hold_changed_at::text) ORDER BY seq), '[]')
      FROM print_jobs WHERE printer_id = $1 AND hold_changed_at IS NOT NULL
        AND state IN ('dispatched', 'downloading', 'printing', 'paused')) AS holds,
+    (SELECT max(hold_changed_at) FROM print_jobs WHERE printer_id = $1
+       AND state IN ('dispatched', 'downloading', 'printing', 'paused')) AS latest_hold,
     (SELECT max(abort_requested_at) FROM print_jobs WHERE printer_id = $1
             AND abort_acknowledged_at IS NULL) AS latest_abort";
 
@@ -227,7 +231,7 @@ impl Feed {
         }
         // What the stream has seen is what these statements read — not the clock, which
         // an abort asked for on another replica need not agree with.
-        self.stream.saw(c.latest_abort, version);
+        self.stream.saw(c.latest_abort, c.latest_hold, version);
         Ok(true)
     }
 

@@ -238,3 +238,43 @@ async fn settings_and_aborts_a_printer_does_not_answer_do_not_wake_it_at_every_s
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(collects(&app).await, before);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_pause_whose_hint_was_lost_arrives_with_the_sweep_and_wakes_nobody_after(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, &ServiceSet::all(), |s| {
+        s.relay.dispatch_sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let w = OrgWorld::new(&app).await;
+    let token = app.access_token(&w.admin, ALL_SCOPES).await;
+    let printer = app.pair_printer(&token, w.org, "SN-HUSH").await;
+    let mut stream = events(&printer).await;
+    assert_eq!(stream.next(WAIT).await.unwrap().0, "settings");
+    let job = app
+        .submit_gcode(&token, printer.id, "hold.gcode", gcode(3))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    assert_eq!(stream.next(WAIT).await.unwrap().0, "job");
+    // A pause asked for while the hint went nowhere (the trigger that sends it is
+    // bypassed, as for a notification lost with a connection).
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE print_jobs SET pause_requested = true, hold_changed_at = $2 WHERE id = $1")
+        .bind(job)
+        .bind(app.now())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (name, data) = stream.next(WAIT).await.unwrap();
+    assert_eq!((name.as_str(), data["id"].clone()), ("pause", json!(job)));
+    // The printer never answers it: sweeps do not wake the stream again for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = collects(&app).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(collects(&app).await, before);
+}
