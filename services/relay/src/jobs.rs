@@ -240,20 +240,49 @@ pub async fn abort(
         "aborted by an automated client"
     };
     record(&mut tx, job, JobState::Aborted, None, Some(by), now).await?;
-    AuditEvent::new("job.abort", aborter.audit_actor(), Outcome::Success)
-        .organization(printer.organization_id)
-        .source(client.addr)
-        .target("job", job)
-        .detail("printer_id", printer.id.to_string())
-        .detail("was", current.as_str())
-        .write(&mut tx, now)
-        .await?;
-    tx.commit().await?;
-    Ok(Json(
-        job_view(&ctx.db, job)
-            .await?
-            .ok_or_else(ApiError::not_found)?,
-    ))
+    let done = Controlled {
+        action: "job.abort",
+        actor: aborter.audit_actor(),
+        printer,
+        job,
+        was: current,
+    };
+    done.audit_and_answer(&state, tx, &client, now).await
+}
+
+/// An abort, pause or resume written in `tx`: what is audited of it.
+struct Controlled<'a> {
+    action: &'static str,
+    actor: printworks_common::audit::Actor,
+    printer: &'a printworks_org::fleet::PairedPrinter,
+    job: Uuid,
+    was: JobState,
+}
+
+impl Controlled<'_> {
+    /// Audits it, commits, and answers the job as it is now.
+    async fn audit_and_answer(
+        self,
+        state: &RelayState,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        client: &ClientInfo,
+        now: time::OffsetDateTime,
+    ) -> Result<Json<JobView>, ApiError> {
+        AuditEvent::new(self.action, self.actor, Outcome::Success)
+            .organization(self.printer.organization_id)
+            .source(client.addr)
+            .target("job", self.job)
+            .detail("printer_id", self.printer.id.to_string())
+            .detail("was", self.was.as_str())
+            .write(&mut tx, now)
+            .await?;
+        tx.commit().await?;
+        Ok(Json(
+            job_view(&state.ctx.db, self.job)
+                .await?
+                .ok_or_else(ApiError::not_found)?,
+        ))
+    }
 }
 
 pub async fn pause(
@@ -334,22 +363,12 @@ async fn hold(
         (false, false) => "resume asked by an automated client",
     };
     record(&mut tx, job, current, None, Some(said), now).await?;
-    AuditEvent::new(
-        if pause { "job.pause" } else { "job.resume" },
-        who.audit_actor(),
-        Outcome::Success,
-    )
-    .organization(printer.organization_id)
-    .source(client.addr)
-    .target("job", job)
-    .detail("printer_id", printer.id.to_string())
-    .detail("was", current.as_str())
-    .write(&mut tx, now)
-    .await?;
-    tx.commit().await?;
-    Ok(Json(
-        job_view(&ctx.db, job)
-            .await?
-            .ok_or_else(ApiError::not_found)?,
-    ))
+    let done = Controlled {
+        action: if pause { "job.pause" } else { "job.resume" },
+        actor: who.audit_actor(),
+        printer,
+        job,
+        was: current,
+    };
+    done.audit_and_answer(&state, tx, &client, now).await
 }
