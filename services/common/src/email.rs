@@ -42,8 +42,14 @@ impl Email {
 
     /// The part after the `@`.
     pub fn domain(&self) -> &str {
-        self.0.rsplit_once('@').map_or("", |(_, d)| d)
+        domain_of(&self.0)
     }
+}
+
+/// The part of an address after its last `@` (empty without one): for addresses stored
+/// already normalised.
+pub fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
 impl fmt::Display for Email {

@@ -291,17 +291,7 @@ impl OrgDirectory for Directory {
         organization_id: Uuid,
         domain: &'a str,
     ) -> BoxFuture<'a, anyhow::Result<bool>> {
-        Box::pin(async move {
-            let proven: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM org_sso_domains
-                 WHERE organization_id = $1 AND domain = $2 AND verified_at IS NOT NULL",
-            )
-            .bind(organization_id)
-            .bind(domain)
-            .fetch_optional(&self.db)
-            .await?;
-            Ok(proven.is_some())
-        })
+        Box::pin(async move { Ok(sso::proves(&self.db, organization_id, domain).await?) })
     }
 
     fn provision<'a>(

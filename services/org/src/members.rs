@@ -313,16 +313,8 @@ pub async fn end_sessions(
         .await?
         .map(|p| p.email)
         .unwrap_or_default();
-    let domain = email.rsplit_once('@').map_or("", |(_, d)| d);
-    let proven: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM org_sso_domains
-         WHERE organization_id = $1 AND domain = $2 AND verified_at IS NOT NULL",
-    )
-    .bind(org)
-    .bind(domain)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if proven.is_none() {
+    let domain = printworks_common::email::domain_of(&email);
+    if !crate::sso::proves(&mut *tx, org, domain).await? {
         return Err(crate::access::forbidden(
             "Only accounts the organization manages (with an address in a domain it proved) can be signed out by its admins. Remove the member instead.",
         ));

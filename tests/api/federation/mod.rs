@@ -4,7 +4,7 @@
 //! `browser`), every refusal of a bad answer, leavers, and the organization's policy.
 
 mod browser;
-pub(crate) mod peers;
+mod peers;
 mod policy;
 
 use printworks_common::db::MIGRATOR;
@@ -69,9 +69,21 @@ impl Fed {
         domain: &str,
         enforced: bool,
     ) -> crate::helpers::Answer {
+        self.configure_domains(org, token, &[domain], enforced)
+            .await
+    }
+
+    /// `PUT …/sso` with the test provider, its client and secret, and `domains`.
+    pub async fn configure_domains(
+        &self,
+        org: Uuid,
+        token: &str,
+        domains: &[&str],
+        enforced: bool,
+    ) -> crate::helpers::Answer {
         let body = json!({
             "issuer": self.idp.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "domains": [domain], "default_role": "member", "enforced": enforced,
+            "domains": domains, "default_role": "member", "enforced": enforced,
         });
         self.app
             .call(
@@ -581,30 +593,13 @@ async fn a_person_signs_in_at_their_provider_and_is_made_a_member(pool: PgPool) 
     // Once the organization no longer proves alice's domain, its provider signs her in
     // no more, even though it linked her before (here the sign-in starts from an
     // address of a domain it still proves).
-    let body = |domains: Value| {
-        json!({
-            "issuer": fed.idp.issuer, "client_id": CLIENT_ID, "domains": domains,
-            "default_role": "member", "enforced": false,
-        })
-    };
-    let sso = format!("/org/v1/organizations/{}/sso", fed.org);
-    app.call(
-        Method::PUT,
-        &sso,
-        Some(&fed.token),
-        Some(&body(json!(["corp.test", "lab.test"]))),
-    )
-    .await
-    .expect(StatusCode::OK);
+    fed.configure_domains(fed.org, &fed.token, &["corp.test", "lab.test"], false)
+        .await
+        .expect(StatusCode::OK);
     fed.prove(fed.org, &fed.token, "lab.test").await;
-    app.call(
-        Method::PUT,
-        &sso,
-        Some(&fed.token),
-        Some(&body(json!(["lab.test"]))),
-    )
-    .await
-    .expect(StatusCode::OK);
+    fed.configure_domains(fed.org, &fed.token, &["lab.test"], false)
+        .await
+        .expect(StatusCode::OK);
     refused_once!(app, "domain_not_proven", {
         fed.sign_in("someone@lab.test", "alice")
             .await

@@ -232,18 +232,9 @@ async fn federation_only_mfa_from_the_provider_and_a_maximum_session_age(pool: P
     get_org(app, org, &token).await.expect(StatusCode::OK);
     // Nobody could sign in if the provider went, or the domain went unproven, while the
     // policy wants it.
-    let other_domain = json!({
-        "issuer": fed.idp.issuer, "client_id": super::peers::CLIENT_ID,
-        "domains": ["elsewhere.test"], "default_role": "member", "enforced": false,
-    });
-    app.call(
-        Method::PUT,
-        &format!("/org/v1/organizations/{org}/sso"),
-        Some(&token),
-        Some(&other_domain),
-    )
-    .await
-    .expect(StatusCode::CONFLICT);
+    fed.configure(org, &token, "elsewhere.test", false)
+        .await
+        .expect(StatusCode::CONFLICT);
     app.call(
         Method::DELETE,
         &format!("/org/v1/organizations/{org}/sso"),

@@ -730,7 +730,7 @@ async fn sign_in(
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            let domain = printworks_common::email::domain_of(&address);
             if !state
                 .orgs
                 .proves_domain(idp.organization_id, domain)

@@ -98,6 +98,31 @@ pub fn parse_domain(input: &str) -> Result<String, ApiError> {
     Ok(d)
 }
 
+/// Whether the organization proved the e-mail domain.
+pub async fn proves(db: impl sqlx::PgExecutor<'_>, org: Uuid, domain: &str) -> sqlx::Result<bool> {
+    let proven: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM org_sso_domains
+         WHERE organization_id = $1 AND domain = $2 AND verified_at IS NOT NULL",
+    )
+    .bind(org)
+    .bind(domain)
+    .fetch_optional(db)
+    .await?;
+    Ok(proven.is_some())
+}
+
+/// What a change that would leave the organization's people no way to sign in under a
+/// federation-only policy is answered.
+fn federation_only(detail: &str) -> ApiError {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        "The policy allows only sign-in through this provider",
+    )
+    .detail(detail.to_owned())
+    .into()
+}
+
 fn domain_claimed(domain: &str) -> ApiError {
     Problem::new(
         StatusCode::CONFLICT,
@@ -269,11 +294,9 @@ pub async fn put(
             "client_secret is required when the issuer or client_id changes.",
         ));
     }
-    let allowed: Option<String> =
-        sqlx::query_scalar("SELECT allowed_auth FROM org_policies WHERE organization_id = $1")
-            .bind(org)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let allowed = crate::policy::of(&mut *tx, org)
+        .await?
+        .map(|p| p.allowed_auth);
     if allowed.as_deref() == Some("federation") {
         // Sign-in goes through proven domains: while the policy allows nothing else, no
         // change may leave a proven domain unproven.
@@ -284,13 +307,9 @@ pub async fn put(
         .fetch_all(&mut *tx)
         .await?;
         if replaced || proven.iter().any(|d| !domains.contains(d)) {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "The policy allows only sign-in through this provider",
-            )
-            .detail("This change would leave a proven domain unproven, and nobody of it could sign in: set the policy's allowed_auth to both first.")
-            .into());
+            return Err(federation_only(
+                "This change would leave a proven domain unproven, and nobody of it could sign in: set the policy's allowed_auth to both first.",
+            ));
         }
     }
     if req.enforced && allowed.as_deref() == Some("password") {
@@ -391,19 +410,11 @@ pub async fn delete(
     let mut tx = state.ctx.db.begin().await?;
     let fresh = relock(&mut tx, &m).await?;
     let admin = fresh.require_admin()?;
-    let allowed: Option<String> =
-        sqlx::query_scalar("SELECT allowed_auth FROM org_policies WHERE organization_id = $1")
-            .bind(org)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if allowed.as_deref() == Some("federation") {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "The policy allows only sign-in through this provider",
-        )
-        .detail("Nobody could sign in to act here any more: set the policy's allowed_auth to both first.")
-        .into());
+    let policy = crate::policy::of(&mut *tx, org).await?;
+    if policy.is_some_and(|p| p.allowed_auth == "federation") {
+        return Err(federation_only(
+            "Nobody could sign in to act here any more: set the policy's allowed_auth to both first.",
+        ));
     }
     let removed = sqlx::query("DELETE FROM org_identity_providers WHERE organization_id = $1")
         .bind(org)
