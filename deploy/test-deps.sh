@@ -3,9 +3,21 @@
 # WebDriver, for the tests of the pages people see, installed with apt when missing and
 # running as root (CI, containers; otherwise one line says what to install); and the
 # OpenID provider the federation tests sign in at (Node's oidc-provider, pinned by
-# tests/idp/package-lock.json), installed with `npm ci` into tests/idp/node_modules.
+# tests/idp/package-lock.json), installed with `npm ci` into tests/idp/node_modules;
+# and OctoPrint with its virtual printer, which the bridge tests drive (every package
+# pinned in deploy/octoprint-requirements.txt), in a virtualenv at .tools/octoprint-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+venv=.tools/octoprint-venv
+requirements=deploy/octoprint-requirements.txt
+if ! cmp -s "$requirements" "$venv/.installed"; then
+  printf 'test-deps: installing OctoPrint (%s) into %s (once)\n' "$requirements" "$venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >/dev/null
+  cp "$requirements" "$venv/.installed"
+fi
 
 idp=tests/idp
 if ! command -v node >/dev/null 2>&1; then

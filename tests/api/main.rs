@@ -18,6 +18,7 @@ mod faults;
 mod federation;
 mod hardening;
 mod health;
+mod octoprint;
 mod openapi;
 mod org;
 mod ownership;

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use printworks_proto::printer::path;
 use tokio_util::sync::CancellationToken;
 
-use crate::run::RunOptions;
+use crate::octoprint::OctoPrint;
+use crate::run::{Bridge, RunOptions};
 use crate::{PairOptions, PrinterInfo, StateDir};
 
 /// Where `pair` finds Printworks unless told: the server's own default public URL
@@ -44,15 +45,20 @@ pub enum PrinterAction {
         /// The Printworks public API.
         #[arg(long, env = "PRINTWORKS_SERVER", value_name = "URL", default_value = DEFAULT_PUBLIC_URL)]
         server: String,
-        /// The printer's serial number.
-        #[arg(long, default_value = "PW-VIRTUAL-0001")]
-        serial: String,
-        /// The printer's model.
-        #[arg(long, default_value = "Printworks Virtual Printer")]
-        model: String,
-        /// The printer's firmware version.
-        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
-        firmware_version: String,
+        /// The printer's serial number [default: PW-VIRTUAL-0001; with --octoprint, one
+        /// made once and kept in the state directory].
+        #[arg(long)]
+        serial: Option<String>,
+        /// The printer's model [default: Printworks Virtual Printer; with --octoprint,
+        /// the model of OctoPrint's printer profile].
+        #[arg(long, conflicts_with = "octoprint")]
+        model: Option<String>,
+        /// The printer's firmware version [default: the agent's version; with
+        /// --octoprint, the firmware OctoPrint's printer reported].
+        #[arg(long, conflicts_with = "octoprint")]
+        firmware_version: Option<String>,
+        #[command(flatten)]
+        octoprint: OctoPrintArgs,
     },
     /// Ask the printer endpoint who it takes this printer for (checks the credentials).
     Identity,
@@ -66,7 +72,33 @@ pub enum PrinterAction {
         /// How long a simulated print takes, in seconds.
         #[arg(long, default_value = "20", value_parser = clap::value_parser!(u32).range(0..=86400))]
         print_seconds: u32,
+        #[command(flatten)]
+        octoprint: OctoPrintArgs,
+        /// Leave each job's file in OctoPrint after it ended (with --octoprint).
+        #[arg(long, requires = "octoprint")]
+        octoprint_keep_files: bool,
     },
+}
+
+/// The bridge to OctoPrint: the printer is the one OctoPrint drives.
+#[derive(Args)]
+pub struct OctoPrintArgs {
+    /// Bridge to the OctoPrint server at URL: its printer is the printer (e.g.
+    /// http://127.0.0.1:5000).
+    #[arg(long, value_name = "URL", requires = "octoprint_key_file")]
+    pub octoprint: Option<String>,
+    /// A file holding OctoPrint's API key, readable by its owner only (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "octoprint")]
+    pub octoprint_key_file: Option<PathBuf>,
+}
+
+impl OctoPrintArgs {
+    fn connect(&self) -> anyhow::Result<Option<OctoPrint>> {
+        match (&self.octoprint, &self.octoprint_key_file) {
+            (Some(url), Some(key)) => Ok(Some(OctoPrint::new(url, key)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Runs one of the agent's commands. `now` is the wall clock when the command started
@@ -87,6 +119,7 @@ pub async fn run(
             serial,
             model,
             firmware_version,
+            octoprint,
         } => {
             if state.is_paired() {
                 anyhow::bail!(
@@ -94,10 +127,20 @@ pub async fn run(
                     state_dir.display()
                 );
             }
-            let info = PrinterInfo {
-                serial,
-                model,
-                firmware_version,
+            let info = match octoprint.connect()? {
+                Some(octoprint) => {
+                    let mut info = octoprint.identity(state_dir).await?;
+                    if let Some(serial) = serial {
+                        info.serial = serial;
+                    }
+                    info
+                }
+                None => PrinterInfo {
+                    serial: serial.unwrap_or_else(|| "PW-VIRTUAL-0001".into()),
+                    model: model.unwrap_or_else(|| "Printworks Virtual Printer".into()),
+                    firmware_version: firmware_version
+                        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+                },
             };
             let http = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
@@ -143,9 +186,18 @@ pub async fn run(
             );
             Ok(())
         }
-        PrinterAction::Run { print_seconds } => {
+        PrinterAction::Run {
+            print_seconds,
+            octoprint,
+            octoprint_keep_files,
+        } => {
+            let octoprint = octoprint.connect()?.map(|o| Bridge {
+                keep_files: octoprint_keep_files,
+                ..Bridge::new(o)
+            });
             let options = RunOptions {
                 print_time: Duration::from_secs(u64::from(print_seconds)),
+                octoprint,
                 ..Default::default()
             };
             crate::run::run(&state, options, stop).await

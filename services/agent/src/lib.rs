@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod octoprint;
 pub mod run;
 pub mod state;
 

@@ -11,8 +11,13 @@
 //! - the **outbox** sends the status reports in order, keeping them until the printer
 //!   endpoint has them: reports made while offline arrive when the network is back.
 
+mod bridge;
+
+pub use bridge::Bridge;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -45,6 +50,8 @@ pub struct RunOptions {
     pub max_backoff: Duration,
     /// A connection that carried nothing (not even a heartbeat) for this long is dead.
     pub idle_timeout: Duration,
+    /// Print through OctoPrint instead of simulating (`--octoprint`).
+    pub octoprint: Option<Bridge>,
 }
 
 impl Default for RunOptions {
@@ -54,6 +61,7 @@ impl Default for RunOptions {
             print_steps: 10,
             max_backoff: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            octoprint: None,
         }
     }
 }
@@ -80,6 +88,9 @@ pub struct LocalJob {
     /// false: books from before pause existed read and write the same.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Its file's path in OctoPrint, once OctoPrint prints it (bridge only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 /// A status report waiting in the outbox (kept in `book.json`: the state is written as
@@ -123,6 +134,8 @@ struct Shared {
     live: Mutex<Live>,
     /// [`Shared::live`] changed.
     status: Notify,
+    /// Pause and resume events heard (the bridge acts on each new one).
+    holds: AtomicU64,
 }
 
 /// The job being printed now, how far, and whether it is held.
@@ -152,6 +165,10 @@ impl Shared {
 
     fn live(&self) -> Live {
         *self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn holds(&self) -> u64 {
+        self.holds.load(Ordering::SeqCst)
     }
 
     fn report(
@@ -242,8 +259,14 @@ pub async fn run(
         Err(_) => Book::default(),
     };
     // A print that was under way when the printer stopped is lost (as on a real
-    // printer after a power cut: the plate must be cleared by hand).
-    for job in book.jobs.iter_mut().filter(|j| j.phase == Phase::Printing) {
+    // printer after a power cut: the plate must be cleared by hand) — unless OctoPrint
+    // prints it, which went on without the agent and is followed again.
+    let bridged = options.octoprint.is_some();
+    for job in book
+        .jobs
+        .iter_mut()
+        .filter(|j| j.phase == Phase::Printing && !(bridged && j.remote.is_some()))
+    {
         job.phase = Phase::Done;
         book.outbox.push_back(Report {
             job: job.id,
@@ -259,6 +282,7 @@ pub async fn run(
         reports: Notify::new(),
         live: Mutex::default(),
         status: Notify::new(),
+        holds: AtomicU64::new(0),
     });
     shared.change(|_| ())?;
     let client = printer_client(&saved)?;
@@ -422,6 +446,7 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
                 phase: Phase::Waiting,
                 aborted: false,
                 paused: false,
+                remote: None,
             };
             let added = ctx.shared.change(|b| {
                 if b.jobs.iter().any(|j| j.id == job.id) {
@@ -454,12 +479,20 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
         PrinterEvent::Settings(settings) => {
             let version = settings.version;
             let firewall = settings.firewall_enabled;
+            // Behind OctoPrint, what it cannot express is said, never claimed.
+            let not_applied = match ctx.options.octoprint {
+                Some(_) => bridge::not_applied(&settings),
+                None => Vec::new(),
+            };
             ctx.shared.change(|b| b.settings = Some(settings))?;
-            tracing::info!(version, firewall, "settings applied");
+            tracing::info!(version, firewall, ?not_applied, "settings applied");
             let res = ctx
                 .client
                 .post(ctx.url(path::SETTINGS_APPLIED))
-                .json(&SettingsAppliedRequest { version })
+                .json(&SettingsAppliedRequest {
+                    version,
+                    not_applied,
+                })
                 .send()
                 .await?;
             anyhow::ensure!(
@@ -476,6 +509,7 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
                 }
             })?;
             tracing::info!(job_id = %id, pause, "hold changed");
+            ctx.shared.holds.fetch_add(1, Ordering::SeqCst);
             ctx.shared.work.notify_one();
         }
         PrinterEvent::Heartbeat | PrinterEvent::Reconnect => {}
@@ -551,12 +585,16 @@ async fn status_loop(ctx: Ctx) {
     let mut sent: Option<PrinterStatus> = None;
     let mut attempted: Option<(PrinterState, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut firmware = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = ctx.shared.status.notified() => {}
         }
-        let now = simulated_status(ctx.shared.live());
+        let now = match &ctx.options.octoprint {
+            Some(b) => bridge::status(b, ctx.shared.live(), &mut firmware).await,
+            None => simulated_status(ctx.shared.live()),
+        };
         if sent.as_ref() == Some(&now) {
             continue;
         }
@@ -614,6 +652,11 @@ fn aborted(ctx: &Ctx, id: Uuid) -> bool {
 
 /// Downloads (resuming), checks, prints and reports one job.
 async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
+    if let Some(b) = &ctx.options.octoprint
+        && let Some(path) = bridge::started(job)
+    {
+        return bridge::follow_then_tidy(ctx, b, job, path).await;
+    }
     if aborted(ctx, job.id) {
         return stop_aborted(ctx, job);
     }
@@ -641,6 +684,14 @@ async fn work(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
         ),
         "the job's signature is not the relay's; not printed"
     );
+    match &ctx.options.octoprint {
+        Some(b) => bridge::print(ctx, b, job, &file).await,
+        None => simulate(ctx, job).await,
+    }
+}
+
+/// "Prints" the job: progress in steps over `print_time`, held while paused.
+async fn simulate(ctx: &Ctx, job: &LocalJob) -> anyhow::Result<()> {
     ctx.shared.change(|b| {
         if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
             j.phase = Phase::Printing;

@@ -153,15 +153,41 @@ pub enum Confirmation {
 }
 
 /// The printer reports that it applied `version` of its settings.
+/// A setting a printer confirmed without applying it (it has no way to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotApplied {
+    Firewall,
+    Pin,
+}
+
+impl NotApplied {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "firewall" => Some(Self::Firewall),
+            "pin" => Some(Self::Pin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firewall => "firewall",
+            Self::Pin => "pin",
+        }
+    }
+}
+
 pub async fn confirm_security(
     db: &sqlx::PgPool,
     printer: Uuid,
     version: i64,
+    not_applied: &[NotApplied],
     now: OffsetDateTime,
 ) -> sqlx::Result<Confirmation> {
+    let not_applied: Vec<&str> = not_applied.iter().map(|n| n.as_str()).collect();
     let mut tx = db.begin().await?;
     let org: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE printer_security s SET confirmed_version = $2, confirmed_at = $3
+        "UPDATE printer_security s SET confirmed_version = $2, confirmed_at = $3, not_applied = $4
          FROM printers p
          WHERE s.printer_id = $1 AND p.id = s.printer_id AND s.version = $2
            AND (s.confirmed_version IS NULL OR s.confirmed_version < $2)
@@ -170,6 +196,7 @@ pub async fn confirm_security(
     .bind(printer)
     .bind(version)
     .bind(now)
+    .bind(&not_applied)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(org) = org else {
@@ -195,6 +222,7 @@ pub async fn confirm_security(
     .organization(org)
     .target("printer", printer)
     .detail("version", version)
+    .detail("not_applied", not_applied.clone())
     .write(&mut tx, now)
     .await?;
     tx.commit().await?;

@@ -331,12 +331,14 @@ pub struct SecurityView {
     updated_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     confirmed_at: Option<OffsetDateTime>,
+    /// What the printer confirmed without being able to apply it (`firewall`, `pin`).
+    not_applied: Vec<String>,
 }
 
 async fn security_view(db: &PgPool, printer: Uuid) -> sqlx::Result<SecurityView> {
     let row: Option<SecurityView> = sqlx::query_as(
         "SELECT firewall_enabled, pin_hash IS NOT NULL AS pin_set, version, confirmed_version,
-                updated_at, confirmed_at
+                updated_at, confirmed_at, not_applied
          FROM printer_security WHERE printer_id = $1",
     )
     .bind(printer)
@@ -349,6 +351,7 @@ async fn security_view(db: &PgPool, printer: Uuid) -> sqlx::Result<SecurityView>
         confirmed_version: None,
         updated_at: None,
         confirmed_at: None,
+        not_applied: Vec::new(),
     }))
 }
 

@@ -221,9 +221,13 @@ pub struct JobStatusAnswer {
 
 /// `POST /printer/v1/settings/applied`: the printer applied the settings of `version`
 /// (from its [`SettingsEvent`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsAppliedRequest {
     pub version: i64,
+    /// The settings the printer could not apply (`firewall`, `pin`): a printer behind
+    /// OctoPrint, say, has no firewall the agent could close. Empty: all applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
 }
 
 /// `GET /printer/v1/identity`: who the printer endpoint takes the caller for, from the
@@ -413,7 +417,11 @@ mod tests {
             format!(r#"{{"id":"{job}","status":"aborted"}}"#)
         );
         assert_eq!(
-            serde_json::to_string(&SettingsAppliedRequest { version: 7 }).unwrap(),
+            serde_json::to_string(&SettingsAppliedRequest {
+                version: 7,
+                not_applied: Vec::new()
+            })
+            .unwrap(),
             json!({ "version": 7i64 }).to_string()
         );
         assert_eq!(

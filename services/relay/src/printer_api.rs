@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use printworks_common::ApiError;
 use printworks_common::http::{ClientInfo, Json, Path};
-use printworks_org::fleet::{Confirmation, confirm_security};
+use printworks_org::fleet::{Confirmation, NotApplied, confirm_security};
 use printworks_pairing::renewal::{Renewed, renew_over_tls};
 use printworks_proto::{
     JobState, JobStatusAnswer, JobStatusReport, PrinterIdentity, ReportOutcome, ReportedState,
@@ -139,10 +139,22 @@ pub async fn settings_applied(
     Printer(printer): Printer,
     Json(req): Json<SettingsAppliedRequest>,
 ) -> Result<StatusCode, ApiError> {
+    let mut not_applied = Vec::new();
+    for name in &req.not_applied {
+        let Some(n) = NotApplied::parse(name) else {
+            return Err(ApiError::invalid(
+                "not_applied names settings: firewall, pin.",
+            ));
+        };
+        if !not_applied.contains(&n) {
+            not_applied.push(n);
+        }
+    }
     let confirmation = confirm_security(
         &state.ctx.db,
         printer.printer_id,
         req.version,
+        &not_applied,
         state.ctx.now(),
     )
     .await?;

@@ -512,19 +512,19 @@ async fn printer_security_settings_are_admin_only_hashed_and_versioned(pool: PgP
     // ignored.
     use printworks_org::fleet::{Confirmation, confirm_security};
     assert_eq!(
-        confirm_security(&app.db, printer, 1, app.now())
+        confirm_security(&app.db, printer, 1, &[], app.now())
             .await
             .unwrap(),
         Confirmation::NotCurrent(Some(2))
     );
     assert_eq!(
-        confirm_security(&app.db, printer, 2, app.now())
+        confirm_security(&app.db, printer, 2, &[], app.now())
             .await
             .unwrap(),
         Confirmation::Confirmed
     );
     assert_eq!(
-        confirm_security(&app.db, printer, 2, app.now())
+        confirm_security(&app.db, printer, 2, &[], app.now())
             .await
             .unwrap(),
         Confirmation::AlreadyConfirmed

@@ -25,6 +25,7 @@ fn quick() -> RunOptions {
         print_steps: 4,
         max_backoff: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(60),
+        octoprint: None,
     }
 }
 

@@ -278,6 +278,7 @@ async fn status_changes_stream_to_whoever_follows_them_and_the_agent_reports_its
         print_steps: 6,
         max_backoff: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(60),
+        octoprint: None,
     };
     tokio::spawn({
         let stop = stop.clone();
