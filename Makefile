@@ -35,7 +35,7 @@ test-faults: ## only the fault tests (replica killed or stopped, PostgreSQL rest
 	  trap 'deploy/gcs-emulator.sh stop' EXIT; \
 	  cargo test --locked -p printworks --test api -- faults:: relay::agent::a_download_cut_in_the_middle_resumes_with_range
 
-test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver; the GCS emulator comes with make test)
+test-deps: ## install what the tests need beyond Rust (headless Chromium, chromedriver, oidc-provider, OctoPrint; the GCS emulator comes with make test)
 	@deploy/test-deps.sh
 
 lint: ## cargo fmt --check and clippy with warnings as errors

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use printworks_common::db::MIGRATOR;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::{Events, gcode, history_states, sha256_hex};
@@ -364,12 +364,46 @@ async fn settings_reach_the_printer_and_its_confirmation_is_recorded(pool: PgPoo
             .send()
     };
     assert_eq!(applied(7).await.unwrap().status(), StatusCode::CONFLICT);
+    // A setting the printer cannot apply is said, by name; other names are refused.
+    let applied_but = |names: Value| {
+        printer
+            .client()
+            .post(format!(
+                "{}/printer/v1/settings/applied",
+                printer.printer_url
+            ))
+            .json(&json!({"version": 1, "not_applied": names}))
+            .send()
+    };
+    for bad in [json!(["telnet"]), json!(["PIN"]), json!([1]), json!("pin")] {
+        let status = applied_but(bad.clone()).await.unwrap().status();
+        assert!(
+            status.is_client_error() && status != StatusCode::CONFLICT,
+            "{bad}: {status}"
+        );
+    }
+    assert_eq!(
+        app.call(Method::GET, &path, Some(&token), None).await.body["confirmed_version"],
+        Value::Null
+    );
+    assert_eq!(
+        applied_but(json!(["pin", "pin"])).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(applied(1).await.unwrap().status(), StatusCode::NO_CONTENT);
     let seen = app
         .call(Method::GET, &path, Some(&token), None)
         .await
         .expect(StatusCode::OK);
     assert_eq!(seen.body["confirmed_version"], 1);
+    assert_eq!(seen.body["not_applied"], json!(["pin"]));
+    let audited: Value = sqlx::query_scalar(
+        "SELECT record::jsonb FROM audit_events WHERE action = 'printer.security_confirmed'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(audited["details"]["not_applied"], json!(["pin"]));
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
