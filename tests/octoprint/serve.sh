@@ -16,3 +16,4 @@ while kill -0 "$watch" 2>/dev/null && kill -0 "$octoprint" 2>/dev/null; do
 done
 kill -TERM "$octoprint" 2>/dev/null
 wait "$octoprint"
+kill -0 "$watch" 2>/dev/null || rm -rf "$basedir"

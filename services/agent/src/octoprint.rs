@@ -30,12 +30,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The longest key file read.
 const MAX_KEY_FILE: u64 = 4096;
+/// The longest answer read from OctoPrint (its largest, `/api/system/info`, is a few KiB).
+const MAX_ANSWER: usize = 1 << 20;
 
-/// An OctoPrint server and the API key to it.
+/// An OctoPrint server and the API key to it (a header value marked sensitive, so that
+/// no log of the HTTP stack shows it).
 #[derive(Clone)]
 pub struct OctoPrint {
     base: String,
-    key: String,
+    key: reqwest::header::HeaderValue,
     http: reqwest::Client,
 }
 
@@ -65,8 +68,13 @@ pub fn is_unreachable(e: &anyhow::Error) -> bool {
 }
 
 /// The API key in `path`: refused when the file may be read by anyone but its owner.
+/// The file is opened once, and its permissions read from what was opened.
 pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path)
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("the OctoPrint key file {}", path.display()))?;
+    let meta = file
+        .metadata()
         .with_context(|| format!("the OctoPrint key file {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -84,7 +92,9 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<String> {
         "the OctoPrint key file {} is too long for an API key",
         path.display()
     );
-    let key = std::fs::read_to_string(path)
+    let mut key = String::new();
+    file.take(MAX_KEY_FILE)
+        .read_to_string(&mut key)
         .with_context(|| format!("the OctoPrint key file {}", path.display()))?;
     let key = key.trim();
     anyhow::ensure!(
@@ -226,18 +236,35 @@ fn field(s: &str) -> String {
 impl OctoPrint {
     /// The server at `url` (`http://127.0.0.1:5000`, say), with the key in `key_file`.
     pub fn new(url: &str, key_file: &Path) -> anyhow::Result<Self> {
-        let parsed = url::Url::parse(url).with_context(|| format!("--octoprint {url}"))?;
+        let parsed = url::Url::parse(url).context("--octoprint is not an address")?;
         anyhow::ensure!(
             matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some(),
             "--octoprint must be an http or https address"
         );
-        let key = read_key_file(key_file)?;
+        anyhow::ensure!(
+            parsed.username().is_empty() && parsed.password().is_none(),
+            "--octoprint must not carry a user or password; the API key goes in --octoprint-key-file"
+        );
+        let local = match parsed.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            None => false,
+        };
+        if parsed.scheme() == "http" && !local {
+            tracing::warn!(
+                "OctoPrint is reached over plain HTTP on the network: its API key travels in clear; use https, or run the agent on OctoPrint's computer"
+            );
+        }
+        let mut key = reqwest::header::HeaderValue::from_str(&read_key_file(key_file)?)
+            .context("the OctoPrint API key")?;
+        key.set_sensitive(true);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
-            base: url.trim_end_matches('/').to_owned(),
+            base: parsed.as_str().trim_end_matches('/').to_owned(),
             key,
             http,
         })
@@ -246,7 +273,7 @@ impl OctoPrint {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
-            .header("X-Api-Key", &self.key)
+            .header("X-Api-Key", self.key.clone())
             .timeout(REQUEST_TIMEOUT)
     }
 
@@ -266,7 +293,8 @@ impl OctoPrint {
         if status.is_success() {
             return Ok(res);
         }
-        let text = res.text().await.unwrap_or_default();
+        let text =
+            String::from_utf8_lossy(&read_capped(res).await.unwrap_or_default()).into_owned();
         // OctoPrint answers errors as {"error": "…"}, or as an HTML page.
         let said = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -283,9 +311,7 @@ impl OctoPrint {
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let res = self.send(self.request(reqwest::Method::GET, path)).await?;
-        res.json()
-            .await
-            .map_err(|e| Unreachable(format!("reading its answer to {path}: {e}")).into())
+        json(res).await
     }
 
     async fn connection(&self) -> anyhow::Result<CurrentConnection> {
@@ -299,7 +325,15 @@ impl OctoPrint {
             .await?
             .printer_profile
             .unwrap_or_else(|| "_default".into());
-        let id: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        anyhow::ensure!(
+            !id.is_empty()
+                && id.len() <= 100
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')),
+            "OctoPrint names a printer profile the agent does not take ({})",
+            clip(&id, 40)
+        );
         self.get(&format!("/api/printerprofiles/{id}")).await
     }
 
@@ -326,10 +360,13 @@ impl OctoPrint {
         );
         let profile = self.profile().await?;
         let model = profile.model_name();
-        let firmware_version = self
-            .firmware()
-            .await?
-            .map_or_else(|| "unknown".into(), |f| field(&f));
+        // A key without OctoPrint's SYSTEM permission may not read it: "unknown".
+        let firmware_version = match self.firmware().await {
+            Ok(Some(f)) => field(&f),
+            Ok(None) => "unknown".into(),
+            Err(e) if is_unreachable(&e) => return Err(e),
+            Err(_) => "unknown".into(),
+        };
         ensure_private_dir(state_dir)?;
         let serial_file = state_dir.join("octoprint-serial");
         let serial = match std::fs::read_to_string(&serial_file) {
@@ -393,10 +430,11 @@ impl OctoPrint {
                     .multipart(form),
             )
             .await?;
-        let answer: serde_json::Value = res.json().await.context("OctoPrint's upload answer")?;
+        let answer: serde_json::Value = json(res).await.context("OctoPrint's upload answer")?;
         let path = answer
             .pointer("/files/local/path")
             .and_then(|p| p.as_str())
+            .and_then(|p| ours(p).ok())
             .unwrap_or_default()
             .to_owned();
         if answer.get("effectivePrint").and_then(|v| v.as_bool()) != Some(true) {
@@ -407,7 +445,7 @@ impl OctoPrint {
         }
         anyhow::ensure!(
             !path.is_empty(),
-            "OctoPrint did not say where it stored the file"
+            "OctoPrint did not say where it stored the file, or named a place outside printworks/"
         );
         Ok(path)
     }
@@ -432,19 +470,16 @@ impl OctoPrint {
             .await
     }
 
-    fn file_path(path: &str) -> String {
-        let encoded: Vec<String> = path
-            .split('/')
-            .map(|s| url::form_urlencoded::byte_serialize(s.as_bytes()).collect())
-            .collect();
-        format!("/api/files/local/{}", encoded.join("/"))
+    /// The API path of a file of the bridge's folder (refused for any other).
+    fn file_path(path: &str) -> anyhow::Result<String> {
+        Ok(format!("/api/files/local/{}", ours(path)?))
     }
 
     /// Whether the last print of the file at `path` succeeded (none: never printed,
     /// or the file is gone).
     pub async fn last_print_succeeded(&self, path: &str) -> anyhow::Result<Option<bool>> {
         let res = self
-            .request(reqwest::Method::GET, &Self::file_path(path))
+            .request(reqwest::Method::GET, &Self::file_path(path)?)
             .send()
             .await
             .map_err(|e| Unreachable(e.without_url().to_string()))?;
@@ -452,7 +487,7 @@ impl OctoPrint {
             return Ok(None);
         }
         let res = Self::check(res).await?;
-        let file: serde_json::Value = res.json().await?;
+        let file: serde_json::Value = json(res).await?;
         Ok(file
             .pointer("/prints/last/success")
             .and_then(serde_json::Value::as_bool))
@@ -460,7 +495,7 @@ impl OctoPrint {
 
     /// Removes the file at `path` from OctoPrint's storage.
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.send(self.request(reqwest::Method::DELETE, &Self::file_path(path)))
+        self.send(self.request(reqwest::Method::DELETE, &Self::file_path(path)?))
             .await?;
         Ok(())
     }
@@ -518,6 +553,52 @@ impl OctoPrint {
     }
 }
 
+/// `path` if it is a file of the bridge's folder, named as the bridge names files
+/// (letters, digits, `-`, `_`, one `.`): nothing OctoPrint answers can send a request
+/// elsewhere.
+pub fn ours(path: &str) -> anyhow::Result<&str> {
+    let ok = path
+        .strip_prefix(FOLDER)
+        .and_then(|p| p.strip_prefix('/'))
+        .is_some_and(|name| {
+            (1..=100).contains(&name.len())
+                && !name.starts_with('.')
+                && name.bytes().filter(|b| *b == b'.').count() <= 1
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    anyhow::ensure!(
+        ok,
+        "not a file of OctoPrint's {FOLDER}/ folder: {}",
+        clip(path, 80)
+    );
+    Ok(path)
+}
+
+/// At most [`MAX_ANSWER`] bytes of `res`'s body (OctoPrint is not trusted to be small).
+async fn read_capped(mut res: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| Unreachable(e.without_url().to_string()))?
+    {
+        anyhow::ensure!(
+            body.len() + chunk.len() <= MAX_ANSWER,
+            "OctoPrint's answer is longer than {MAX_ANSWER} bytes"
+        );
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `res`'s body, at most [`MAX_ANSWER`] bytes, as JSON.
+async fn json<T: serde::de::DeserializeOwned>(res: reqwest::Response) -> anyhow::Result<T> {
+    let body = read_capped(res).await?;
+    serde_json::from_slice(&body).context("OctoPrint's answer is not what the bridge expects")
+}
+
 /// OctoPrint's temperatures (`tool0`, `bed`, `chamber`, …) as heaters, the ones it
 /// does not measure left out, rounded to a tenth of a degree.
 fn heaters(temperature: &BTreeMap<String, serde_json::Value>) -> Vec<Heater> {
@@ -547,6 +628,24 @@ fn heaters(temperature: &BTreeMap<String, serde_json::Value>) -> Vec<Heater> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_files_of_the_bridges_folder_are_touched() {
+        assert!(ours("printworks/bracketv2-0123abcd.gcode").is_ok());
+        for bad in [
+            "printworks/../api/connection",
+            "printworks/..",
+            "printworks/",
+            "printworks/a/b.gcode",
+            "other/part.gcode",
+            "printworks/a b.gcode",
+            "printworks/a%2F..gcode",
+            "printworks/.hidden",
+            "/printworks/a.gcode",
+        ] {
+            assert!(ours(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn octoprint_states_read_as_printer_states() {
@@ -615,5 +714,9 @@ mod tests {
         })
         .unwrap();
         assert!(!format!("{o:?}").contains("SECRETKEY"));
+        let e = OctoPrint::new("http://admin:hunter2@127.0.0.1:5000/", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

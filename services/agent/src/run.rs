@@ -17,7 +17,7 @@ pub use bridge::Bridge;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -91,6 +91,11 @@ pub struct LocalJob {
     /// Its file's path in OctoPrint, once OctoPrint prints it (bridge only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// How many pause and resume events for it were heard in this run (the bridge
+    /// carries out each new one; not kept: after a restart the relay sends the wishes
+    /// not yet settled again).
+    #[serde(skip)]
+    pub holds: u64,
 }
 
 /// A status report waiting in the outbox (kept in `book.json`: the state is written as
@@ -134,8 +139,6 @@ struct Shared {
     live: Mutex<Live>,
     /// [`Shared::live`] changed.
     status: Notify,
-    /// Pause and resume events heard (the bridge acts on each new one).
-    holds: AtomicU64,
 }
 
 /// The job being printed now, how far, and whether it is held.
@@ -165,10 +168,6 @@ impl Shared {
 
     fn live(&self) -> Live {
         *self.live.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn holds(&self) -> u64 {
-        self.holds.load(Ordering::SeqCst)
     }
 
     fn report(
@@ -282,7 +281,6 @@ pub async fn run(
         reports: Notify::new(),
         live: Mutex::default(),
         status: Notify::new(),
-        holds: AtomicU64::new(0),
     });
     shared.change(|_| ())?;
     let client = printer_client(&saved)?;
@@ -447,6 +445,7 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
                 aborted: false,
                 paused: false,
                 remote: None,
+                holds: 0,
             };
             let added = ctx.shared.change(|b| {
                 if b.jobs.iter().any(|j| j.id == job.id) {
@@ -506,10 +505,10 @@ async fn handle(ctx: &Ctx, event: PrinterEvent) -> anyhow::Result<()> {
             ctx.shared.change(|b| {
                 if let Some(j) = b.jobs.iter_mut().find(|j| j.id == id) {
                     j.paused = pause;
+                    j.holds += 1;
                 }
             })?;
             tracing::info!(job_id = %id, pause, "hold changed");
-            ctx.shared.holds.fetch_add(1, Ordering::SeqCst);
             ctx.shared.work.notify_one();
         }
         PrinterEvent::Heartbeat | PrinterEvent::Reconnect => {}

@@ -152,9 +152,8 @@ pub enum Confirmation {
     NotCurrent(Option<i64>),
 }
 
-/// The printer reports that it applied `version` of its settings.
 /// A setting a printer confirmed without applying it (it has no way to).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NotApplied {
     Firewall,
     Pin,
@@ -177,6 +176,10 @@ impl NotApplied {
     }
 }
 
+/// The printer reports that it applied `version` of its settings, but for
+/// `not_applied`. A confirmation of the current version that says something new of what
+/// was not applied (a printer moved behind OctoPrint, say) is recorded, and audited, as
+/// a confirmation.
 pub async fn confirm_security(
     db: &sqlx::PgPool,
     printer: Uuid,
@@ -190,7 +193,8 @@ pub async fn confirm_security(
         "UPDATE printer_security s SET confirmed_version = $2, confirmed_at = $3, not_applied = $4
          FROM printers p
          WHERE s.printer_id = $1 AND p.id = s.printer_id AND s.version = $2
-           AND (s.confirmed_version IS NULL OR s.confirmed_version < $2)
+           AND (s.confirmed_version IS NULL OR s.confirmed_version < $2
+                OR s.not_applied IS DISTINCT FROM $4::text[])
          RETURNING p.organization_id",
     )
     .bind(printer)

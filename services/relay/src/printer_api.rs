@@ -146,10 +146,10 @@ pub async fn settings_applied(
                 "not_applied names settings: firewall, pin.",
             ));
         };
-        if !not_applied.contains(&n) {
-            not_applied.push(n);
-        }
+        not_applied.push(n);
     }
+    not_applied.sort();
+    not_applied.dedup();
     let confirmation = confirm_security(
         &state.ctx.db,
         printer.printer_id,

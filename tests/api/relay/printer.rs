@@ -390,20 +390,43 @@ async fn settings_reach_the_printer_and_its_confirmation_is_recorded(pool: PgPoo
         applied_but(json!(["pin", "pin"])).await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
-    assert_eq!(applied(1).await.unwrap().status(), StatusCode::NO_CONTENT);
     let seen = app
         .call(Method::GET, &path, Some(&token), None)
         .await
         .expect(StatusCode::OK);
     assert_eq!(seen.body["confirmed_version"], 1);
     assert_eq!(seen.body["not_applied"], json!(["pin"]));
-    let audited: Value = sqlx::query_scalar(
-        "SELECT record::jsonb FROM audit_events WHERE action = 'printer.security_confirmed'",
+    // Said again of the same version, differently (the printer moved behind another
+    // controller, say): recorded; in any order.
+    assert_eq!(
+        applied_but(json!(["pin", "firewall"]))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let seen = app.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(seen.body["not_applied"], json!(["firewall", "pin"]));
+    // Confirmed again as it was: nothing new, nothing audited.
+    assert_eq!(
+        applied_but(json!(["firewall", "pin"]))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let audited: Vec<Value> = sqlx::query_scalar(
+        "SELECT record::jsonb FROM audit_events WHERE action = 'printer.security_confirmed'
+         ORDER BY chain_index",
     )
-    .fetch_one(&app.db)
+    .fetch_all(&app.db)
     .await
     .unwrap();
-    assert_eq!(audited["details"]["not_applied"], json!(["pin"]));
+    let said: Vec<&Value> = audited
+        .iter()
+        .map(|a| &a["details"]["not_applied"])
+        .collect();
+    assert_eq!(said, [&json!(["pin"]), &json!(["firewall", "pin"])]);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

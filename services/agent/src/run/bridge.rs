@@ -16,7 +16,7 @@ use printworks_proto::{PrinterState, ReportedState};
 use tokio::io::AsyncReadExt as _;
 
 use super::{Ctx, Live, LocalJob, Phase, aborted, held, stop_aborted};
-use crate::octoprint::{OctoPrint, clip, is_unreachable, printer_state};
+use crate::octoprint::{FOLDER, OctoPrint, clip, is_unreachable, printer_state};
 
 /// How the agent drives OctoPrint.
 #[derive(Clone, Debug)]
@@ -82,14 +82,24 @@ pub(super) async fn print(
     if aborted(ctx, job.id) {
         return stop_aborted(ctx, job);
     }
-    let path = octoprint.upload_and_print(file, &file_name(job)).await?;
+    // Where the file will be is kept before it is uploaded: an agent that stops in
+    // between finds the print OctoPrint started, instead of leaving it unfollowed.
+    let name = file_name(job);
+    let expected = format!("{FOLDER}/{name}");
+    let remember = |path: &str| {
+        ctx.shared.change(|b| {
+            if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
+                j.phase = Phase::Printing;
+                j.remote = Some(path.to_owned());
+            }
+        })
+    };
+    remember(&expected)?;
+    let path = octoprint.upload_and_print(file, &name).await?;
+    if path != expected {
+        remember(&path)?;
+    }
     tracing::info!(job_id = %job.id, %path, "printing through OctoPrint");
-    ctx.shared.change(|b| {
-        if let Some(j) = b.jobs.iter_mut().find(|j| j.id == job.id) {
-            j.phase = Phase::Printing;
-            j.remote = Some(path.clone());
-        }
-    })?;
     ctx.shared
         .report(job.id, ReportedState::Printing, Some(0.0), None)?;
     follow_then_tidy(ctx, bridge, job, &path).await
@@ -129,15 +139,50 @@ async fn check(file: &std::path::Path, limits: printworks_gcode::Profile) -> any
 /// What was last reported of the print: its state and whole percent.
 type Reported = Option<(ReportedState, i32)>;
 
+/// How long after the print ended OctoPrint may take to record how (it writes the
+/// file's `prints.last` in the background, after the state changed).
+const RECORD_WAIT: Duration = Duration::from_secs(10);
+
+/// What the agent saw of a print while following it.
+#[derive(Default)]
+struct Seen {
+    /// It printed (or was paused) as ours at least once.
+    ours: bool,
+    /// OctoPrint was finishing it, or it reached 100 %.
+    finishing: bool,
+    /// OctoPrint was cancelling it.
+    cancelling: bool,
+}
+
+/// Fails once OctoPrint has been unreachable for `limit` since `since` (set now if not
+/// yet).
+fn still_reachable(
+    since: &mut Option<tokio::time::Instant>,
+    limit: Duration,
+    e: &anyhow::Error,
+) -> anyhow::Result<()> {
+    let since = *since.get_or_insert_with(tokio::time::Instant::now);
+    anyhow::ensure!(since.elapsed() < limit, "{}", clip(&format!("{e:#}"), 200));
+    Ok(())
+}
+
 /// Reads OctoPrint's job until the print at `path` ended, reporting its progress and
-/// carrying Printworks' abort, pause and resume to OctoPrint.
+/// carrying Printworks' abort, pause and resume to OctoPrint. A command OctoPrint does
+/// not take is tried again at the next reading; only a lasting silence of OctoPrint, its
+/// printer's error or loss, or a print gone without a record of how it ended, fail the
+/// job.
 async fn follow(ctx: &Ctx, bridge: &Bridge, job: &LocalJob, path: &str) -> anyhow::Result<()> {
     let octoprint = &bridge.octoprint;
     let id = job.id;
     let mut reported: Reported = None;
-    let mut holds_seen: Option<u64> = None;
+    // Only a pause or resume asked of this job is carried out, once per wish — never
+    // because OctoPrint's state differs from the book (someone may have paused the
+    // print at the printer). A pause asked before the print began is carried out.
+    let mut holds_seen: Option<u64> = (!held(ctx, id)).then(|| holds_of(ctx, id));
     let mut unreachable_since: Option<tokio::time::Instant> = None;
+    let mut ended_since: Option<tokio::time::Instant> = None;
     let mut cancel_sent = false;
+    let mut seen = Seen::default();
     let started = tokio::time::Instant::now();
     loop {
         let now = match octoprint.job().await {
@@ -146,12 +191,7 @@ async fn follow(ctx: &Ctx, bridge: &Bridge, job: &LocalJob, path: &str) -> anyho
                 now
             }
             Err(e) if is_unreachable(&e) => {
-                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
-                anyhow::ensure!(
-                    since.elapsed() < bridge.unreachable_for,
-                    "{}",
-                    clip(&format!("{e:#}"), 200)
-                );
+                still_reachable(&mut unreachable_since, bridge.unreachable_for, &e)?;
                 wait(ctx, bridge.poll).await;
                 continue;
             }
@@ -161,30 +201,26 @@ async fn follow(ctx: &Ctx, bridge: &Bridge, job: &LocalJob, path: &str) -> anyho
         let state = printer_state(&now.state);
         match state {
             PrinterState::Printing | PrinterState::Paused if ours => {
+                seen.ours = true;
+                ended_since = None;
+                seen.cancelling |= now.state == "Cancelling";
+                seen.finishing |=
+                    now.state == "Finishing" || now.progress.completion.is_some_and(|c| c >= 100.0);
                 if aborted(ctx, id) {
-                    if !cancel_sent {
-                        octoprint.cancel().await?;
-                        cancel_sent = true;
-                        tracing::info!(job_id = %id, "cancelled in OctoPrint");
-                    }
-                } else {
-                    let holds = ctx.shared.holds();
-                    let mut force = false;
-                    // A new wish is carried out once OctoPrint can take it (not in the
-                    // middle of pausing or resuming), and always answered with a report.
-                    if holds_seen != Some(holds) {
-                        let wish = held(ctx, id);
-                        let settled = match (wish, now.state.as_str()) {
-                            (true, "Printing") => octoprint.pause().await.map(|()| true)?,
-                            (false, "Paused") => octoprint.resume().await.map(|()| true)?,
-                            (true, "Resuming") | (false, "Pausing") => false,
-                            _ => true,
-                        };
-                        if settled {
-                            holds_seen = Some(holds);
-                            force = reported.is_some();
+                    if !cancel_sent && now.state != "Cancelling" {
+                        match octoprint.cancel().await {
+                            Ok(()) => {
+                                cancel_sent = true;
+                                tracing::info!(job_id = %id, "cancelled in OctoPrint");
+                            }
+                            Err(e) => {
+                                tracing::warn!(job_id = %id, error = %format!("{e:#}"), "OctoPrint did not take the cancel; trying again");
+                            }
                         }
                     }
+                } else {
+                    let force = carry_hold(ctx, octoprint, id, &now.state, &mut holds_seen).await
+                        && reported.is_some();
                     let progress = now.progress.completion.map(|c| c.clamp(0.0, 100.0) as f32);
                     let as_reported = if state == PrinterState::Paused {
                         ReportedState::Paused
@@ -213,32 +249,97 @@ async fn follow(ctx: &Ctx, bridge: &Bridge, job: &LocalJob, path: &str) -> anyho
                     clip(&now.state, 60)
                 );
             }
-            // Idle, or printing another file: ours ended. How, its record tells.
-            _ => match octoprint.last_print_succeeded(path).await? {
-                Some(true) => {
-                    ctx.shared
-                        .finish(id, ReportedState::Completed, Some(100.0), None)?;
-                    tracing::info!(job_id = %id, "printed through OctoPrint");
-                    return Ok(());
+            // Idle, or printing another file: ours ended (or has not begun, for a
+            // moment after the upload). How, OctoPrint's record of the file tells.
+            _ => {
+                let record = match octoprint.last_print_succeeded(path).await {
+                    Ok(record) => record,
+                    Err(e) if is_unreachable(&e) => {
+                        still_reachable(&mut unreachable_since, bridge.unreachable_for, &e)?;
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %id, error = %format!("{e:#}"), "OctoPrint's record of the print cannot be read");
+                        None
+                    }
+                };
+                let ended = *ended_since.get_or_insert_with(tokio::time::Instant::now);
+                let beginning = !seen.ours && started.elapsed() < Duration::from_secs(5);
+                match record {
+                    Some(true) => return completed(ctx, id),
+                    Some(false) if aborted(ctx, id) => return stop_aborted(ctx, job),
+                    Some(false) => return cancelled_in_octoprint(ctx, id),
+                    None if beginning || ended.elapsed() < RECORD_WAIT => {}
+                    // No record: what was seen decides.
+                    None if aborted(ctx, id) => return stop_aborted(ctx, job),
+                    None if seen.cancelling => return cancelled_in_octoprint(ctx, id),
+                    None if seen.finishing => return completed(ctx, id),
+                    None => anyhow::bail!("the print ended in OctoPrint without finishing"),
                 }
-                Some(false) if aborted(ctx, id) => return stop_aborted(ctx, job),
-                Some(false) => {
-                    ctx.shared.finish(
-                        id,
-                        ReportedState::Aborted,
-                        None,
-                        Some("cancelled in OctoPrint"),
-                    )?;
-                    return Ok(());
-                }
-                // Not begun yet, for a moment after the upload; else it is gone.
-                None if started.elapsed() < Duration::from_secs(5) && reported.is_none() => {}
-                None if aborted(ctx, id) => return stop_aborted(ctx, job),
-                None => anyhow::bail!("the print ended in OctoPrint without finishing"),
-            },
+            }
         }
         wait(ctx, bridge.poll).await;
     }
+}
+
+fn completed(ctx: &Ctx, id: uuid::Uuid) -> anyhow::Result<()> {
+    ctx.shared
+        .finish(id, ReportedState::Completed, Some(100.0), None)?;
+    tracing::info!(job_id = %id, "printed through OctoPrint");
+    Ok(())
+}
+
+fn cancelled_in_octoprint(ctx: &Ctx, id: uuid::Uuid) -> anyhow::Result<()> {
+    ctx.shared.finish(
+        id,
+        ReportedState::Aborted,
+        None,
+        Some("cancelled in OctoPrint"),
+    )?;
+    tracing::info!(job_id = %id, "cancelled in OctoPrint by someone there");
+    Ok(())
+}
+
+/// Carries out a new pause or resume of the job once OctoPrint can take it: a pause
+/// while it prints, a resume while it is paused. A wish OctoPrint already matches is
+/// settled as it is; one it cannot take now (it is starting, finishing, pausing or
+/// resuming the other way), or a command it refused, waits for the next reading.
+/// Whether a wish was settled (and wants a report, even if nothing changed).
+async fn carry_hold(
+    ctx: &Ctx,
+    octoprint: &crate::octoprint::OctoPrint,
+    id: uuid::Uuid,
+    state: &str,
+    holds_seen: &mut Option<u64>,
+) -> bool {
+    let holds = holds_of(ctx, id);
+    if *holds_seen == Some(holds) {
+        return false;
+    }
+    let pause = held(ctx, id);
+    let outcome = match (pause, state) {
+        (true, "Printing") => octoprint.pause().await.map(|()| true),
+        (false, "Paused") => octoprint.resume().await.map(|()| true),
+        (true, "Paused" | "Pausing") | (false, "Printing" | "Resuming") => Ok(true),
+        _ => Ok(false),
+    };
+    match outcome {
+        Ok(true) => {
+            *holds_seen = Some(holds);
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(job_id = %id, pause, error = %format!("{e:#}"), "OctoPrint did not take the hold; trying again");
+            false
+        }
+    }
+}
+
+/// How many pause and resume events the job heard (this run).
+fn holds_of(ctx: &Ctx, id: uuid::Uuid) -> u64 {
+    ctx.shared
+        .read(|b| b.jobs.iter().find(|j| j.id == id).map_or(0, |j| j.holds))
 }
 
 /// `poll`, or less when an abort, pause or resume arrives.
@@ -260,21 +361,24 @@ pub(super) fn started(job: &LocalJob) -> Option<&str> {
 pub(super) async fn status(
     bridge: &Bridge,
     live: Live,
-    firmware: &mut Option<String>,
+    firmware: &mut Option<Option<String>>,
 ) -> printworks_proto::PrinterStatus {
     let seen = bridge.octoprint.seen().await;
+    // Read once per connection of the printer (a key without the SYSTEM permission
+    // cannot read it at all: asked once, then not again until the printer reconnects).
     if seen.state == PrinterState::Offline {
         *firmware = None;
     } else if firmware.is_none() {
-        *firmware = bridge.octoprint.firmware_version().await;
+        *firmware = Some(bridge.octoprint.firmware_version().await);
     }
+    let firmware = firmware.clone().flatten();
     let busy = matches!(seen.state, PrinterState::Printing | PrinterState::Paused);
     printworks_proto::PrinterStatus {
         state: seen.state,
         heaters: seen.heaters,
         job_id: live.job.filter(|_| busy),
         progress: live.progress.filter(|_| busy && live.job.is_some()),
-        firmware_version: firmware.clone(),
+        firmware_version: firmware,
         message: seen.message,
     }
 }
@@ -308,6 +412,7 @@ mod tests {
             aborted: false,
             paused: false,
             remote: None,
+            holds: 0,
         }
     }
 
