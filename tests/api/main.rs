@@ -28,3 +28,4 @@ mod relay;
 mod routes;
 mod services;
 mod shutdown;
+mod slicers;

@@ -228,6 +228,7 @@ fn every_route_table_row_is_documented_with_its_access() {
             Access::SessionOrToken(s) => (Some(s.as_str()), &[&["bearer", "session"]]),
             Access::Client => (None, &[&["[]", "client_basic"]]),
             Access::Printer => (None, &[&["printer_certificate"]]),
+            Access::UploadKey => (None, &[&["octoprint_upload_key"]]),
         };
         if scope != want_scope {
             failures.push(format!(

@@ -76,6 +76,25 @@ async fn every_table_row_refuses_callers_without_its_access(pool: PgPool) {
             }
             // Served on the printer endpoint, whose handshake refuses callers without
             // a printer certificate (`pairing::certificates`).
+            Access::UploadKey => {
+                // No key, and a key of the wrong shape: OctoPrint's 403.
+                for key in [None, Some("pwu_not-a-key")] {
+                    let mut req = reqwest::Client::new().request(method.clone(), app.url(&path));
+                    if let Some(key) = key {
+                        req = req.header("x-api-key", key);
+                    }
+                    let res = req.send().await.unwrap();
+                    let status = res.status();
+                    let body: serde_json::Value = res.json().await.unwrap_or_default();
+                    if status != StatusCode::FORBIDDEN || !body["error"].is_string() {
+                        failures.push(format!(
+                            "{method} {} with key {key:?}: {status} {body}",
+                            row.path
+                        ));
+                    }
+                }
+                checked += 1;
+            }
             Access::Printer | Access::Public | Access::Client => {}
         }
     }
@@ -134,6 +153,29 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         "POST",
         "/relay/v1/jobs/{job}/pause",
         ["409 conflict", "403", "403", "404 not-found"],
+    ),
+    // The same callers again; the job is queued, not held.
+    (
+        "POST",
+        "/relay/v1/jobs/{job}/start",
+        ["409 conflict", "403", "403", "404 not-found"],
+    ),
+    // Whoever may send jobs to the printer makes and lists upload keys…
+    (
+        "POST",
+        "/relay/v1/printers/{printer}/upload-keys",
+        ["201", "201", "201", "404"],
+    ),
+    (
+        "GET",
+        "/relay/v1/printers/{printer}/upload-keys",
+        ["200", "200", "200", "404"],
+    ),
+    // …and revokes their own (an admin anyone's): the admin's key, here.
+    (
+        "DELETE",
+        "/relay/v1/printers/{printer}/upload-keys/{key}",
+        ["204", "404 not-found", "404 not-found", "404 not-found"],
     ),
     (
         "POST",
@@ -206,8 +248,23 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                 "/relay/v1/jobs/{job}"
                 | "/relay/v1/jobs/{job}/abort"
                 | "/relay/v1/jobs/{job}/pause"
-                | "/relay/v1/jobs/{job}/resume" => {
+                | "/relay/v1/jobs/{job}/resume"
+                | "/relay/v1/jobs/{job}/start" => {
                     template.replace("{job}", &job().await.to_string())
+                }
+                "/relay/v1/printers/{printer}/upload-keys/{key}" => {
+                    let made = app
+                        .call(
+                            Method::POST,
+                            &format!("/relay/v1/printers/{printer}/upload-keys"),
+                            Some(&admin),
+                            Some(&json!({"name": "PrusaSlicer"})),
+                        )
+                        .await
+                        .expect(StatusCode::CREATED);
+                    template
+                        .replace("{printer}", &printer.to_string())
+                        .replace("{key}", made.body["id"].as_str().unwrap())
                 }
                 "/account/v1/clients/{client_id}" => {
                     let registered = app
@@ -252,6 +309,9 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                         "organization_id": org, "code": "123456", "name": "P",
                     })),
                     "/account/v1/clients" if method == Method::POST => Some(app_body.clone()),
+                    "/relay/v1/printers/{printer}/upload-keys" if method == Method::POST => {
+                        Some(json!({"name": "OrcaSlicer"}))
+                    }
                     _ => None,
                 };
                 app.call(method.clone(), &path, Some(token), body.as_ref())

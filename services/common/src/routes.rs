@@ -44,6 +44,9 @@ pub enum Access {
     Client,
     /// A printer's client certificate, on the printer endpoint's mutual TLS.
     Printer,
+    /// A printer upload key (`X-Api-Key`, as slicers send an OctoPrint key), checked by
+    /// the handler; a request without a valid one gets 403, as OctoPrint answers.
+    UploadKey,
 }
 
 impl Access {

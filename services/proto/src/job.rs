@@ -2,7 +2,8 @@
 //! signs for the printer.
 //!
 //! A job's life: `receiving` (the upload streams; nobody outside the relay sees it) →
-//! `queued` (stored, waiting for the printer) → `dispatched` (announced on the printer's
+//! (`held`: stored, waiting for someone to start it — a file sent without "print" through
+//! the OctoPrint upload API —, then) `queued` (stored, waiting for the printer) → `dispatched` (announced on the printer's
 //! event stream) → `downloading` (the printer asked for the file) → `printing` (or
 //! `paused`, and back: the same stage) → `completed`, `failed` or `aborted`. The printer
 //! may skip states; a job never goes back a stage.
@@ -31,6 +32,9 @@ use uuid::Uuid;
 pub enum JobState {
     /// The upload is streaming in. Never shown to printers or in lists.
     Receiving,
+    /// Stored, waiting for someone to start it (`POST /relay/v1/jobs/{job}/start`);
+    /// never shown to printers.
+    Held,
     /// Stored, waiting for the printer.
     Queued,
     /// Announced to the printer on its event stream.
@@ -46,8 +50,9 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 9] = [
+    pub const ALL: [JobState; 10] = [
         JobState::Receiving,
+        JobState::Held,
         JobState::Queued,
         JobState::Dispatched,
         JobState::Downloading,
@@ -59,10 +64,11 @@ impl JobState {
     ];
 
     /// Not finished: what the queue quotas count and what fails when the printer is
-    /// removed (`state IN ('receiving', 'queued', 'dispatched', 'downloading', 'printing',
-    /// 'paused')`).
-    pub const UNFINISHED: [JobState; 6] = [
+    /// removed (`state IN ('receiving', 'held', 'queued', 'dispatched', 'downloading',
+    /// 'printing', 'paused')`).
+    pub const UNFINISHED: [JobState; 7] = [
         JobState::Receiving,
+        JobState::Held,
         JobState::Queued,
         JobState::Dispatched,
         JobState::Downloading,
@@ -70,9 +76,11 @@ impl JobState {
         JobState::Paused,
     ];
 
-    /// Stored and not finished: its file may be downloaded, it may be aborted
-    /// (`state IN ('queued', 'dispatched', 'downloading', 'printing', 'paused')`).
-    pub const ACTIVE: [JobState; 5] = [
+    /// Stored and not finished: it may be aborted; its file may be downloaded once it
+    /// is not `held` (`state IN ('held', 'queued', 'dispatched', 'downloading',
+    /// 'printing', 'paused')`).
+    pub const ACTIVE: [JobState; 6] = [
+        JobState::Held,
         JobState::Queued,
         JobState::Dispatched,
         JobState::Downloading,
@@ -95,6 +103,7 @@ impl JobState {
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Receiving => "receiving",
+            JobState::Held => "held",
             JobState::Queued => "queued",
             JobState::Dispatched => "dispatched",
             JobState::Downloading => "downloading",
@@ -147,7 +156,7 @@ impl JobState {
     fn stage(self) -> u8 {
         match self {
             JobState::Receiving => 0,
-            JobState::Queued => 1,
+            JobState::Held | JobState::Queued => 1,
             JobState::Dispatched => 2,
             JobState::Downloading => 3,
             JobState::Printing | JobState::Paused => 4,
@@ -156,12 +165,21 @@ impl JobState {
     }
 
     /// Whether the job may go from this state to `next`, by anyone: a `receiving` job
-    /// only to `queued` (stored) or `failed` (its printer was removed); a finished one
+    /// only to `held` or `queued` (stored) or `failed` (its printer was removed); a
+    /// `held` one only to `queued` (started), `aborted` or `failed`; a finished one
     /// nowhere; `printing` and `paused` into each other; any other only forward,
     /// skipping states if it likes. Staying in a state (a progress report) is not a move.
     pub fn can_move_to(self, next: JobState) -> bool {
         match self {
-            JobState::Receiving => matches!(next, JobState::Queued | JobState::Failed),
+            JobState::Receiving => {
+                matches!(next, JobState::Held | JobState::Queued | JobState::Failed)
+            }
+            JobState::Held => {
+                matches!(
+                    next,
+                    JobState::Queued | JobState::Aborted | JobState::Failed
+                )
+            }
             s if s.is_terminal() => false,
             JobState::Printing if next == JobState::Paused => true,
             JobState::Paused if next == JobState::Printing => true,
@@ -201,7 +219,8 @@ impl JobState {
             return ReportOutcome::AcknowledgesAbort;
         }
         let new = report.state();
-        let closed = self.is_terminal() || self == JobState::Receiving;
+        // A held job is not the printer's to move (it never heard of it).
+        let closed = self.is_terminal() || matches!(self, JobState::Receiving | JobState::Held);
         if closed || new.stage() < self.stage() {
             return if new == self {
                 ReportOutcome::AlreadyThere
@@ -363,6 +382,7 @@ mod tests {
             names(&JobState::UNFINISHED),
             [
                 "receiving",
+                "held",
                 "queued",
                 "dispatched",
                 "downloading",
@@ -372,7 +392,14 @@ mod tests {
         );
         assert_eq!(
             names(&JobState::ACTIVE),
-            ["queued", "dispatched", "downloading", "printing", "paused"]
+            [
+                "held",
+                "queued",
+                "dispatched",
+                "downloading",
+                "printing",
+                "paused"
+            ]
         );
         assert_eq!(
             names(&JobState::WITH_PRINTER),

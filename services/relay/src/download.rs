@@ -151,6 +151,10 @@ pub async fn content(
     .await?;
     let stored = stored.ok_or_else(ApiError::not_found)?;
     let current = stored_state(&stored.state)?;
+    // A held job is not the printer's yet.
+    if current == JobState::Held {
+        return Err(ApiError::not_found());
+    }
     if !current.is_active() {
         return Err(gone(current));
     }

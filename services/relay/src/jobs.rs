@@ -250,6 +250,53 @@ pub async fn abort(
     done.audit_and_answer(&state, tx, &client, now).await
 }
 
+/// `POST /relay/v1/jobs/{job}/start`: a `held` job (sent without "print" through the
+/// OctoPrint upload API) joins the printer's queue. The same people as for abort; any
+/// other state is 409.
+pub async fn start(
+    State(state): State<RelayState>,
+    auth: Auth,
+    client: ClientInfo,
+    Path(job): Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    let (view, usable) = controlled(&state, &auth, job).await?;
+    let who = controller(
+        &view,
+        &usable,
+        &auth,
+        "Only admins, whoever sent the job and whoever added the printer can start it.",
+    )?;
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    let mut tx = ctx.db.begin().await?;
+    let current: String =
+        sqlx::query_scalar("SELECT state FROM print_jobs WHERE id = $1 FOR UPDATE")
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+    let current = stored_state(&current)?;
+    if current != JobState::Held {
+        return Err(ApiError::conflict(format!(
+            "The job is {current}: only a held job can be started."
+        )));
+    }
+    sqlx::query("UPDATE print_jobs SET state = $2, updated_at = $3 WHERE id = $1")
+        .bind(job)
+        .bind(JobState::Queued.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    record(&mut tx, job, JobState::Queued, None, None, now).await?;
+    let done = Controlled {
+        action: "job.start",
+        actor: who.audit_actor(),
+        printer: &usable.printer,
+        job,
+        was: current,
+    };
+    done.audit_and_answer(&state, tx, &client, now).await
+}
+
 /// An abort, pause or resume written in `tx`: what is audited of it.
 struct Controlled<'a> {
     action: &'static str,

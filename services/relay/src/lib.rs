@@ -13,12 +13,14 @@ pub mod gcs;
 pub mod jobs;
 pub mod lifecycle;
 mod listen;
+pub mod octoprint;
 pub mod printer_api;
 pub mod registry;
 pub mod seal;
 pub mod status;
 pub mod ufp;
 pub mod upload;
+pub mod upload_keys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +56,7 @@ pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
         "printer_streams",
         "printer_status",
         "printer_status_history",
+        "printer_upload_keys",
     ],
     functions: &["notify_printer_work"],
 };
@@ -183,6 +186,23 @@ pub fn routes() -> RouteTable<RelayState> {
         .post("/jobs/{job}/resume", Token(PrintJobWrite), jobs::resume)
         .get("/printers/{printer}/status", Token(PrinterRead), status::get)
         .get("/printers/{printer}/status/events", Token(PrinterRead), status::events)
+        .post("/jobs/{job}/start", Token(PrintJobWrite), jobs::start)
+        .post("/printers/{printer}/upload-keys", Token(PrintJobWrite), upload_keys::create)
+        .get("/printers/{printer}/upload-keys", Token(PrintJobRead), upload_keys::list)
+        .delete("/printers/{printer}/upload-keys/{key}", Token(PrintJobWrite), upload_keys::revoke)
+        .merge(octoprint_routes())
+}
+
+/// The OctoPrint-compatible hosts, one per printer, under [`octoprint::PREFIX`]: the
+/// upload key each request carries is checked by the handlers.
+#[rustfmt::skip]
+fn octoprint_routes() -> RouteTable<RelayState> {
+    use Access::UploadKey;
+    RouteTable::new(octoprint::PREFIX)
+        .get("/{printer}/api/version", UploadKey, octoprint::version).rate_limited()
+        .get("/{printer}/api/job", UploadKey, octoprint::job).rate_limited()
+        // The file streams to storage under its own limit (PRINTWORKS_MAX_JOB_BYTES).
+        .post("/{printer}/api/files/local", UploadKey, octoprint::upload).streamed_body().upload_deadline().rate_limited()
 }
 
 /// The printers' routes, under [`PRINTER_PREFIX`] on the printer endpoint, whose mutual

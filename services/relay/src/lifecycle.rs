@@ -64,28 +64,39 @@ pub async fn expire_queued(
     ttl: std::time::Duration,
 ) -> sqlx::Result<u64> {
     let ttl = time::Duration::try_from(ttl).unwrap_or(time::Duration::days(7));
-    let message = format!(
-        "expired: the printer did not take it within {} days",
-        ttl.whole_days().max(1)
-    );
+    let days = ttl.whole_days().max(1);
     let mut tx = db.begin().await?;
-    // `'queued'` (JobState::Queued) is written out, not bound: it lets the partial index
+    let mut expired = 0;
+    // The states are written out, not bound: it lets the partial index
     // print_jobs_active (`state IN` JobState::ACTIVE) serve the scan.
-    let expired: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE print_jobs SET state = $4, message = $2, finished_at = $3, updated_at = $3
-         WHERE id IN (SELECT id FROM print_jobs WHERE state = 'queued' AND created_at < $1
-                      LIMIT 1000 FOR UPDATE SKIP LOCKED)
-         RETURNING id",
-    )
-    .bind(now - ttl)
-    .bind(&message)
-    .bind(now)
-    .bind(JobState::Failed.as_str())
-    .fetch_all(&mut *tx)
-    .await?;
-    record_failed(&mut tx, &expired, &message, now).await?;
+    for (query, message) in [
+        (
+            "UPDATE print_jobs SET state = $4, message = $2, finished_at = $3, updated_at = $3
+             WHERE id IN (SELECT id FROM print_jobs WHERE state = 'queued' AND created_at < $1
+                          LIMIT 1000 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+            format!("expired: the printer did not take it within {days} days"),
+        ),
+        (
+            "UPDATE print_jobs SET state = $4, message = $2, finished_at = $3, updated_at = $3
+             WHERE id IN (SELECT id FROM print_jobs WHERE state = 'held' AND created_at < $1
+                          LIMIT 1000 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+            format!("expired: nobody started it within {days} days"),
+        ),
+    ] {
+        let ids: Vec<Uuid> = sqlx::query_scalar(query)
+            .bind(now - ttl)
+            .bind(&message)
+            .bind(now)
+            .bind(JobState::Failed.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        record_failed(&mut tx, &ids, &message, now).await?;
+        expired += ids.len();
+    }
     tx.commit().await?;
-    Ok(expired.len() as u64)
+    Ok(expired as u64)
 }
 
 /// The relay's side of [`PrinterJobs`], for the services that remove printers.
@@ -132,7 +143,7 @@ pub async fn cleanup(state: &RelayState) -> anyhow::Result<usize> {
     while orphaned.len() < 1000 {
         let active: Vec<Uuid> = sqlx::query_scalar(
             "SELECT DISTINCT printer_id FROM print_jobs
-             WHERE state IN ('queued', 'dispatched', 'downloading', 'printing', 'paused')
+             WHERE state IN ('held', 'queued', 'dispatched', 'downloading', 'printing', 'paused')
                AND printer_id > $1
              ORDER BY printer_id LIMIT 1000",
         )

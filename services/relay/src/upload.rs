@@ -39,7 +39,7 @@ pub struct Submit {
     name: Option<String>,
 }
 
-fn job_name(name: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn job_name(name: Option<&str>) -> Result<String, ApiError> {
     let name = name.map(str::trim).unwrap_or_default();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
@@ -220,7 +220,69 @@ pub async fn submit(
     {
         return Ok(res);
     }
+    let incoming = Incoming {
+        name,
+        content_type,
+        declared,
+        idempotency_key: key,
+        state: JobState::Queued,
+        detail: None,
+    };
+    let id = store(
+        &state,
+        &auth,
+        &usable,
+        &client,
+        incoming,
+        body.into_data_stream(),
+    )
+    .await?;
+    let job = job_view(&state.ctx.db, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok((StatusCode::CREATED, Json(job)).into_response())
+}
 
+/// A file on its way to becoming a job.
+pub(crate) struct Incoming {
+    pub name: String,
+    /// [`GCODE`] or [`UFP`].
+    pub content_type: &'static str,
+    /// The length the request declared, if it did.
+    pub declared: Option<u64>,
+    pub idempotency_key: Option<String>,
+    /// What it becomes once stored: `queued`, or `held` (to be started).
+    pub state: JobState,
+    /// A detail for the audit record (`upload_key`: the key that sent it).
+    pub detail: Option<(&'static str, String)>,
+}
+
+/// Streams `body` into a sealed, checked, stored job for `usable`'s printer, sent by
+/// `caller`; its id. Nothing is kept of a refused or failed upload.
+pub(crate) async fn store<S, E>(
+    state: &RelayState,
+    caller: &Caller,
+    usable: &printworks_org::fleet::Usable,
+    client: &ClientInfo,
+    incoming: Incoming,
+    body: S,
+) -> Result<Uuid, ApiError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin + Send,
+{
+    let Incoming {
+        name,
+        content_type,
+        declared,
+        idempotency_key: key,
+        state: stored_as,
+        detail,
+    } = incoming;
+    let printer = usable.printer.clone();
+    let max = state.ctx.settings.relay.max_job_bytes;
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
     let ctx = &state.ctx;
     let id = Uuid::new_v4();
     let blob_key = format!("jobs/{}/{id}", printer.organization_id);
@@ -233,7 +295,7 @@ pub async fn submit(
         &mut tx,
         ctx,
         &printer,
-        &submitter_key(&auth),
+        &submitter_key(caller),
         declared.unwrap_or(0),
         None,
     )
@@ -248,8 +310,8 @@ pub async fn submit(
     .bind(id)
     .bind(printer.id)
     .bind(printer.organization_id)
-    .bind(auth.user_id())
-    .bind(auth.user_id().is_none().then(|| auth.client_id.clone()))
+    .bind(caller.user_id())
+    .bind(caller.user_id().is_none().then(|| caller.client_id.clone()))
     .bind(&key)
     .bind(&name)
     .bind(content_type)
@@ -281,7 +343,7 @@ pub async fn submit(
     };
     let stored = async {
         let (size, digest) = receive(
-            &state,
+            state,
             id,
             &data_key,
             &spool,
@@ -307,7 +369,7 @@ pub async fn submit(
             .bind(i64::try_from(size).unwrap_or(i64::MAX))
             .bind(&digest[..])
             .bind(now)
-            .bind(JobState::Queued.as_str())
+            .bind(stored_as.as_str())
             .bind(JobState::Receiving.as_str())
             .execute(&mut *tx)
             .await?
@@ -323,8 +385,8 @@ pub async fn submit(
                 )
                 .into());
             }
-            record(&mut tx, id, JobState::Queued, None, None, now).await?;
-            AuditEvent::new("job.submit", usable.audit_actor(), Outcome::Success)
+            record(&mut tx, id, stored_as, None, None, now).await?;
+            let mut audit = AuditEvent::new("job.submit", usable.audit_actor(), Outcome::Success)
                 .organization(printer.organization_id)
                 .source(client.addr)
                 .target("job", id)
@@ -332,8 +394,11 @@ pub async fn submit(
                 .detail("name", name.as_str())
                 .detail("size", size)
                 .detail("sha256", hex(&digest))
-                .write(&mut tx, now)
-                .await?;
+                .detail("state", stored_as.as_str());
+            if let Some((key, value)) = &detail {
+                audit = audit.detail(key, value.as_str());
+            }
+            audit.write(&mut tx, now).await?;
             tx.commit().await?;
             Ok::<_, ApiError>(())
         };
@@ -346,15 +411,12 @@ pub async fn submit(
     let size = match stored {
         Ok(size) => size,
         Err(e) => {
-            discard(&state, id, &spool, &blob_key).await;
+            discard(state, id, &spool, &blob_key).await;
             return Err(e);
         }
     };
-    let job = job_view(&ctx.db, id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    tracing::info!(job_id = %id, printer_id = %printer.id, size, "print job queued");
-    Ok((StatusCode::CREATED, Json(job)).into_response())
+    tracing::info!(job_id = %id, printer_id = %printer.id, size, state = %stored_as, "print job stored");
+    Ok(id)
 }
 
 fn queue_full(detail: String) -> ApiError {
@@ -490,16 +552,19 @@ async fn check_quotas(
 /// Streams the body into a sealed spool file, hashing and checking it on the way.
 /// Returns its size and SHA-256.
 #[allow(clippy::too_many_arguments)]
-async fn receive(
+async fn receive<S, E>(
     state: &RelayState,
     id: Uuid,
     data_key: &[u8; 32],
     spool: &std::path::Path,
-    body: Body,
+    mut stream: S,
     content_type: &str,
     model: Option<&str>,
     max: u64,
-) -> Result<(u64, [u8; 32]), ApiError> {
+) -> Result<(u64, [u8; 32]), ApiError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
     let profile = profile_for(model);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -512,7 +577,6 @@ async fn receive(
     let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let mut checker = (content_type == GCODE).then(|| Checker::new(profile));
     let mut size = 0u64;
-    let mut stream = body.into_data_stream();
     loop {
         let chunk = match stream.try_next().await {
             Ok(Some(c)) => c,

@@ -169,13 +169,34 @@ async fn a_job_cannot_wait_for_its_printer_for_ever(pool: PgPool) {
         .await
         .expect(StatusCode::CREATED)
         .id();
+    // And one sent without "print" from a slicer, held until someone starts it.
+    let held = app
+        .submit_gcode(&token, printer.id, "held.gcode", gcode(2))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    sqlx::query("UPDATE print_jobs SET state = 'held' WHERE id = $1")
+        .bind(held)
+        .execute(&app.db)
+        .await
+        .unwrap();
     let ttl = Duration::from_secs(7 * 24 * 3600);
     app.clock.advance(time::Duration::days(6));
     let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
     assert_eq!(expired.unwrap(), 0);
     app.clock.advance(time::Duration::days(2));
     let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
-    assert_eq!(expired.unwrap(), 1);
+    assert_eq!(expired.unwrap(), 2);
+    let held: (String, String) =
+        sqlx::query_as("SELECT state, message FROM print_jobs WHERE id = $1")
+            .bind(held)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (held.0.as_str(), held.1.as_str()),
+        ("failed", "expired: nobody started it within 7 days")
+    );
     let (state, message): (String, String) =
         sqlx::query_as("SELECT state, message FROM print_jobs WHERE id = $1")
             .bind(job)
