@@ -327,8 +327,14 @@ async fn octoprint_cli_uploads_and_the_job_prints_once_started(pool: PgPool) {
         .expect(StatusCode::OK);
     // Queued (the printer's stream may have claimed it already).
     assert!(
-        ["queued", "dispatched", "downloading", "printing", "completed"]
-            .contains(&started.body["status"].as_str().unwrap()),
+        [
+            "queued",
+            "dispatched",
+            "downloading",
+            "printing",
+            "completed"
+        ]
+        .contains(&started.body["status"].as_str().unwrap()),
         "{}",
         started.body
     );
