@@ -64,13 +64,22 @@ async fn upload_keys_act_for_their_maker_on_their_printer_only(pool: PgPool) {
     let (key, url) = upload_key(&app, &member, mine, "PrusaSlicer on the lab PC").await;
     assert!(key.starts_with("pwu_") && key.len() > 40, "{key}");
     assert!(url.ends_with(&format!("/octoprint/{mine}/")), "{url}");
-    // Kept hashed: the key is nowhere in the database.
+    // Kept as its SHA-256 only, and in no audit record.
     let stored: Vec<u8> = sqlx::query_scalar("SELECT key_hash FROM printer_upload_keys")
         .fetch_one(&app.db)
         .await
         .unwrap();
-    assert_eq!(stored.len(), 32);
-    assert!(!String::from_utf8_lossy(&stored).contains(&key[4..]));
+    assert_eq!(
+        stored,
+        printworks_common::crypto::sha256(key.as_bytes()).to_vec()
+    );
+    let leaked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE record LIKE '%' || $1 || '%'")
+            .bind(&key[4..])
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(leaked, 0);
 
     // Listed without the secret; the member sees theirs, an admin everyone's.
     let listed = app
@@ -303,18 +312,23 @@ async fn octoprint_cli_uploads_and_the_job_prints_once_started(pool: PgPool) {
     assert_eq!(listed[0]["name"], "bracket.gcode");
     assert_eq!(listed[0]["submitted_by"], w.member.id.to_string());
     let id: Uuid = listed[0]["id"].as_str().unwrap().parse().unwrap();
+    // The printer never hears of it, and cannot fetch it.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        app.call(
-            Method::GET,
-            &format!("/relay/v1/jobs/{id}"),
-            Some(&member),
-            None
-        )
+    let local = printworks_agent::run::local_jobs(&printworks_agent::StateDir::new(
+        &dir.path().join("agent"),
+    ))
+    .unwrap_or_default();
+    assert!(local.iter().all(|j| j.id != id), "the agent got a held job");
+    let fetched = printer
+        .client()
+        .get(format!(
+            "{}/printer/v1/jobs/{id}/content",
+            printer.printer_url
+        ))
+        .send()
         .await
-        .body["status"],
-        "held"
-    );
+        .unwrap();
+    assert_eq!(fetched.status(), StatusCode::NOT_FOUND);
     // Started by whoever sent it: queued, then printed.
     let started = app
         .call(
@@ -509,6 +523,44 @@ async fn a_prusaslicer_upload_and_print_is_printed_and_bad_files_are_refused(poo
     assert_eq!(e["error"], "No file included.");
     let (status, e) = curl(prusaslicer(&url, "pwu_wrong", true, &part, "part.gcode")).await;
     assert_eq!(status, 403, "{e}");
+    // A form that fails after its file takes the file back: a slicer that retries never
+    // prints it twice. Two files; too many fields after the file.
+    let (status, e) = curl(vec![
+        "-H".into(),
+        format!("X-Api-Key: {key}"),
+        "-F".into(),
+        "print=true".into(),
+        "-F".into(),
+        format!("file=@{};filename=one.gcode", part.display()),
+        "-F".into(),
+        format!("file=@{};filename=two.gcode", part.display()),
+        format!("{url}api/files/local"),
+    ])
+    .await;
+    assert_eq!(status, 400, "{e}");
+    let mut many = vec![
+        "-H".to_owned(),
+        format!("X-Api-Key: {key}"),
+        "-F".into(),
+        format!("file=@{};filename=many.gcode", part.display()),
+    ];
+    for i in 0..20 {
+        many.extend(["-F".to_owned(), format!("extra{i}=x")]);
+    }
+    many.push(format!("{url}api/files/local"));
+    let (status, e) = curl(many).await;
+    assert_eq!(status, 400, "{e}");
+    // A body that never shows a boundary is refused once it has sent more than the
+    // fields may take, not held in memory up to the size of a job.
+    let junk = reqwest::Client::new()
+        .post(format!("{url}api/files/local"))
+        .header("X-Api-Key", &key)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(vec![b'a'; 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(junk.status(), StatusCode::BAD_REQUEST);
     // Nothing of the refused uploads was kept.
     let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM print_jobs WHERE printer_id = $1")
         .bind(printer.id)

@@ -17,7 +17,7 @@
 //! `{"error": "…"}` with the reason a slicer shows (a bad key 403, a file over the
 //! printer's limits 422 naming the line, too large 413).
 
-use axum::extract::{Multipart, State, multipart::MultipartRejection};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use printworks_common::ApiError;
@@ -118,24 +118,33 @@ pub async fn job(
     Path(printer): Path<Uuid>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(res) = authorized(&state, &headers, printer).await {
-        return res;
-    }
-    match current_job(&state, printer).await {
+    let maker = match authorized(&state, &headers, printer).await {
+        Ok((caller, ..)) => caller.user_id(),
+        Err(res) => return res,
+    };
+    match current_job(&state, printer, maker).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => refusal(e).await,
     }
 }
 
-async fn current_job(state: &RelayState, printer: Uuid) -> Result<Value, ApiError> {
+/// The printer's current job: its file named only to whoever sent it (a key may send
+/// jobs; it need not read other people's).
+async fn current_job(
+    state: &RelayState,
+    printer: Uuid,
+    maker: Option<Uuid>,
+) -> Result<Value, ApiError> {
     let db = &state.ctx.db;
     let status = crate::status::view(db, printer).await?;
     let current: Option<(String, i64, Option<f32>, time::OffsetDateTime)> = sqlx::query_as(
-        "SELECT name, size, progress, created_at FROM print_jobs
+        "SELECT CASE WHEN submitted_by IS NOT DISTINCT FROM $3 THEN name ELSE '' END,
+                size, progress, created_at FROM print_jobs
          WHERE printer_id = $1 AND state = ANY($2) ORDER BY seq LIMIT 1",
     )
     .bind(printer)
     .bind(JobState::WITH_PRINTER.map(JobState::as_str))
+    .bind(maker)
     .fetch_optional(db)
     .await?;
     let state_text = match status.status.as_ref().map(|s| s.state) {
@@ -147,10 +156,13 @@ async fn current_job(state: &RelayState, printer: Uuid) -> Result<Value, ApiErro
         Some(printworks_proto::PrinterState::Idle) | None => "Operational",
     };
     let file = match &current {
-        Some((name, size, _, created)) => json!({
-            "name": name, "display": name, "path": name, "origin": "local",
-            "size": size, "date": created.unix_timestamp(),
-        }),
+        Some((name, size, _, created)) => {
+            let name = (!name.is_empty()).then_some(name.as_str());
+            json!({
+                "name": name, "display": name, "path": name, "origin": "local",
+                "size": size, "date": created.unix_timestamp(),
+            })
+        }
         None => json!({"name": null, "display": null, "path": null, "origin": null,
                        "size": null, "date": null}),
     };
@@ -174,20 +186,49 @@ async fn current_job(state: &RelayState, printer: Uuid) -> Result<Value, ApiErro
     }))
 }
 
+/// What the form may still send: the bytes read so far, and how many it may reach.
+/// Before the file and after it only the small fields (and their headers) may come —
+/// [`FIELDS_BUDGET`] bytes —; while the file streams, up to the job size limit more. So
+/// the parser never holds more than that in memory, whatever arrives (a preamble without
+/// a boundary, endless headers).
+#[derive(Default)]
+struct Budget {
+    read: std::sync::atomic::AtomicU64,
+    limit: std::sync::atomic::AtomicU64,
+}
+
+/// The bytes the form may take besides the file.
+const FIELDS_BUDGET: u64 = 64 * 1024;
+
+impl Budget {
+    fn allow(&self, more: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.limit.store(self.read.load(SeqCst) + more, SeqCst);
+    }
+}
+
 /// A form field's text, at most [`MAX_FIELD_BYTES`] (more is refused).
-async fn small_text(field: &mut axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+async fn small_text(field: &mut multer::Field<'_>) -> Result<String, ApiError> {
     let mut out = Vec::new();
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|_| ApiError::bad_request("The form could not be read."))?
-    {
+    while let Some(chunk) = field.chunk().await.map_err(unreadable)? {
         if out.len() + chunk.len() > MAX_FIELD_BYTES {
             return Err(ApiError::bad_request("A form field is too long."));
         }
         out.extend_from_slice(&chunk);
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn unreadable(e: multer::Error) -> ApiError {
+    match e {
+        multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
+            ApiError::bad_request("The form is larger than a file and its fields may be.")
+        }
+        multer::Error::StreamReadFailed(_) => ApiError::bad_request(
+            "The form is larger than a file and its fields may be, or was cut off.",
+        ),
+        _ => ApiError::bad_request("The form could not be read."),
+    }
 }
 
 fn truthy(v: &str) -> bool {
@@ -213,19 +254,45 @@ pub async fn upload(
     Path(printer): Path<Uuid>,
     client: ClientInfo,
     headers: HeaderMap,
-    form: Result<Multipart, MultipartRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let (caller, key_id, usable) = match authorized(&state, &headers, printer).await {
         Ok(a) => a,
         Err(res) => return res,
     };
-    let Ok(form) = form else {
+    let boundary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok());
+    let Some(boundary) = boundary else {
         return refusal(ApiError::bad_request(
             "Send the file as multipart/form-data, in a field named file.",
         ))
         .await;
     };
-    match receive(&state, &caller, key_id, &usable, &client, form).await {
+    let budget = std::sync::Arc::new(Budget::default());
+    budget.allow(FIELDS_BUDGET);
+    let stream = {
+        use futures_util::StreamExt as _;
+        use std::sync::atomic::Ordering::SeqCst;
+        let budget = budget.clone();
+        body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            let read = budget.read.fetch_add(chunk.len() as u64, SeqCst) + chunk.len() as u64;
+            if read > budget.limit.load(SeqCst) {
+                return Err(std::io::Error::other("the form is too large"));
+            }
+            Ok::<_, std::io::Error>(chunk)
+        })
+    };
+    // The file's own limit is the upload's (413 past PRINTWORKS_MAX_JOB_BYTES).
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .per_field(MAX_FIELD_BYTES as u64)
+            .for_field("file", u64::MAX),
+    );
+    let form = multer::Multipart::with_constraints(stream, boundary, constraints);
+    match receive(&state, &caller, key_id, &usable, &client, form, &budget).await {
         Ok((id, name, print)) => {
             let resource = state
                 .ctx
@@ -258,30 +325,77 @@ pub async fn upload(
     }
 }
 
-/// Reads the form: the small fields, and the file streamed into a job (queued when
-/// `print` came before it, else held, and started when `print` came after it).
+/// Reads the whole form: the small fields, and the one file streamed into a job, stored
+/// `held`. Only once the form was read to its end is the job queued (when `print` said
+/// so, wherever it came); a form that fails after the file withdraws the job, so that a
+/// slicer retrying a failed upload never prints the file twice.
 async fn receive(
     state: &RelayState,
     caller: &Caller,
     key_id: Uuid,
     usable: &Usable,
     client: &ClientInfo,
-    mut form: Multipart,
+    form: multer::Multipart<'_>,
+    budget: &Budget,
 ) -> Result<(Uuid, String, bool), ApiError> {
-    let mut print = false;
-    let mut stored: Option<(Uuid, String, JobState)> = None;
-    let mut fields = 0;
-    while let Some(mut field) = form
-        .next_field()
-        .await
-        .map_err(|_| ApiError::bad_request("The form could not be read."))?
+    let mut stored: Option<(Uuid, String)> = None;
+    let read = read_form(
+        state,
+        caller,
+        key_id,
+        usable,
+        client,
+        form,
+        budget,
+        &mut stored,
+    )
+    .await;
+    let outcome = match (read, &stored) {
+        (Ok(print), Some((id, name))) => {
+            if print {
+                start(state, usable, *id)
+                    .await
+                    .map(|()| (*id, name.clone(), print))
+            } else {
+                Ok((*id, name.clone(), print))
+            }
+        }
+        (Ok(_), None) => return Err(ApiError::bad_request("No file included.")),
+        (Err(e), _) => Err(e),
+    };
+    if outcome.is_err()
+        && let Some((id, _)) = stored
     {
+        crate::upload::withdraw(state, id).await;
+    }
+    outcome
+}
+
+/// The form's fields, the file stored into `stored`; whether `print` was true (its
+/// first value counts).
+#[allow(clippy::too_many_arguments)]
+async fn read_form(
+    state: &RelayState,
+    caller: &Caller,
+    key_id: Uuid,
+    usable: &Usable,
+    client: &ClientInfo,
+    mut form: multer::Multipart<'_>,
+    budget: &Budget,
+    stored: &mut Option<(Uuid, String)>,
+) -> Result<bool, ApiError> {
+    let mut print: Option<bool> = None;
+    let mut fields = 0;
+    while let Some(mut field) = form.next_field().await.map_err(unreadable)? {
         fields += 1;
         if fields > MAX_FIELDS + 1 {
             return Err(ApiError::bad_request("The form has too many fields."));
         }
         match field.name() {
-            Some("file") if stored.is_none() => {
+            Some("file") if stored.is_some() => {
+                return Err(ApiError::bad_request("Send one file per upload."));
+            }
+            Some("file") => {
                 let file_name = field.file_name().unwrap_or_default().to_owned();
                 // Only the name, not a folder of the sender's.
                 let name = file_name
@@ -299,23 +413,25 @@ async fn receive(
                     .detail("Printworks prints G-code (.gcode, .gco, .g) and UFP (.ufp) files.")
                     .into());
                 };
-                let as_state = if print {
-                    JobState::Queued
-                } else {
-                    JobState::Held
-                };
                 let incoming = Incoming {
                     name: name.clone(),
                     content_type,
                     declared: None,
                     idempotency_key: None,
-                    state: as_state,
+                    state: JobState::Held,
                     detail: Some(("upload_key", key_id.to_string())),
                 };
+                // The file, and room for the chunk that crosses the job limit (refused
+                // with 413 by the upload itself).
+                budget.allow(state.ctx.settings.relay.max_job_bytes + FIELDS_BUDGET + (4 << 20));
                 let id = store(state, caller, usable, client, incoming, field).await?;
-                stored = Some((id, name, as_state));
+                budget.allow(FIELDS_BUDGET);
+                *stored = Some((id, name));
             }
-            Some("print") => print = truthy(&small_text(&mut field).await?),
+            Some("print") => {
+                let v = truthy(&small_text(&mut field).await?);
+                print.get_or_insert(v);
+            }
             // select, path, userdata, and whatever else a client sends (octoprint-cli
             // sends its file's path as a second file part): read and left.
             _ => {
@@ -323,16 +439,10 @@ async fn receive(
             }
         }
     }
-    let Some((id, name, as_state)) = stored else {
-        return Err(ApiError::bad_request("No file included."));
-    };
-    if print && as_state == JobState::Held {
-        start(state, usable, id).await?;
-    }
-    Ok((id, name, print))
+    Ok(print.unwrap_or(false))
 }
 
-/// A job stored held, whose `print` came after its file: queued now.
+/// A job stored held, whose form said `print`: queued now.
 async fn start(state: &RelayState, usable: &Usable, id: Uuid) -> Result<(), ApiError> {
     let ctx = &state.ctx;
     let now = ctx.now();

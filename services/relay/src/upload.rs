@@ -96,6 +96,28 @@ pub(crate) async fn discard(state: &RelayState, id: Uuid, spool: &std::path::Pat
     }
 }
 
+/// Takes back a job stored `held` whose request then failed (the rest of its form was
+/// refused): its row, history and blob go, as if it never arrived. A job started (or
+/// aborted) meanwhile stays.
+pub(crate) async fn withdraw(state: &RelayState, id: Uuid) {
+    let removed: Result<Option<String>, _> = sqlx::query_scalar(
+        "DELETE FROM print_jobs WHERE id = $1 AND state = $2 RETURNING blob_key",
+    )
+    .bind(id)
+    .bind(JobState::Held.as_str())
+    .fetch_optional(&state.ctx.db)
+    .await;
+    match removed {
+        Ok(Some(key)) => {
+            if let Err(e) = state.store.delete(&key).await {
+                tracing::warn!(job_id = %id, error = %format!("{e:#}"), "cannot delete the blob of a withdrawn upload; it stays in the store");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot withdraw a failed upload"),
+    }
+}
+
 /// Discards an upload that did not finish, however it ended: an error, a refusal, or
 /// the request dropped (the client went away, or the upload timed out).
 struct Upload {

@@ -80,8 +80,10 @@ pub async fn create(
     Json(req): Json<NewKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     let usable = printworks_org::fleet::usable(&state.ctx, &auth, printer).await?;
-    // A key acts as a person; an app acting on its own makes none.
+    // A key acts as a person; an app acting on its own makes none. It outlives the
+    // sign-in, so, like everything that does, it needs a confirmed address.
     let user = usable.membership().require_person()?;
+    printworks_org::access::require_verified(&state.ctx, usable.membership()).await?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
