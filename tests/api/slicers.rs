@@ -315,7 +315,7 @@ async fn octoprint_cli_uploads_and_the_job_prints_once_started(pool: PgPool) {
     // The printer never hears of it, and cannot fetch it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let local = printworks_agent::run::local_jobs(&printworks_agent::StateDir::new(
-        &dir.path().join("agent"),
+        dir.path().join("agent"),
     ))
     .unwrap_or_default();
     assert!(local.iter().all(|j| j.id != id), "the agent got a held job");
