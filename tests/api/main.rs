@@ -13,6 +13,7 @@ mod tls;
 mod account;
 mod backup;
 mod binary;
+mod cura;
 mod errors;
 mod faults;
 mod federation;

@@ -190,6 +190,17 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         ["204", "403", "403", "404"],
     ),
     ("GET", "/oauth/userinfo", ["200", "200", "200", "200"]),
+    // Cura's account root: about the person, whoever they are.
+    (
+        "GET",
+        "/cura-account/check-token",
+        ["200", "200", "200", "200"],
+    ),
+    (
+        "GET",
+        "/cura-account/users/permissions",
+        ["200", "200", "200", "200"],
+    ),
     ("POST", "/oauth/userinfo", ["200", "200", "200", "200"]),
 ];
 

@@ -5,6 +5,7 @@
 //! `/oauth/` and `/.well-known/openid-configuration`.
 
 pub mod api;
+pub mod cura;
 pub mod device;
 pub mod directory;
 pub mod federation;
@@ -213,7 +214,16 @@ pub fn routes() -> RouteTable<AccountState> {
         .get("/account/logout", Public, pages::logout_page)
         .post("/account/logout", Public, pages::logout)
         .get("/assets/printworks.css", Public, pages::stylesheet);
-    api.merge(provider).merge(pages)
+    // UltiMaker Cura's account root (`CuraCloudAccountAPIRoot`): its sign-in at the paths
+    // Cura builds, and the answers it parses.
+    let cura = RouteTable::new(cura::ACCOUNT_ROOT)
+        .get("/authorize", Public, authorize::authorize)
+        .post("/token", Client, token::token).rate_limited()
+        .get("/check-token", Token(OpenId), cura::check_token)
+        .get("/users/permissions", Token(OpenId), cura::permissions)
+        .get("/app/auth-success", Public, cura::auth_success)
+        .get("/app/auth-error", Public, cura::auth_error);
+    api.merge(provider).merge(pages).merge(cura)
 }
 
 /// The account service's routes, built from [`routes`]. Creates the first signing key

@@ -91,6 +91,8 @@ pub(crate) struct Valid {
     state: Option<String>,
     nonce: Option<String>,
     code_challenge: Option<String>,
+    /// `S256`, or `S512` for Cura ([`crate::cura`]).
+    code_challenge_method: &'static str,
     prompt_none: bool,
     prompt_consent: bool,
 }
@@ -260,8 +262,14 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
             "This client may not use the authorization code flow.",
         ));
     }
-    let scopes = ScopeSet::parse(p.scope.as_deref().unwrap_or_default())
-        .map_err(|e| refuse("invalid_scope", &e))?;
+    // Cura asks in UltiMaker's scope names: read as the Printworks scopes they amount to.
+    let asked = p.scope.clone().unwrap_or_default();
+    let asked = if client.id == crate::cura::CLIENT_ID {
+        crate::cura::printworks_scopes(&asked)
+    } else {
+        asked
+    };
+    let scopes = ScopeSet::parse(&asked).map_err(|e| refuse("invalid_scope", &e))?;
     if scopes.is_empty() {
         return Err(refuse("invalid_scope", "Ask for at least one scope."));
     }
@@ -271,6 +279,12 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
             "A requested scope is not registered for this client.",
         ));
     }
+    let cura = client.id == crate::cura::CLIENT_ID;
+    let code_challenge_method = if cura && p.code_challenge_method.as_deref() == Some("S512") {
+        "S512"
+    } else {
+        "S256"
+    };
     let code_challenge = match (&p.code_challenge, p.code_challenge_method.as_deref()) {
         (None, _) if client.is_public() => {
             return Err(refuse(
@@ -283,6 +297,11 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
             return Err(refuse("invalid_request", "code_challenge is missing."));
         }
         (Some(c), Some("S256")) if is_pkce_value(c) => Some(c.clone()),
+        // Cura's own method, for Cura only.
+        (Some(c), Some("S512")) if cura && crate::cura::is_s512_challenge(c) => Some(c.clone()),
+        (Some(_), Some("S512")) if cura => {
+            return Err(refuse("invalid_request", "code_challenge is malformed."));
+        }
         (Some(_), Some("S256")) => {
             return Err(refuse("invalid_request", "code_challenge is malformed."));
         }
@@ -300,6 +319,7 @@ async fn validate(state: &AccountState, p: &AuthorizeParams) -> Result<Valid, Re
         state: st,
         nonce: p.nonce.clone(),
         code_challenge,
+        code_challenge_method,
         prompt_none: prompts.contains(&"none"),
         prompt_consent: prompts.contains(&"consent"),
         client,
@@ -327,8 +347,9 @@ async fn issue_code(
     let now = state.ctx.now();
     sqlx::query(
         "INSERT INTO oauth_codes (code_hash, client_id, user_id, session_id, redirect_uri, scopes,
-                                  code_challenge, nonce, auth_time, amr, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                  code_challenge, nonce, auth_time, amr, created_at, expires_at,
+                                  code_challenge_method)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(token_digest(&code))
     .bind(&v.client.id)
@@ -342,6 +363,7 @@ async fn issue_code(
     .bind(&session.amr)
     .bind(now)
     .bind(now + CODE_TTL)
+    .bind(v.code_challenge_method)
     .execute(&state.ctx.db)
     .await?;
     let issuer = state.ctx.settings.public_url.as_str().to_owned();
@@ -562,6 +584,19 @@ pub(crate) async fn decide(
                 .detail("scopes", v.scopes.to_string())
                 .write(&mut conn, now)
                 .await?;
+            if v.client.id == crate::cura::CLIENT_ID {
+                // The only refusal Cura recognises (`AuthorizationRequestHandler.py`).
+                let issuer = state.ctx.settings.public_url.as_str().to_owned();
+                let mut pairs = vec![
+                    ("error_code", "user_denied"),
+                    ("error", "access_denied"),
+                    ("iss", issuer.as_str()),
+                ];
+                if let Some(s) = &v.state {
+                    pairs.push(("state", s.as_str()));
+                }
+                return Ok(redirect_with(&v.redirect_uri, &pairs));
+            }
             Ok(Refusal::Redirect {
                 redirect_uri: v.redirect_uri,
                 error: "access_denied",

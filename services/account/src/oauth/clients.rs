@@ -180,9 +180,10 @@ pub fn presented(
                 via_basic: true,
             })
         }
+        // An empty client_secret is no secret (a public client such as Cura sends one).
         None => Ok(Presented {
             client_id: form_client_id.map(str::to_owned),
-            secret: form_secret.map(str::to_owned),
+            secret: form_secret.filter(|s| !s.is_empty()).map(str::to_owned),
             via_basic: false,
         }),
     }

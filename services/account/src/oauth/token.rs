@@ -120,6 +120,7 @@ pub(crate) struct CodeRow {
     redirect_uri: String,
     scopes: Vec<String>,
     code_challenge: Option<String>,
+    code_challenge_method: String,
     nonce: Option<String>,
     auth_time: OffsetDateTime,
     amr: Vec<String>,
@@ -219,8 +220,8 @@ async fn authorization_code(
     let mut tx = state.ctx.db.begin().await?;
     let row: Option<CodeRow> = sqlx::query_as(
         "UPDATE oauth_codes SET consumed_at = $2 WHERE code_hash = $1 AND consumed_at IS NULL
-         RETURNING client_id, user_id, session_id, redirect_uri, scopes, code_challenge, nonce,
-                   auth_time, amr, expires_at",
+         RETURNING client_id, user_id, session_id, redirect_uri, scopes, code_challenge,
+                   code_challenge_method, nonce, auth_time, amr, expires_at",
     )
     .bind(token_digest(code))
     .bind(now)
@@ -348,7 +349,12 @@ fn check_code(
                 && verifier
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-            let computed = base64url(&sha256(verifier.as_bytes()));
+            // S512 is Cura's, stored only for Cura's codes.
+            let computed = if row.code_challenge_method == "S512" {
+                crate::cura::s512(verifier)
+            } else {
+                base64url(&sha256(verifier.as_bytes()))
+            };
             if !(valid_shape && constant_time_eq(computed.as_bytes(), challenge.as_bytes())) {
                 return Err(OAuthError::invalid_grant(
                     "The PKCE code_verifier does not match.",
@@ -457,7 +463,13 @@ async fn refresh(
     let scopes = match form.scope.as_deref() {
         None | Some("") => granted.clone(),
         Some(s) => {
-            let asked = ScopeSet::parse(s).map_err(|e| OAuthError::new("invalid_scope", e))?;
+            // Cura names its scopes UltiMaker's way on a refresh too.
+            let s = if client.id == crate::cura::CLIENT_ID {
+                crate::cura::printworks_scopes(s)
+            } else {
+                s.to_owned()
+            };
+            let asked = ScopeSet::parse(&s).map_err(|e| OAuthError::new("invalid_scope", e))?;
             if !asked.is_subset(&granted) {
                 return Err(OAuthError::new(
                     "invalid_scope",
