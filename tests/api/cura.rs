@@ -326,3 +326,177 @@ async fn curas_pkce_is_curas_alone_and_a_refusal_is_user_denied(pool: PgPool) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }
+
+/// A person signed in to Cura: Cura's tokens.
+async fn cura_sign_in(app: &TestApp, user: &TestUser) -> Value {
+    let back = authorize(
+        app,
+        user,
+        &cura_query(CURA, CALLBACK, CHALLENGE, "S512"),
+        "approve",
+    )
+    .await;
+    let code = code_from_redirect(&back, CALLBACK);
+    let (status, tokens) = cura_token(
+        app,
+        &[
+            ("client_id", CURA),
+            ("client_secret", ""),
+            ("redirect_uri", CALLBACK),
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", VERIFIER),
+            ("scope", SCOPES),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    tokens
+}
+
+/// A GET as Cura sends it (`JsonDecoratorScope`): JSON headers on every request.
+async fn cura_get(app: &TestApp, token: &str, path: &str) -> (StatusCode, Value) {
+    let res = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(token)
+        .header("user-agent", USER_AGENT)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap_or(Value::Null))
+}
+
+/// `strptime("%Y-%m-%dT%H:%M:%S.%fZ")`: 1 to 6 fraction digits and a literal Z.
+fn cura_parses_date(s: &str) -> bool {
+    let Some((main, frac)) = s.strip_suffix('Z').and_then(|s| s.split_once('.')) else {
+        return false;
+    };
+    time::PrimitiveDateTime::parse(
+        main,
+        &time::format_description::well_known::Iso8601::DEFAULT,
+    )
+    .is_ok()
+        && (1..=6).contains(&frac.len())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn has(v: &Value, fields: &[&str]) {
+    for f in fields {
+        assert!(v.get(*f).is_some(), "{f} missing in {v}");
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn cura_sees_the_printers_it_may_use_as_clusters(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = crate::helpers::OrgWorld::new(&app).await;
+    let admin = app.access_token(&w.admin, crate::helpers::ALL_SCOPES).await;
+    let online = app.pair_printer(&admin, w.org, "SN-CURA-ON").await;
+    let waiting = app.pair_printer(&admin, w.org, "SN-CURA-WAIT").await;
+    app.share_printer(online.id, &[w.member.id]).await;
+    let elsewhere = app
+        .register_printer(w.other_org, w.outsider.id, "Ultimaker S5")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = crate::relay::agent::start_agent(&app, &online, &dir.path().join("p"));
+    let job = app
+        .submit_gcode(&admin, waiting.id, "queued.gcode", crate::relay::gcode(10))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+
+    // The member, signed in to Cura, sees the printer shared with them, online.
+    let member = cura_sign_in(&app, &w.member).await;
+    let member = member["access_token"].as_str().unwrap();
+    // check-token is Cura's, and answers no other app's token.
+    let cli = app.access_token(&w.admin, "openid profile email").await;
+    app.call(Method::GET, "/cura-account/check-token", Some(&cli), None)
+        .await
+        .expect(StatusCode::NOT_FOUND);
+    let deadline = tokio::time::Instant::now() + crate::relay::agent::WITHIN;
+    let clusters = loop {
+        let (status, body) = cura_get(&app, member, "/connect/v1/clusters?status=active").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["data"][0]["is_online"] == true {
+            break body["data"].as_array().unwrap().clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(clusters.len(), 1);
+    let c = &clusters[0];
+    has(
+        c,
+        &[
+            "cluster_id",
+            "host_guid",
+            "host_name",
+            "is_online",
+            "status",
+            "display_status",
+        ],
+    );
+    assert_eq!(c["cluster_id"], online.id.to_string());
+    assert!(!c["cluster_id"].as_str().unwrap().is_empty());
+    assert_eq!(c["capabilities"], serde_json::json!(["queue"]));
+
+    // The admin sees both, and the queue of the one that waits.
+    let admin_cura = cura_sign_in(&app, &w.admin).await;
+    let admin_cura = admin_cura["access_token"].as_str().unwrap();
+    let (_, all) = cura_get(&app, admin_cura, "/connect/v1/clusters").await;
+    let ids: Vec<&str> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cluster_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{all}");
+    assert!(!ids.contains(&elsewhere.to_string().as_str()));
+    let (status, s) = cura_get(
+        &app,
+        admin_cura,
+        &format!("/connect/v1/clusters/{}/status", waiting.id),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    let data = &s["data"];
+    has(data, &["printers", "print_jobs", "generated_time"]);
+    assert!(
+        cura_parses_date(data["generated_time"].as_str().unwrap()),
+        "{data}"
+    );
+    assert_eq!(data["printers"][0]["status"], "unreachable");
+    let queued = &data["print_jobs"][0];
+    has(
+        queued,
+        &[
+            "created_at",
+            "force",
+            "machine_variant",
+            "name",
+            "started",
+            "status",
+            "time_total",
+            "uuid",
+            "configuration",
+        ],
+    );
+    assert_eq!(queued["uuid"], job.to_string());
+    assert_eq!(queued["status"], "queued");
+    assert!(queued["configuration"].is_array());
+
+    // Another organization's printer: 404, in Cura's error envelope.
+    let (status, e) = cura_get(
+        &app,
+        member,
+        &format!("/connect/v1/clusters/{elsewhere}/status"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    has(&e["errors"][0], &["id", "code", "title", "http_status"]);
+    assert_eq!(e["errors"][0]["http_status"], "404");
+    stop.cancel();
+}

@@ -190,11 +190,12 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         ["204", "403", "403", "404"],
     ),
     ("GET", "/oauth/userinfo", ["200", "200", "200", "200"]),
-    // Cura's account root: about the person, whoever they are.
+    // Cura's account root: check-token answers Cura's own tokens only (these are the
+    // command-line client's); the permissions are anyone's.
     (
         "GET",
         "/cura-account/check-token",
-        ["200", "200", "200", "200"],
+        ["404", "404", "404", "404"],
     ),
     (
         "GET",
@@ -202,6 +203,13 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         ["200", "200", "200", "200"],
     ),
     ("POST", "/oauth/userinfo", ["200", "200", "200", "200"]),
+    // Cura's clusters: the printers each may use (the outsider: none of these).
+    ("GET", "/connect/v1/clusters", ["200", "200", "200", "200"]),
+    (
+        "GET",
+        "/connect/v1/clusters/{cluster}/status",
+        ["200", "200", "200", "404"],
+    ),
 ];
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -293,7 +301,9 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                 "/account/v1/clients" if *method == "GET" => {
                     format!("{template}?organization_id={org}")
                 }
-                t => t.replace("{printer}", &printer.to_string()),
+                t => t
+                    .replace("{printer}", &printer.to_string())
+                    .replace("{cluster}", &printer.to_string()),
             };
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let res = if *template == "/relay/v1/printers/{printer}/jobs" && method == Method::POST

@@ -36,6 +36,12 @@ pub struct PrinterView {
     created_at: OffsetDateTime,
 }
 
+impl PrinterView {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// The printers of $1 the caller may see: all for admins ($2 = 'admin'), else those
 /// claimed by $3 (while not a guest) or shared with $3 or a team of $3.
 macro_rules! visible_printers {
@@ -65,6 +71,62 @@ pub async fn visible(db: &PgPool, m: &Membership, printer: Uuid) -> Result<Print
         .fetch_optional(db)
         .await?;
     row.ok_or_else(ApiError::not_found)
+}
+
+/// A printer the caller may use, in any organization of theirs.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct UsablePrinter {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub name: String,
+    pub model: Option<String>,
+}
+
+/// Every printer the caller may use, across their organizations (a client: its own),
+/// oldest first, at most `max`. An organization whose security policy refuses the
+/// caller's sign-in is left out, as its routes would refuse them.
+pub async fn usable_everywhere(
+    ctx: &printworks_common::AppContext,
+    caller: &printworks_common::auth::Caller,
+    max: usize,
+) -> Result<Vec<UsablePrinter>, ApiError> {
+    let orgs: Vec<Uuid> = match caller.subject {
+        printworks_common::auth::Subject::User(user) => {
+            sqlx::query_scalar(
+                "SELECT organization_id FROM organization_members WHERE user_id = $1
+             ORDER BY created_at LIMIT 100",
+            )
+            .bind(user)
+            .fetch_all(&ctx.db)
+            .await?
+        }
+        printworks_common::auth::Subject::Client { organization_id } => vec![organization_id],
+    };
+    let mut out = Vec::new();
+    for org in orgs {
+        let m = match membership(ctx, org, caller).await {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let rows: Vec<PrinterView> =
+            sqlx::query_as(visible_printers!("ORDER BY p.created_at, p.id LIMIT $4"))
+                .bind(org)
+                .bind(m.role.as_str())
+                .bind(m.user_id())
+                .bind(i64::try_from(max - out.len()).unwrap_or(0))
+                .fetch_all(&ctx.db)
+                .await?;
+        out.extend(rows.into_iter().map(|p| UsablePrinter {
+            id: p.id,
+            organization_id: org,
+            name: p.name,
+            model: p.model,
+        }));
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Adds a printer the writer claimed to their organization (in the caller's

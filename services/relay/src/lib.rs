@@ -5,6 +5,7 @@
 //! Public routes live under [`PREFIX`]; the printers' under [`PRINTER_PREFIX`].
 
 pub mod blob;
+pub mod cura;
 pub mod dispatch;
 pub mod download;
 pub mod endpoint;
@@ -191,6 +192,17 @@ pub fn routes() -> RouteTable<RelayState> {
         .get("/printers/{printer}/upload-keys", Token(PrintJobRead), upload_keys::list)
         .delete("/printers/{printer}/upload-keys/{key}", Token(PrintJobWrite), upload_keys::revoke)
         .merge(octoprint_routes())
+        .merge(cura_routes())
+}
+
+/// UltiMaker Cura's cloud printing API, at the paths Cura builds from its API root.
+#[rustfmt::skip]
+fn cura_routes() -> RouteTable<RelayState> {
+    use Access::Token;
+    use Scope::PrinterRead;
+    RouteTable::new("/connect/v1")
+        .get("/clusters", Token(PrinterRead), cura::clusters)
+        .get("/clusters/{cluster}/status", Token(PrinterRead), cura::status)
 }
 
 /// The OctoPrint-compatible hosts, one per printer, under [`octoprint::PREFIX`]: the

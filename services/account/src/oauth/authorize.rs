@@ -469,8 +469,11 @@ pub(crate) async fn authorize(
         );
         return Ok(Redirect::to(&login).into_response());
     };
+    // Cura's client is public with a well-known id and port: whoever holds that port
+    // first could take a remembered consent, so Cura is always asked.
     let needs_consent = !v.client.trusted_without_consent()
         && (v.prompt_consent
+            || v.client.id == crate::cura::CLIENT_ID
             || !v
                 .scopes
                 .is_subset(&granted(&state, session.user_id, &v.client.id).await?));
