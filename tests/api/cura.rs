@@ -500,3 +500,177 @@ async fn cura_sees_the_printers_it_may_use_as_clusters(pool: PgPool) {
     assert_eq!(e["errors"][0]["http_status"], "404");
     stop.cancel();
 }
+
+/// A request with a JSON body as Cura sends it (its JSON headers, the bearer token).
+async fn cura_send(
+    app: &TestApp,
+    method: Method,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let res = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(token)
+        .header("user-agent", USER_AGENT)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.map(|b| b.to_string()).unwrap_or_default())
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap_or(Value::Null))
+}
+
+/// Cura's `requestUpload`: the pre-signed URL for a file.
+async fn request_upload(app: &TestApp, token: &str, name: &str, size: usize) -> Value {
+    let (status, body) = cura_send(
+        app,
+        Method::PUT,
+        token,
+        "/cura/v1/jobs/upload",
+        Some(serde_json::json!({"data": {
+            "job_name": name, "file_size": size, "content_type": "text/x-gcode",
+        }})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // CloudPrintJobResponse: job_id and status required; upload_url and a content_type
+    // that is not null, or Cura cannot send the file.
+    has(
+        &body["data"],
+        &["job_id", "status", "upload_url", "content_type"],
+    );
+    assert_eq!(body["data"]["content_type"], "text/x-gcode");
+    body["data"].clone()
+}
+
+/// `ToolPathUploader`: a PUT with only the content type — no token.
+async fn put_file(url: &str, bytes: Vec<u8>) -> StatusCode {
+    reqwest::Client::new()
+        .put(url)
+        .header("user-agent", USER_AGENT)
+        .header("content-type", "text/x-gcode")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn cura_uploads_a_file_and_prints_it_on_a_printer_it_may_use(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = crate::helpers::OrgWorld::new(&app).await;
+    let admin = app.access_token(&w.admin, crate::helpers::ALL_SCOPES).await;
+    let printer = app.pair_printer(&admin, w.org, "SN-CURA-PRINT").await;
+    app.share_printer(printer.id, &[w.member.id]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = crate::relay::agent::start_agent(&app, &printer, &dir.path().join("p"));
+    let tokens = cura_sign_in(&app, &w.member).await;
+    let member = tokens["access_token"].as_str().unwrap();
+    let file = crate::relay::gcode(200);
+
+    let upload = request_upload(&app, member, "UMS5_bracket", file.len()).await;
+    let url = upload["upload_url"].as_str().unwrap().to_owned();
+    let job_id = upload["job_id"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&app.base), "{url}");
+    // Nothing to print before the file arrived.
+    let print_path = format!("/connect/v1/clusters/{}/print/{job_id}", printer.id);
+    let (status, _) = cura_send(&app, Method::POST, member, &print_path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(put_file(&url, file.clone()).await, StatusCode::OK);
+    // The URL is good once.
+    assert_eq!(put_file(&url, file.clone()).await, StatusCode::NOT_FOUND);
+
+    // Print: a job of the printer, checked and sealed like any, printed by the agent.
+    let (status, printed) = cura_send(&app, Method::POST, member, &print_path, None).await;
+    assert_eq!(status, StatusCode::OK, "{printed}");
+    has(&printed["data"], &["job_id", "status", "generated_time"]);
+    assert!(cura_parses_date(
+        printed["data"]["generated_time"].as_str().unwrap()
+    ));
+    let relay_job: uuid::Uuid = printed["data"]["cluster_job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let done = app
+        .wait_for_job(member, relay_job, "completed", crate::relay::agent::WITHIN)
+        .await;
+    assert_eq!(done["name"], "UMS5_bracket.gcode");
+    assert_eq!(done["sha256"], crate::relay::sha256_hex(&file));
+    // Cura prints an unchanged scene again by the same job_id.
+    let (status, again) = cura_send(&app, Method::POST, member, &print_path, None).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_ne!(
+        again["data"]["cluster_job_id"],
+        printed["data"]["cluster_job_id"]
+    );
+
+    // Another person's upload is not theirs to print.
+    let admin_cura = cura_sign_in(&app, &w.admin).await;
+    let admin_cura = admin_cura["access_token"].as_str().unwrap();
+    let (status, e) = cura_send(&app, Method::POST, admin_cura, &print_path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    has(&e["errors"][0], &["id", "code", "title", "http_status"]);
+
+    // A file over the printer's limits is refused when it is printed, in Cura's shape.
+    let hot = b"M104 S300\nG28\n".to_vec();
+    let upload = request_upload(&app, member, "hot", hot.len()).await;
+    assert_eq!(
+        put_file(upload["upload_url"].as_str().unwrap(), hot).await,
+        StatusCode::OK
+    );
+    let (status, e) = cura_send(
+        &app,
+        Method::POST,
+        member,
+        &format!(
+            "/connect/v1/clusters/{}/print/{}",
+            printer.id,
+            upload["job_id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["errors"][0]["http_status"], "422");
+
+    // A file larger than announced is refused.
+    let small = request_upload(&app, member, "small", 4).await;
+    assert_eq!(
+        put_file(
+            small["upload_url"].as_str().unwrap(),
+            b"G28\nG28\n".to_vec()
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Bad requests for an upload.
+    for bad in [
+        serde_json::json!({"data": {"job_name": "x", "file_size": 1, "content_type": "application/x-makerbot"}}),
+        serde_json::json!({"data": {"job_name": "", "file_size": 1, "content_type": "text/x-gcode"}}),
+        serde_json::json!({"job_name": "x"}),
+    ] {
+        let (status, e) = cura_send(
+            &app,
+            Method::PUT,
+            member,
+            "/cura/v1/jobs/upload",
+            Some(bad.clone()),
+        )
+        .await;
+        assert!(status.is_client_error(), "{bad}: {status}");
+        assert!(e["errors"][0]["http_status"].is_string(), "{e}");
+    }
+    // An upload URL not used within ten minutes is gone.
+    let late = request_upload(&app, member, "late", 10).await;
+    app.clock.advance(time::Duration::minutes(11));
+    assert_eq!(
+        put_file(late["upload_url"].as_str().unwrap(), vec![b'G'; 10]).await,
+        StatusCode::NOT_FOUND
+    );
+    stop.cancel();
+}

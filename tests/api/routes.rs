@@ -210,6 +210,14 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         "/connect/v1/clusters/{cluster}/status",
         ["200", "200", "200", "404"],
     ),
+    // Any person may ask Cura's upload URL; printing an upload that is not theirs (here:
+    // none) is 404 to all, as is a printer they may not use.
+    ("PUT", "/cura/v1/jobs/upload", ["200", "200", "200", "200"]),
+    (
+        "POST",
+        "/connect/v1/clusters/{cluster}/print/{job_id}",
+        ["404", "404", "404", "404"],
+    ),
 ];
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -303,7 +311,8 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                 }
                 t => t
                     .replace("{printer}", &printer.to_string())
-                    .replace("{cluster}", &printer.to_string()),
+                    .replace("{cluster}", &printer.to_string())
+                    .replace("{job_id}", &Uuid::new_v4().to_string()),
             };
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let res = if *template == "/relay/v1/printers/{printer}/jobs" && method == Method::POST
@@ -333,6 +342,9 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                     "/relay/v1/printers/{printer}/upload-keys" if method == Method::POST => {
                         Some(json!({"name": "OrcaSlicer"}))
                     }
+                    "/cura/v1/jobs/upload" => Some(json!({"data": {
+                        "job_name": "cube", "file_size": 20, "content_type": "text/x-gcode",
+                    }})),
                     _ => None,
                 };
                 app.call(method.clone(), &path, Some(token), body.as_ref())

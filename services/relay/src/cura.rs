@@ -220,6 +220,315 @@ async fn cluster_status(state: &RelayState, auth: &Auth, cluster: Uuid) -> Resul
     }))
 }
 
+/// How long an `upload_url` may be used, once, after Cura asked for it.
+pub const UPLOAD_WINDOW: time::Duration = time::Duration::minutes(10);
+/// How long an uploaded file stays printable (Cura prints an unchanged scene again by
+/// the same `job_id`).
+pub const UPLOAD_KEPT: time::Duration = time::Duration::hours(24);
+/// The most uploads one person holds at once.
+const MAX_UPLOADS_PER_PERSON: i64 = 20;
+
+/// `PUT /cura/v1/jobs/upload {"data": {"job_name", "file_size", "content_type"}}`: a
+/// pre-signed `upload_url`, good once, for [`UPLOAD_WINDOW`] (Cura sends no token with
+/// the upload). A person only.
+pub async fn request_upload(
+    State(state): State<RelayState>,
+    auth: Auth,
+    body: axum::body::Bytes,
+) -> Response {
+    match new_upload(&state, &auth, &body).await {
+        Ok(v) => axum::Json(json!({ "data": v })).into_response(),
+        Err(e) => cura_error(e).await,
+    }
+}
+
+async fn new_upload(state: &RelayState, auth: &Auth, body: &[u8]) -> Result<Value, ApiError> {
+    let Some(user) = auth.user_id() else {
+        return Err(printworks_common::error::role_forbids(
+            "Cura uploads are made by people.",
+        ));
+    };
+    let req: Value = serde_json::from_slice(body).map_err(|_| {
+        ApiError::bad_request("Send {\"data\": {\"job_name\", \"file_size\", \"content_type\"}}.")
+    })?;
+    let data = &req["data"];
+    let job_name = data["job_name"].as_str().map(str::trim).unwrap_or_default();
+    if job_name.is_empty()
+        || job_name.chars().count() > 190
+        || job_name.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            "job_name must be 1 to 190 characters, without control characters.",
+        ));
+    }
+    let max = state.ctx.settings.relay.max_job_bytes;
+    let size = data["file_size"]
+        .as_u64()
+        .ok_or_else(|| ApiError::invalid("file_size must be a number of bytes."))?;
+    if size > max {
+        return Err(crate::upload::too_large(max));
+    }
+    let content_type = match data["content_type"].as_str() {
+        Some(crate::upload::GCODE) => crate::upload::GCODE,
+        Some(crate::upload::UFP) => crate::upload::UFP,
+        _ => {
+            return Err(ApiError::invalid(
+                "Printworks prints G-code (text/x-gcode) and UFP (application/x-ufp).",
+            ));
+        }
+    };
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    let id = Uuid::new_v4();
+    let token = printworks_common::crypto::random_token();
+    let data_key = crate::seal::new_data_key();
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("cura-uploads:{user}"))
+        .execute(&mut *tx)
+        .await?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cura_uploads WHERE user_id = $1 AND expires_at > $2",
+    )
+    .bind(user)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    if held >= MAX_UPLOADS_PER_PERSON {
+        return Err(ApiError::conflict(format!(
+            "You hold {MAX_UPLOADS_PER_PERSON} uploads from Cura already; they are kept a day."
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO cura_uploads (id, user_id, job_name, content_type, declared_size,
+                                   upload_token_hash, blob_key, key_sealed, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(job_name)
+    .bind(content_type)
+    .bind(i64::try_from(size).unwrap_or(i64::MAX))
+    .bind(printworks_common::crypto::token_digest(&token))
+    .bind(format!("cura-uploads/{user}/{id}"))
+    .bind(
+        ctx.secrets
+            .seal(&format!("cura-upload-key:{id}"), &data_key),
+    )
+    .bind(now)
+    .bind(now + UPLOAD_KEPT)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(json!({
+        "job_id": id,
+        "status": "uploading",
+        "job_name": job_name,
+        "content_type": content_type,
+        "upload_url": ctx.settings.public_url.link(&format!("/cura/v1/uploads/{token}")),
+    }))
+}
+
+/// `PUT /cura/v1/uploads/{token}`: the file itself, as Cura sends it — no token, only
+/// `Content-Type`. Once per URL, within [`UPLOAD_WINDOW`], at most the size Cura
+/// announced; sealed as it streams, like a job. Checked against a printer's limits when
+/// it is printed (the printer is chosen after the upload).
+pub async fn upload(
+    State(state): State<RelayState>,
+    Path(token): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    match receive_upload(&state, &token, &headers, body).await {
+        Ok(()) => axum::http::StatusCode::OK.into_response(),
+        Err(e) => cura_error(e).await,
+    }
+}
+
+async fn receive_upload(
+    state: &RelayState,
+    token: &str,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<(), ApiError> {
+    use futures_util::TryStreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let ctx = &state.ctx;
+    let now = ctx.now();
+    if token.len() > 100 {
+        return Err(ApiError::not_found());
+    }
+    // Claimed at once: the URL is good for one upload, even one that fails.
+    let row: Option<(Uuid, i64, String, Vec<u8>, String)> = sqlx::query_as(
+        "UPDATE cura_uploads SET uploading_since = $2
+         WHERE upload_token_hash = $1 AND uploading_since IS NULL AND created_at > $3
+         RETURNING id, declared_size, content_type, key_sealed, blob_key",
+    )
+    .bind(printworks_common::crypto::token_digest(token))
+    .bind(now)
+    .bind(now - UPLOAD_WINDOW)
+    .fetch_optional(&ctx.db)
+    .await?;
+    let (id, declared, content_type, key_sealed, blob_key) = row.ok_or_else(ApiError::not_found)?;
+    let sent_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase());
+    if sent_type.as_deref().is_some_and(|t| t != content_type) {
+        return Err(ApiError::invalid(
+            "The file's Content-Type is not the one the upload was asked for.",
+        ));
+    }
+    let key: [u8; 32] = ctx
+        .secrets
+        .open(&format!("cura-upload-key:{id}"), &key_sealed)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("a Cura upload's data key does not open"))?;
+    let declared = u64::try_from(declared).unwrap_or(0);
+    let spool = state.store.spool_dir().join(format!("cura-{id}.sealed"));
+    let stored = async {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&spool)
+            .await
+            .map_err(crate::upload::spool_write)?;
+        let (mut sealer, mut out) = crate::seal::Sealer::new(&key, id);
+        let mut size = 0u64;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|_| ApiError::bad_request("The upload was interrupted."))?
+        {
+            size += chunk.len() as u64;
+            if size > declared {
+                return Err(ApiError::invalid(
+                    "The file is larger than the upload asked for.",
+                ));
+            }
+            sealer.push(&chunk, &mut out).map_err(ApiError::from)?;
+            if out.len() >= 256 * 1024 {
+                file.write_all(&out)
+                    .await
+                    .map_err(crate::upload::spool_write)?;
+                out.clear();
+            }
+        }
+        if size != declared {
+            return Err(ApiError::invalid(
+                "The file is smaller than the upload asked for.",
+            ));
+        }
+        sealer.finish(&mut out).map_err(ApiError::from)?;
+        file.write_all(&out)
+            .await
+            .map_err(crate::upload::spool_write)?;
+        file.sync_all().await.map_err(crate::upload::spool_write)?;
+        drop(file);
+        state.store.put_file(&blob_key, &spool).await?;
+        sqlx::query("UPDATE cura_uploads SET uploaded_at = $2, size = $3 WHERE id = $1")
+            .bind(id)
+            .bind(ctx.now())
+            .bind(i64::try_from(size).unwrap_or(i64::MAX))
+            .execute(&ctx.db)
+            .await?;
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&spool).await;
+    stored
+}
+
+/// `POST /connect/v1/clusters/{cluster}/print/{job_id}`: the uploaded file becomes a job
+/// of the cluster's printer — checked against its limits, sealed, limited and audited
+/// like any job, with the same authorization as `POST /relay/v1/printers/{printer}/jobs`.
+/// The same `job_id` may be printed again (Cura does, for an unchanged scene) until the
+/// upload expires.
+pub async fn print(
+    State(state): State<RelayState>,
+    auth: Auth,
+    client: printworks_common::http::ClientInfo,
+    Path((cluster, upload)): Path<(Uuid, Uuid)>,
+) -> Response {
+    match print_upload(&state, &auth, &client, cluster, upload).await {
+        Ok((job, relay_job)) => axum::Json(json!({"data": {
+            "job_id": job,
+            "status": "queued",
+            "generated_time": cura_time(state.ctx.now()),
+            "cluster_job_id": relay_job,
+        }}))
+        .into_response(),
+        Err(e) => cura_error(e).await,
+    }
+}
+
+async fn print_upload(
+    state: &RelayState,
+    auth: &Auth,
+    client: &printworks_common::http::ClientInfo,
+    cluster: Uuid,
+    upload: Uuid,
+) -> Result<(Uuid, Uuid), ApiError> {
+    let usable = printworks_org::fleet::usable(&state.ctx, auth, cluster).await?;
+    let ctx = &state.ctx;
+    // Only the person's own upload, uploaded and not expired.
+    let row: Option<(String, String, i64, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT job_name, content_type, size, key_sealed, blob_key FROM cura_uploads
+         WHERE id = $1 AND user_id = $2 AND uploaded_at IS NOT NULL AND expires_at > $3",
+    )
+    .bind(upload)
+    .bind(auth.user_id())
+    .bind(ctx.now())
+    .fetch_optional(&ctx.db)
+    .await?;
+    let (job_name, content_type, size, key_sealed, blob_key) =
+        row.ok_or_else(ApiError::not_found)?;
+    let key: [u8; 32] = ctx
+        .secrets
+        .open(&format!("cura-upload-key:{upload}"), &key_sealed)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("a Cura upload's data key does not open"))?;
+    let size = u64::try_from(size).unwrap_or(0);
+    let (content_type, ext) = if content_type == crate::upload::UFP {
+        (crate::upload::UFP, "ufp")
+    } else {
+        (crate::upload::GCODE, "gcode")
+    };
+    let stream = crate::download::plaintext(state, &blob_key, &key, upload, size).await?;
+    let incoming = crate::upload::Incoming {
+        name: format!("{job_name}.{ext}"),
+        content_type,
+        declared: Some(size),
+        idempotency_key: None,
+        state: JobState::Queued,
+        detail: Some(("cura_upload", upload.to_string())),
+    };
+    let job = crate::upload::store(state, auth, &usable, client, incoming, stream).await?;
+    Ok((upload, job))
+}
+
+/// Removes uploads past [`UPLOAD_KEPT`] with their files; how many.
+pub async fn expire_uploads(state: &RelayState) -> anyhow::Result<usize> {
+    let ctx = &state.ctx;
+    let old: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, blob_key FROM cura_uploads WHERE expires_at < $1 LIMIT 1000")
+            .bind(ctx.now())
+            .fetch_all(&ctx.db)
+            .await?;
+    for (id, key) in &old {
+        if let Err(e) = state.store.delete(key).await {
+            tracing::warn!(upload_id = %id, error = %format!("{e:#}"), "cannot delete an expired Cura upload");
+            continue;
+        }
+        sqlx::query("DELETE FROM cura_uploads WHERE id = $1")
+            .bind(id)
+            .execute(&ctx.db)
+            .await?;
+    }
+    Ok(old.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,6 +294,36 @@ pub async fn content(
     Ok(res)
 }
 
+/// The whole plaintext of the sealed blob at `blob_key` (sealed with `key` for `id`, of
+/// `size` bytes), as it streams; a damaged or tampered file ends the stream with an error.
+pub(crate) async fn plaintext(
+    state: &RelayState,
+    blob_key: &str,
+    key: &[u8; 32],
+    id: Uuid,
+    size: u64,
+) -> anyhow::Result<impl Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + use<>> {
+    let header_bytes = read_exact(state.store.as_ref(), blob_key, 0, HEADER).await?;
+    let opener = Opener::new(key, id, size, &header_bytes)
+        .map_err(|e| anyhow::anyhow!("the stored file does not open: {e:?}"))?;
+    let last = if size == 0 { 0 } else { (size - 1) / CHUNK };
+    let (from, _) = chunk_span(size, 0);
+    let (last_start, last_len) = chunk_span(size, last);
+    let sealed = state
+        .store
+        .read_range(blob_key, from, last_start + last_len - from)
+        .await?;
+    let stream = decrypt(sealed, opener, size, 0, last, 0, size.saturating_sub(1)).map(|r| {
+        r.map_err(|e| match e {
+            DecryptError::Io(e) => e,
+            DecryptError::Open(e) => {
+                std::io::Error::other(format!("the stored file is damaged: {e:?}"))
+            }
+        })
+    });
+    Ok(Box::pin(stream))
+}
+
 enum DecryptError {
     Open(OpenError),
     Io(std::io::Error),

@@ -58,6 +58,7 @@ pub const OWNED: printworks_common::db::Owned = printworks_common::db::Owned {
         "printer_status",
         "printer_status_history",
         "printer_upload_keys",
+        "cura_uploads",
     ],
     functions: &["notify_printer_work"],
 };
@@ -161,7 +162,7 @@ pub fn tasks(state: &RelayState) -> Vec<Task> {
         Task::periodic("job-cleanup", Duration::from_secs(3600), move || {
             let state = cleaner.clone();
             async move {
-                let n = lifecycle::cleanup(&state).await?;
+                let n = lifecycle::cleanup(&state).await? + cura::expire_uploads(&state).await?;
                 if n > 0 {
                     tracing::info!(removed = n, "unfinished uploads and expired jobs cleaned");
                 }
@@ -199,10 +200,17 @@ pub fn routes() -> RouteTable<RelayState> {
 #[rustfmt::skip]
 fn cura_routes() -> RouteTable<RelayState> {
     use Access::Token;
-    use Scope::PrinterRead;
-    RouteTable::new("/connect/v1")
+    use Scope::{PrintJobWrite, PrinterRead};
+    let connect = RouteTable::new("/connect/v1")
         .get("/clusters", Token(PrinterRead), cura::clusters)
         .get("/clusters/{cluster}/status", Token(PrinterRead), cura::status)
+        .post("/clusters/{cluster}/print/{job_id}", Token(PrintJobWrite), cura::print);
+    let uploads = RouteTable::new("/cura/v1")
+        .put("/jobs/upload", Token(PrintJobWrite), cura::request_upload)
+        // Pre-signed: the token in the path is the credential. The body streams to
+        // storage under its own limit (PRINTWORKS_MAX_JOB_BYTES, and the size asked for).
+        .put("/uploads/{token}", Access::Public, cura::upload).streamed_body().upload_deadline().rate_limited();
+    connect.merge(uploads)
 }
 
 /// The OctoPrint-compatible hosts, one per printer, under [`octoprint::PREFIX`]: the

@@ -63,7 +63,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(v.to_owned()))
 }
 
-fn too_large(max: u64) -> ApiError {
+pub(crate) fn too_large(max: u64) -> ApiError {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body-too-large",
@@ -454,7 +454,7 @@ fn queue_full(detail: String) -> ApiError {
 
 /// A write to the spool failed: the disk (or its quota) is full — 507, try later; else
 /// an error of the server.
-fn spool_write(e: std::io::Error) -> ApiError {
+pub(crate) fn spool_write(e: std::io::Error) -> ApiError {
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
