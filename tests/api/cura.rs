@@ -674,3 +674,109 @@ async fn cura_uploads_a_file_and_prints_it_on_a_printer_it_may_use(pool: PgPool)
     );
     stop.cancel();
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn curas_queue_actions_are_the_relays_with_its_rules(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = crate::helpers::OrgWorld::new(&app).await;
+    let admin = app.access_token(&w.admin, crate::helpers::ALL_SCOPES).await;
+    let printer = app.pair_printer(&admin, w.org, "SN-CURA-QUEUE").await;
+    let other = app.pair_printer(&admin, w.org, "SN-CURA-OTHER").await;
+    app.share_printer(printer.id, &[w.member.id]).await;
+    // No agent runs: the jobs wait in the queue.
+    let admins_job = app
+        .submit_gcode(&admin, printer.id, "admins.gcode", crate::relay::gcode(5))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let elsewhere = app
+        .submit_gcode(&admin, other.id, "elsewhere.gcode", crate::relay::gcode(5))
+        .await
+        .expect(StatusCode::CREATED)
+        .id();
+    let member = cura_sign_in(&app, &w.member).await;
+    let member = member["access_token"].as_str().unwrap().to_owned();
+    let act = |token: String, job: uuid::Uuid, action: &'static str| {
+        let app = &app;
+        let printer = printer.id;
+        async move {
+            cura_send(
+                app,
+                Method::POST,
+                &token,
+                &format!("/connect/v1/clusters/{printer}/print_jobs/{job}/action/{action}"),
+                None,
+            )
+            .await
+        }
+    };
+    // Someone else's job: only admins, its sender and whoever added the printer.
+    let (status, e) = act(member.clone(), admins_job, "abort").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(e["errors"][0]["http_status"], "403");
+    // A job of another printer, through this cluster: unknown.
+    let (status, _) = act(member.clone(), elsewhere, "abort").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The member's own job, sent from Cura.
+    let file = crate::relay::gcode(20);
+    let upload = request_upload(&app, &member, "own", file.len()).await;
+    assert_eq!(
+        put_file(upload["upload_url"].as_str().unwrap(), file).await,
+        StatusCode::OK
+    );
+    let (_, printed) = cura_send(
+        &app,
+        Method::POST,
+        &member,
+        &format!(
+            "/connect/v1/clusters/{}/print/{}",
+            printer.id,
+            upload["job_id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    let own: uuid::Uuid = printed["data"]["cluster_job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, _) = act(member.clone(), own, "move").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = act(member.clone(), own, "force").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Not with the printer yet: pausing is refused by the relay's rule.
+    let (status, _) = act(member.clone(), own, "pause").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = act(member.clone(), own, "explode").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = act(member.clone(), own, "remove").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call(
+            Method::GET,
+            &format!("/relay/v1/jobs/{own}"),
+            Some(&member),
+            None
+        )
+        .await
+        .body["status"],
+        "aborted"
+    );
+    // An admin, from Cura, aborts anyone's.
+    let admin_cura = cura_sign_in(&app, &w.admin).await;
+    let (status, _) = act(
+        admin_cura["access_token"].as_str().unwrap().to_owned(),
+        admins_job,
+        "abort",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'job.abort'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(audited, 2);
+}

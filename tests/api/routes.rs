@@ -218,6 +218,11 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
         "/connect/v1/clusters/{cluster}/print/{job_id}",
         ["404", "404", "404", "404"],
     ),
+    (
+        "POST",
+        "/connect/v1/clusters/{cluster}/print_jobs/{job}/action/{action}",
+        ["404", "404", "404", "404"],
+    ),
 ];
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -312,7 +317,9 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                 t => t
                     .replace("{printer}", &printer.to_string())
                     .replace("{cluster}", &printer.to_string())
-                    .replace("{job_id}", &Uuid::new_v4().to_string()),
+                    .replace("{job_id}", &Uuid::new_v4().to_string())
+                    .replace("{job}", &Uuid::new_v4().to_string())
+                    .replace("{action}", "pause"),
             };
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let res = if *template == "/relay/v1/printers/{printer}/jobs" && method == Method::POST

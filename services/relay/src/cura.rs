@@ -508,6 +508,69 @@ async fn print_upload(
     Ok((upload, job))
 }
 
+/// `POST /connect/v1/clusters/{cluster}/print_jobs/{job}/action/{action}`: Cura's queue
+/// actions on the relay's jobs, with the relay's authorization (admins, whoever sent the
+/// job, whoever claimed the printer): `pause`, `resume`, `abort`, and `remove` (an abort
+/// of a job still waiting). `move` is refused — a printer's jobs run in the order they
+/// were sent —, and `force` (send despite a configuration mismatch) has nothing to do:
+/// Printworks holds no job back for its configuration. Cura ignores the answers.
+pub async fn action(
+    State(state): State<RelayState>,
+    auth: Auth,
+    client: printworks_common::http::ClientInfo,
+    Path((cluster, job, action)): Path<(Uuid, Uuid, String)>,
+) -> Response {
+    use axum::http::StatusCode;
+    let on_cluster = match crate::jobs::job_view(&state.ctx.db, job).await {
+        Ok(Some(view)) => view.printer_id() == cluster,
+        Ok(None) => false,
+        Err(e) => return cura_error(e.into()).await,
+    };
+    if !on_cluster {
+        return cura_error(ApiError::not_found()).await;
+    }
+    let answer = match action.as_str() {
+        "pause" => crate::jobs::pause(State(state), auth, client, Path(job)).await,
+        "resume" => crate::jobs::resume(State(state), auth, client, Path(job)).await,
+        "abort" => crate::jobs::abort(State(state), auth, client, Path(job)).await,
+        "remove" => {
+            let waiting = matches!(
+                crate::jobs::job_view(&state.ctx.db, job)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|v| v.state()),
+                Some(JobState::Queued | JobState::Held)
+            );
+            if !waiting {
+                return cura_error(ApiError::conflict(
+                    "Only a job still waiting can be removed from the queue; abort a printing one.",
+                ))
+                .await;
+            }
+            crate::jobs::abort(State(state), auth, client, Path(job)).await
+        }
+        "move" => {
+            return cura_error(ApiError::conflict(
+                "A printer's jobs run in the order they were sent; they cannot be moved.",
+            ))
+            .await;
+        }
+        "force" => {
+            // Checked like the other actions: only those who may act on the job.
+            if let Err(e) = printworks_org::fleet::usable(&state.ctx, &auth, cluster).await {
+                return cura_error(e).await;
+            }
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        _ => return cura_error(ApiError::not_found()).await,
+    };
+    match answer {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => cura_error(e).await,
+    }
+}
+
 /// Removes uploads past [`UPLOAD_KEPT`] with their files; how many.
 pub async fn expire_uploads(state: &RelayState) -> anyhow::Result<usize> {
     let ctx = &state.ctx;

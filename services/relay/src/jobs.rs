@@ -48,6 +48,17 @@ pub struct JobView {
     finished_at: Option<OffsetDateTime>,
 }
 
+impl JobView {
+    pub fn printer_id(&self) -> Uuid {
+        self.printer_id
+    }
+
+    /// Its state (a stored state that does not parse reads as failed).
+    pub fn state(&self) -> JobState {
+        JobState::parse(&self.status).unwrap_or(JobState::Failed)
+    }
+}
+
 fn serialize_hex<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex(v))
 }

@@ -204,7 +204,8 @@ fn cura_routes() -> RouteTable<RelayState> {
     let connect = RouteTable::new("/connect/v1")
         .get("/clusters", Token(PrinterRead), cura::clusters)
         .get("/clusters/{cluster}/status", Token(PrinterRead), cura::status)
-        .post("/clusters/{cluster}/print/{job_id}", Token(PrintJobWrite), cura::print);
+        .post("/clusters/{cluster}/print/{job_id}", Token(PrintJobWrite), cura::print)
+        .post("/clusters/{cluster}/print_jobs/{job}/action/{action}", Token(PrintJobWrite), cura::action);
     let uploads = RouteTable::new("/cura/v1")
         .put("/jobs/upload", Token(PrintJobWrite), cura::request_upload)
         // Pre-signed: the token in the path is the credential. The body streams to
