@@ -104,9 +104,19 @@ pub async fn usable_everywhere(
     };
     let mut out = Vec::new();
     for org in orgs {
+        // An organization that refuses the caller now (its policy, a role gone) is left
+        // out; anything else is an error.
         let m = match membership(ctx, org, caller).await {
             Ok(m) => m,
-            Err(_) => continue,
+            Err(ApiError::Problem(p))
+                if matches!(
+                    p.status(),
+                    axum::http::StatusCode::FORBIDDEN | axum::http::StatusCode::NOT_FOUND
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let rows: Vec<PrinterView> =
             sqlx::query_as(visible_printers!("ORDER BY p.created_at, p.id LIMIT $4"))

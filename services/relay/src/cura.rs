@@ -62,15 +62,21 @@ pub fn printer_type(model: Option<&str>) -> String {
 /// A refusal in Cura's error envelope, from any [`ApiError`].
 async fn cura_error(e: ApiError) -> Response {
     let res = e.into_response();
-    let status = res.status();
+    let mut status = res.status();
+    let retry = res.headers().get(axum::http::header::RETRY_AFTER).cloned();
     let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
         .await
         .unwrap_or_default();
     let problem: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let code = problem["type"]
+    let mut code = problem["type"]
         .as_str()
         .and_then(|t| t.strip_prefix("urn:printworks:problem:"))
         .unwrap_or("error");
+    // Cura shows a 409 as "queue full" (any code but printerInactive).
+    if code == "job-queue-full" {
+        status = axum::http::StatusCode::CONFLICT;
+        code = "queueFull";
+    }
     let title = problem["title"]
         .as_str()
         .unwrap_or("The request was refused");
@@ -83,7 +89,12 @@ async fn cura_error(e: ApiError) -> Response {
     if let Some(detail) = problem["detail"].as_str() {
         error["detail"] = json!(detail);
     }
-    (status, axum::Json(json!({ "errors": [error] }))).into_response()
+    let mut res = (status, axum::Json(json!({ "errors": [error] }))).into_response();
+    if let Some(retry) = retry {
+        res.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, retry);
+    }
+    res
 }
 
 fn printer_status_name(connected: bool, state: Option<PrinterState>) -> &'static str {
@@ -287,8 +298,9 @@ async fn new_upload(state: &RelayState, auth: &Auth, body: &[u8]) -> Result<Valu
         .bind(format!("cura-uploads:{user}"))
         .execute(&mut *tx)
         .await?;
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM cura_uploads WHERE user_id = $1 AND expires_at > $2",
+    let (held, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(declared_size), 0)::bigint FROM cura_uploads
+         WHERE user_id = $1 AND expires_at > $2",
     )
     .bind(user)
     .bind(now)
@@ -298,6 +310,19 @@ async fn new_upload(state: &RelayState, auth: &Auth, body: &[u8]) -> Result<Valu
         return Err(ApiError::conflict(format!(
             "You hold {MAX_UPLOADS_PER_PERSON} uploads from Cura already; they are kept a day."
         )));
+    }
+    // What one person's uploads may keep at once: four files of the largest size.
+    let budget = max.saturating_mul(4);
+    if u64::try_from(bytes).unwrap_or(0).saturating_add(size) > budget {
+        return Err(printworks_common::error::Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "storage-quota-exceeded",
+            "Not enough upload storage left",
+        )
+        .detail(format!(
+            "Your uploads from Cura may keep at most {budget} bytes at once; they are kept a day."
+        ))
+        .into());
     }
     sqlx::query(
         "INSERT INTO cura_uploads (id, user_id, job_name, content_type, declared_size,
@@ -316,7 +341,8 @@ async fn new_upload(state: &RelayState, auth: &Auth, body: &[u8]) -> Result<Valu
             .seal(&format!("cura-upload-key:{id}"), &data_key),
     )
     .bind(now)
-    .bind(now + UPLOAD_KEPT)
+    // Until the file arrives, only as long as its URL is good.
+    .bind(now + UPLOAD_WINDOW)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -386,7 +412,10 @@ async fn receive_upload(
         .ok_or_else(|| anyhow::anyhow!("a Cura upload's data key does not open"))?;
     let declared = u64::try_from(declared).unwrap_or(0);
     let spool = state.store.spool_dir().join(format!("cura-{id}.sealed"));
-    let stored = async {
+    // However the upload ends — an error, or the request dropped (the client went, the
+    // deadline passed) — its spool file goes.
+    let _spool_guard = SpoolGuard(spool.clone());
+    async {
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -427,17 +456,28 @@ async fn receive_upload(
         file.sync_all().await.map_err(crate::upload::spool_write)?;
         drop(file);
         state.store.put_file(&blob_key, &spool).await?;
-        sqlx::query("UPDATE cura_uploads SET uploaded_at = $2, size = $3 WHERE id = $1")
-            .bind(id)
-            .bind(ctx.now())
-            .bind(i64::try_from(size).unwrap_or(i64::MAX))
-            .execute(&ctx.db)
-            .await?;
+        let at = ctx.now();
+        sqlx::query(
+            "UPDATE cura_uploads SET uploaded_at = $2, size = $3, expires_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(at + UPLOAD_KEPT)
+        .execute(&ctx.db)
+        .await?;
         Ok::<_, ApiError>(())
     }
-    .await;
-    let _ = tokio::fs::remove_file(&spool).await;
-    stored
+    .await
+}
+
+/// Removes a spool file when dropped.
+struct SpoolGuard(std::path::PathBuf);
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// `POST /connect/v1/clusters/{cluster}/print/{job_id}`: the uploaded file becomes a job
@@ -533,23 +573,7 @@ pub async fn action(
         "pause" => crate::jobs::pause(State(state), auth, client, Path(job)).await,
         "resume" => crate::jobs::resume(State(state), auth, client, Path(job)).await,
         "abort" => crate::jobs::abort(State(state), auth, client, Path(job)).await,
-        "remove" => {
-            let waiting = matches!(
-                crate::jobs::job_view(&state.ctx.db, job)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|v| v.state()),
-                Some(JobState::Queued | JobState::Held)
-            );
-            if !waiting {
-                return cura_error(ApiError::conflict(
-                    "Only a job still waiting can be removed from the queue; abort a printing one.",
-                ))
-                .await;
-            }
-            crate::jobs::abort(State(state), auth, client, Path(job)).await
-        }
+        "remove" => crate::jobs::abort_job(State(state), auth, client, Path(job), true).await,
         "move" => {
             return cura_error(ApiError::conflict(
                 "A printer's jobs run in the order they were sent; they cannot be moved.",
@@ -574,22 +598,40 @@ pub async fn action(
 /// Removes uploads past [`UPLOAD_KEPT`] with their files; how many.
 pub async fn expire_uploads(state: &RelayState) -> anyhow::Result<usize> {
     let ctx = &state.ctx;
-    let old: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT id, blob_key FROM cura_uploads WHERE expires_at < $1 LIMIT 1000")
-            .bind(ctx.now())
-            .fetch_all(&ctx.db)
-            .await?;
-    for (id, key) in &old {
-        if let Err(e) = state.store.delete(key).await {
-            tracing::warn!(upload_id = %id, error = %format!("{e:#}"), "cannot delete an expired Cura upload");
+    // Oldest first; one whose file will not go is tried again an hour later, after
+    // the others (its expiry moves on), so it never blocks the sweep.
+    let old: Vec<(Uuid, String, Option<time::OffsetDateTime>)> = sqlx::query_as(
+        "SELECT id, blob_key, uploaded_at FROM cura_uploads WHERE expires_at < $1
+         ORDER BY expires_at LIMIT 1000",
+    )
+    .bind(ctx.now())
+    .fetch_all(&ctx.db)
+    .await?;
+    let mut removed = 0;
+    for (id, key, uploaded) in &old {
+        // A file never uploaded has no blob.
+        if uploaded.is_some()
+            && let Err(e) = state.store.delete(key).await
+        {
+            tracing::warn!(upload_id = %id, error = %format!("{e:#}"), "cannot delete an expired Cura upload; trying again later");
+            let _ = sqlx::query("UPDATE cura_uploads SET expires_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(ctx.now() + time::Duration::hours(1))
+                .execute(&ctx.db)
+                .await;
             continue;
         }
-        sqlx::query("DELETE FROM cura_uploads WHERE id = $1")
+        if let Err(e) = sqlx::query("DELETE FROM cura_uploads WHERE id = $1")
             .bind(id)
             .execute(&ctx.db)
-            .await?;
+            .await
+        {
+            tracing::warn!(upload_id = %id, error = %e, "cannot remove an expired Cura upload");
+            continue;
+        }
+        removed += 1;
     }
-    Ok(old.len())
+    Ok(removed)
 }
 
 #[cfg(test)]

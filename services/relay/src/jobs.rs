@@ -206,10 +206,22 @@ fn controller<'a>(
 }
 
 pub async fn abort(
+    state: State<RelayState>,
+    auth: Auth,
+    client: ClientInfo,
+    job: Path<Uuid>,
+) -> Result<Json<JobView>, ApiError> {
+    abort_job(state, auth, client, job, false).await
+}
+
+/// Aborts the job; with `only_waiting`, only one still waiting (`queued` or `held`),
+/// checked under the same row lock (Cura's "remove from the queue").
+pub(crate) async fn abort_job(
     State(state): State<RelayState>,
     auth: Auth,
     client: ClientInfo,
     Path(job): Path<Uuid>,
+    only_waiting: bool,
 ) -> Result<Json<JobView>, ApiError> {
     let (view, usable) = controlled(&state, &auth, job).await?;
     let printer = &usable.printer;
@@ -231,6 +243,11 @@ pub async fn abort(
     let current = stored_state(&current)?;
     if !current.is_active() {
         return Err(ApiError::conflict(format!("The job is {current} already.")));
+    }
+    if only_waiting && !matches!(current, JobState::Queued | JobState::Held) {
+        return Err(ApiError::conflict(format!(
+            "The job is {current}: only a job still waiting can be removed from the queue; abort it instead."
+        )));
     }
     // One the printer has heard of keeps telling it until it reports on the job.
     let reached_printer = current.has_reached_printer();

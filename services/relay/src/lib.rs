@@ -162,7 +162,9 @@ pub fn tasks(state: &RelayState) -> Vec<Task> {
         Task::periodic("job-cleanup", Duration::from_secs(3600), move || {
             let state = cleaner.clone();
             async move {
-                let n = lifecycle::cleanup(&state).await? + cura::expire_uploads(&state).await?;
+                // Each sweep on its own: one failing does not stop the other.
+                let uploads = cura::expire_uploads(&state).await;
+                let n = lifecycle::cleanup(&state).await? + uploads?;
                 if n > 0 {
                     tracing::info!(removed = n, "unfinished uploads and expired jobs cleaned");
                 }
