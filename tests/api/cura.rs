@@ -180,6 +180,17 @@ async fn cura_signs_in_with_its_own_pkce_and_refreshes(pool: PgPool) {
     ] {
         assert!(list.contains(&p), "{list:?}");
     }
+    // The Marketplace's sync Cura polls every minute: harmlessly empty.
+    let packages = app
+        .call(
+            Method::GET,
+            "/cura-packages/v1/user/packages",
+            Some(&access),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(packages.body["data"], serde_json::json!([]));
     // The token works on Printworks' own API.
     app.call(Method::GET, "/org/v1/organizations", Some(&access), None)
         .await

@@ -595,6 +595,13 @@ pub async fn action(
     }
 }
 
+/// `GET /cura-packages/v1/user/packages`: what Cura's Marketplace syncs every minute
+/// while signed in. Printworks keeps no packages: an empty list, so Cura neither errs nor
+/// offers to remove anything.
+pub async fn user_packages() -> axum::Json<Value> {
+    axum::Json(json!({ "data": [] }))
+}
+
 /// Removes uploads past [`UPLOAD_KEPT`] with their files; how many.
 pub async fn expire_uploads(state: &RelayState) -> anyhow::Result<usize> {
     let ctx = &state.ctx;

@@ -213,7 +213,10 @@ fn cura_routes() -> RouteTable<RelayState> {
         // Pre-signed: the token in the path is the credential. The body streams to
         // storage under its own limit (PRINTWORKS_MAX_JOB_BYTES, and the size asked for).
         .put("/uploads/{token}", Access::Public, cura::upload).streamed_body().upload_deadline().rate_limited();
-    connect.merge(uploads)
+    // Polled by Cura's Marketplace; harmless.
+    let packages = RouteTable::new("/cura-packages/v1")
+        .get("/user/packages", Access::Public, cura::user_packages);
+    connect.merge(uploads).merge(packages)
 }
 
 /// The OctoPrint-compatible hosts, one per printer, under [`octoprint::PREFIX`]: the
