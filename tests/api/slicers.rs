@@ -215,6 +215,17 @@ async fn upload_keys_act_for_their_maker_on_their_printer_only(pool: PgPool) {
     .await
     .expect(StatusCode::NO_CONTENT);
     assert_eq!(version(&url, &key).await, StatusCode::FORBIDDEN);
+    // Invited back, their old keys stay revoked.
+    app.add_member(w.org, &w.member, "member").await;
+    assert_eq!(version(&url, &key).await, StatusCode::FORBIDDEN);
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM printer_upload_keys WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(w.member.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(live, 0);
     let audited: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM audit_events WHERE action IN ('upload_key.create', 'upload_key.revoke')",
     )

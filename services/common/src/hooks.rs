@@ -27,6 +27,17 @@ pub trait PrinterJobs: Send + Sync + 'static {
         reason: &'a str,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, sqlx::Result<u64>>;
+
+    /// `user` left organization `org` (or was removed): what the relay holds that acts
+    /// for them there — their printer upload keys — is revoked now, in the caller's
+    /// transaction, so that a later return does not bring it back. Returns how many.
+    fn member_left<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        org: Uuid,
+        user: Uuid,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, sqlx::Result<u64>>;
 }
 
 /// A token-signing public key, as its owner (the account service) publishes it.

@@ -280,6 +280,8 @@ pub async fn remove(
         "registrar_removed"
     };
     withdraw_grants(&mut tx, &allowed, user, client.addr, reason, now).await?;
+    // Their printer upload keys here go too: coming back does not revive them.
+    state.jobs.member_left(&mut tx, org, user, now).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

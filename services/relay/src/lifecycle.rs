@@ -112,6 +112,27 @@ impl PrinterJobs for PrinterJobsOfRelay {
     ) -> BoxFuture<'a, sqlx::Result<u64>> {
         Box::pin(fail_unfinished(conn, printer, reason, now))
     }
+
+    fn member_left<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        org: Uuid,
+        user: Uuid,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(async move {
+            let revoked = sqlx::query(
+                "UPDATE printer_upload_keys SET revoked_at = $3
+                 WHERE organization_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(org)
+            .bind(user)
+            .bind(now)
+            .execute(conn)
+            .await?;
+            Ok(revoked.rows_affected())
+        })
+    }
 }
 
 /// Hourly: uploads that never finished (a crash mid-upload) are removed with their
