@@ -788,3 +788,95 @@ async fn curas_queue_actions_are_the_relays_with_its_rules(pool: PgPool) {
             .unwrap();
     assert_eq!(audited, 2);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn curas_digital_library_lists_the_projects_a_person_may_see(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let w = crate::helpers::OrgWorld::new(&app).await;
+    let make = |token: String, org: uuid::Uuid, name: &'static str| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/org/v1/organizations/{org}/projects"),
+                Some(&token),
+                Some(&serde_json::json!({ "name": name })),
+            )
+            .await
+            .expect(StatusCode::CREATED)
+            .body["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let bracket = make(w.admin_token.clone(), w.org, "Bracket 100%").await;
+    let housing = make(w.admin_token.clone(), w.org, "Housing").await;
+    let foreign = make(w.outsider_token.clone(), w.other_org, "Not yours").await;
+
+    let member = cura_sign_in(&app, &w.member).await;
+    let member = member["access_token"].as_str().unwrap();
+    let (status, budgets) = cura_get(&app, member, "/cura/v1/feature_budgets").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(budgets["data"]["library_max_private_projects"], -1);
+
+    // A page of one, then the next through links.next fetched verbatim.
+    let (status, first) = cura_get(&app, member, "/cura/v1/projects?limit=1").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let items = first["data"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    has(&items[0], &["library_project_id", "display_name"]);
+    assert!(cura_parses_date(items[0]["last_updated"].as_str().unwrap()));
+    assert!(items[0]["meta"].is_null() && first["meta"]["page"].is_object());
+    let next = first["links"]["next"].as_str().unwrap().to_owned();
+    assert!(
+        next.starts_with(&app.base) && next.contains("limit=1"),
+        "{next}"
+    );
+    let res = app
+        .client
+        .get(&next)
+        .bearer_auth(member)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(second["data"].as_array().unwrap().len(), 1);
+    assert!(second["links"]["next"].is_null());
+    let mut seen: Vec<&str> = vec![
+        items[0]["library_project_id"].as_str().unwrap(),
+        second["data"][0]["library_project_id"].as_str().unwrap(),
+    ];
+    seen.sort_unstable();
+    let mut want = vec![bracket.as_str(), housing.as_str()];
+    want.sort_unstable();
+    assert_eq!(seen, want, "both of the organization's, not the other's");
+
+    // Search by name, its % taken literally; shared=false: the person's own (none).
+    let (_, found) = cura_get(&app, member, "/cura/v1/projects?limit=20&search=100%25").await;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["data"][0]["display_name"], "Bracket 100%");
+    let (_, all_like) = cura_get(&app, member, "/cura/v1/projects?limit=20&search=%25").await;
+    assert_eq!(all_like["data"].as_array().unwrap().len(), 1, "{all_like}");
+    let (_, own) = cura_get(&app, member, "/cura/v1/projects?shared=false&limit=20").await;
+    assert_eq!(own["data"].as_array().unwrap().len(), 0);
+
+    // One project; another organization's is unknown, in Cura's envelope.
+    let (status, one) = cura_get(&app, member, &format!("/cura/v1/projects/{housing}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["data"]["display_name"], "Housing");
+    let (status, e) = cura_get(&app, member, &format!("/cura/v1/projects/{foreign}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(e["errors"][0]["http_status"], "404");
+
+    // A guest sees only what is shared with them: nothing here.
+    let guest = cura_sign_in(&app, &w.guest).await;
+    let (_, theirs) = cura_get(
+        &app,
+        guest["access_token"].as_str().unwrap(),
+        "/cura/v1/projects?limit=20",
+    )
+    .await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 0);
+}

@@ -213,6 +213,18 @@ const OTHER_SERVICES: &[(&str, &str, [&str; 4])] = &[
     // Any person may ask Cura's upload URL; printing an upload that is not theirs (here:
     // none) is 404 to all, as is a printer they may not use.
     ("PUT", "/cura/v1/jobs/upload", ["200", "200", "200", "200"]),
+    // Cura's Digital Library: the projects each may see (an unknown one: 404).
+    (
+        "GET",
+        "/cura/v1/feature_budgets",
+        ["200", "200", "200", "200"],
+    ),
+    ("GET", "/cura/v1/projects", ["200", "200", "200", "200"]),
+    (
+        "GET",
+        "/cura/v1/projects/{project}",
+        ["404", "404", "404", "404"],
+    ),
     (
         "POST",
         "/connect/v1/clusters/{cluster}/print/{job_id}",
@@ -319,7 +331,8 @@ async fn every_scoped_route_beyond_org_against_every_role(pool: PgPool) {
                     .replace("{cluster}", &printer.to_string())
                     .replace("{job_id}", &Uuid::new_v4().to_string())
                     .replace("{job}", &Uuid::new_v4().to_string())
-                    .replace("{action}", "pause"),
+                    .replace("{action}", "pause")
+                    .replace("{project}", &Uuid::new_v4().to_string()),
             };
             let method = Method::from_bytes(method.as_bytes()).unwrap();
             let res = if *template == "/relay/v1/printers/{printer}/jobs" && method == Method::POST

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod clock;
 pub mod context;
 pub mod crypto;
+pub mod cura;
 pub mod db;
 pub mod email;
 pub mod error;

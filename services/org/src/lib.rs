@@ -15,6 +15,7 @@ pub mod access;
 pub mod audit;
 pub mod fleet;
 pub mod invitations;
+pub mod library;
 pub mod members;
 pub mod organizations;
 pub mod policy;
@@ -138,6 +139,18 @@ pub fn routes() -> RouteTable<OrgState> {
         .get("/organizations/{org}/audit-events", Token(AuditRead), audit::list)
         .get("/organizations/{org}/audit-events/verify", Token(AuditRead), audit::verify)
         .get("/organizations/{org}/audit-events/export", Token(AuditRead), audit::export)
+        .merge(library_routes())
+}
+
+/// UltiMaker Cura's Digital Library (its projects), at the paths Cura builds.
+#[rustfmt::skip]
+fn library_routes() -> RouteTable<OrgState> {
+    use printworks_common::routes::Access::Token;
+    use printworks_common::auth::Scope::OrganizationRead;
+    RouteTable::new("/cura/v1")
+        .get("/feature_budgets", Token(OrganizationRead), library::feature_budgets)
+        .get("/projects", Token(OrganizationRead), library::list)
+        .get("/projects/{project}", Token(OrganizationRead), library::get)
 }
 
 /// The org service's routes, built from [`routes`].

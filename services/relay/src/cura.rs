@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use printworks_common::ApiError;
 use printworks_common::auth::Auth;
+use printworks_common::cura::{errors as cura_error, time as cura_time};
 use printworks_common::http::Path;
 use printworks_proto::{JobState, PrinterState};
 use serde_json::{Value, json};
@@ -30,21 +31,6 @@ pub const MAX_CLUSTERS: usize = 100;
 /// The most jobs one cluster's status lists.
 const MAX_JOBS: i64 = 100;
 
-/// A date as Cura's parser takes it: `%Y-%m-%dT%H:%M:%S.%fZ`, in UTC.
-pub fn cura_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 /// Cura's machine definition id for a model: `Ultimaker S5` → `ultimaker_s5`.
 pub fn printer_type(model: Option<&str>) -> String {
     let model = model.unwrap_or("unknown");
@@ -57,44 +43,6 @@ pub fn printer_type(model: Option<&str>) -> String {
         }
     }
     out.trim_end_matches('_').to_owned()
-}
-
-/// A refusal in Cura's error envelope, from any [`ApiError`].
-async fn cura_error(e: ApiError) -> Response {
-    let res = e.into_response();
-    let mut status = res.status();
-    let retry = res.headers().get(axum::http::header::RETRY_AFTER).cloned();
-    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let problem: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut code = problem["type"]
-        .as_str()
-        .and_then(|t| t.strip_prefix("urn:printworks:problem:"))
-        .unwrap_or("error");
-    // Cura shows a 409 as "queue full" (any code but printerInactive).
-    if code == "job-queue-full" {
-        status = axum::http::StatusCode::CONFLICT;
-        code = "queueFull";
-    }
-    let title = problem["title"]
-        .as_str()
-        .unwrap_or("The request was refused");
-    let mut error = json!({
-        "id": problem["request_id"].as_str().unwrap_or_default(),
-        "code": code,
-        "title": title,
-        "http_status": status.as_u16().to_string(),
-    });
-    if let Some(detail) = problem["detail"].as_str() {
-        error["detail"] = json!(detail);
-    }
-    let mut res = (status, axum::Json(json!({ "errors": [error] }))).into_response();
-    if let Some(retry) = retry {
-        res.headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, retry);
-    }
-    res
 }
 
 fn printer_status_name(connected: bool, state: Option<PrinterState>) -> &'static str {
@@ -644,12 +592,6 @@ pub async fn expire_uploads(state: &RelayState) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_are_as_curas_parser_takes_them() {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(1_763_035_200_500_000_000).unwrap();
-        assert_eq!(cura_time(t), "2025-11-13T12:00:00.500Z");
-    }
 
     #[test]
     fn models_become_machine_definition_ids() {

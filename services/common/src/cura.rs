@@ -1,0 +1,76 @@
+//! What every service that answers UltiMaker Cura shares (`../shared/reference/
+//! cura-cloud-api.md` §4.1, `cura-digital-library.md` §3–§4): Cura's error envelope,
+//! made from any refusal ([`errors`]), and the one date format its parsers take
+//! ([`time`]).
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::ApiError;
+
+/// A date as Cura's parsers take it: `%Y-%m-%dT%H:%M:%S.%fZ`, in UTC, to the millisecond.
+pub fn time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// A refusal in Cura's error envelope, `{"errors": [{"id", "code", "title",
+/// "http_status", "detail"}]}` (`http_status` a string), from any [`ApiError`]: its
+/// status, its problem type as the code, its words, and its `Retry-After`. A full queue
+/// becomes a 409, which Cura shows as "queue full".
+pub async fn errors(e: ApiError) -> Response {
+    let res = e.into_response();
+    let mut status = res.status();
+    let retry = res.headers().get(header::RETRY_AFTER).cloned();
+    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let problem: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut code = problem["type"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("urn:printworks:problem:"))
+        .unwrap_or("error");
+    if code == "job-queue-full" {
+        status = StatusCode::CONFLICT;
+        code = "queueFull";
+    }
+    let title = problem["title"]
+        .as_str()
+        .unwrap_or("The request was refused");
+    let mut error = json!({
+        "id": problem["request_id"].as_str().unwrap_or_default(),
+        "code": code,
+        "title": title,
+        "http_status": status.as_u16().to_string(),
+    });
+    if let Some(detail) = problem["detail"].as_str() {
+        error["detail"] = json!(detail);
+    }
+    let mut res = (status, axum::Json(json!({ "errors": [error] }))).into_response();
+    if let Some(retry) = retry {
+        res.headers_mut().insert(header::RETRY_AFTER, retry);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_as_curas_parsers_take_them() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_763_035_200_500_000_000).unwrap();
+        assert_eq!(time(t), "2025-11-13T12:00:00.500Z");
+    }
+}
