@@ -188,7 +188,7 @@ async fn projects(state: &OrgState, auth: &Auth, q: &ListQuery) -> Result<Value,
         .await?;
         rows.extend(found);
     }
-    rows.sort_by(|a, b| (b.updated_at, b.id).cmp(&(a.updated_at, a.id)));
+    rows.sort_by_key(|r| std::cmp::Reverse((r.updated_at, r.id)));
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     named(state, &mut rows).await?;
