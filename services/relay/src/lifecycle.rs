@@ -56,8 +56,13 @@ pub async fn fail_unfinished(
 }
 
 /// Jobs still waiting for their printer `ttl` after they were sent fail (expired): a
-/// printer that stays away does not keep people's files queued for ever. Returns how
-/// many expired.
+/// printer that stays away does not keep people's files queued for ever. A `held` job
+/// (sent from a slicer without "print") waits at most [`HELD_TTL`] (or `ttl`, if
+/// shorter) for someone to start it, so plain uploads do not fill a printer's queue
+/// quota for a week. Returns how many expired.
+/// The longest a held job waits for someone to start it.
+pub const HELD_TTL: time::Duration = time::Duration::days(1);
+
 pub async fn expire_queued(
     db: &sqlx::PgPool,
     now: OffsetDateTime,
@@ -65,6 +70,8 @@ pub async fn expire_queued(
 ) -> sqlx::Result<u64> {
     let ttl = time::Duration::try_from(ttl).unwrap_or(time::Duration::days(7));
     let days = ttl.whole_days().max(1);
+    let held_ttl = ttl.min(HELD_TTL);
+    let held_hours = held_ttl.whole_hours().max(1);
     let mut tx = db.begin().await?;
     let mut expired = 0;
     // The states are written out, not bound: it lets the partial index
@@ -82,11 +89,16 @@ pub async fn expire_queued(
              WHERE id IN (SELECT id FROM print_jobs WHERE state = 'held' AND created_at < $1
                           LIMIT 1000 FOR UPDATE SKIP LOCKED)
              RETURNING id",
-            format!("expired: nobody started it within {days} days"),
+            format!("expired: nobody started it within {held_hours} hours"),
         ),
     ] {
+        let limit = if query.contains("'held'") {
+            held_ttl
+        } else {
+            ttl
+        };
         let ids: Vec<Uuid> = sqlx::query_scalar(query)
-            .bind(now - ttl)
+            .bind(now - limit)
             .bind(&message)
             .bind(now)
             .bind(JobState::Failed.as_str())

@@ -181,12 +181,20 @@ async fn a_job_cannot_wait_for_its_printer_for_ever(pool: PgPool) {
         .await
         .unwrap();
     let ttl = Duration::from_secs(7 * 24 * 3600);
-    app.clock.advance(time::Duration::days(6));
+    // The held one waits a day for someone to start it.
+    app.clock.advance(time::Duration::hours(23));
+    let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
+    assert_eq!(expired.unwrap(), 0);
+    app.clock.advance(time::Duration::hours(2));
+    let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
+    assert_eq!(expired.unwrap(), 1);
+    // The queued one a week for its printer.
+    app.clock.advance(time::Duration::days(5));
     let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
     assert_eq!(expired.unwrap(), 0);
     app.clock.advance(time::Duration::days(2));
     let expired = printworks_relay::lifecycle::expire_queued(&app.db, app.now(), ttl).await;
-    assert_eq!(expired.unwrap(), 2);
+    assert_eq!(expired.unwrap(), 1);
     let held: (String, String) =
         sqlx::query_as("SELECT state, message FROM print_jobs WHERE id = $1")
             .bind(held)
@@ -195,7 +203,7 @@ async fn a_job_cannot_wait_for_its_printer_for_ever(pool: PgPool) {
             .unwrap();
     assert_eq!(
         (held.0.as_str(), held.1.as_str()),
-        ("failed", "expired: nobody started it within 7 days")
+        ("failed", "expired: nobody started it within 24 hours")
     );
     let (state, message): (String, String) =
         sqlx::query_as("SELECT state, message FROM print_jobs WHERE id = $1")
