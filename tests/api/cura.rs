@@ -721,6 +721,12 @@ async fn curas_queue_actions_are_the_relays_with_its_rules(pool: PgPool) {
             .await
         }
     };
+    // A refusal made before any handler runs (no valid token) is in Cura's envelope too:
+    // Cura's print-refusal parser reads errors[0].
+    let (status, e) = act("not-a-token".to_owned(), admins_job, "abort").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    has(&e["errors"][0], &["id", "code", "title", "http_status"]);
+    assert_eq!(e["errors"][0]["http_status"], "401");
     // Someone else's job: only admins, its sender and whoever added the printer.
     let (status, e) = act(member.clone(), admins_job, "abort").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{e}");

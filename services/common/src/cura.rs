@@ -30,9 +30,34 @@ pub fn time(t: OffsetDateTime) -> String {
 /// status, its problem type as the code, its words, and its `Retry-After`. A full queue
 /// becomes a 409, which Cura shows as "queue full".
 pub async fn errors(e: ApiError) -> Response {
-    let res = e.into_response();
+    envelope(e.into_response()).await
+}
+
+/// Where Cura's API is served: refusals there are in its shape.
+pub const PATHS: [&str; 3] = ["/connect/v1/", "/cura/v1/", "/cura-packages/"];
+
+/// A layer for the whole application: a problem+json answer to a request of Cura's API
+/// ([`PATHS`]) — a refusal made before any handler ran (no token, a missing scope, the
+/// rate limit) — goes out in Cura's error envelope, which its parsers need.
+pub async fn in_curas_shape(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let curas = PATHS.iter().any(|p| req.uri().path().starts_with(p));
+    let res = next.run(req).await;
+    let problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if curas && problem {
+        envelope(res).await
+    } else {
+        res
+    }
+}
+
+/// A problem+json answer in Cura's envelope.
+async fn envelope(res: Response) -> Response {
     let mut status = res.status();
     let retry = res.headers().get(header::RETRY_AFTER).cloned();
+    let challenge = res.headers().get(header::WWW_AUTHENTICATE).cloned();
     let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
         .await
         .unwrap_or_default();
@@ -60,6 +85,10 @@ pub async fn errors(e: ApiError) -> Response {
     let mut res = (status, axum::Json(json!({ "errors": [error] }))).into_response();
     if let Some(retry) = retry {
         res.headers_mut().insert(header::RETRY_AFTER, retry);
+    }
+    if let Some(challenge) = challenge {
+        res.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
     }
     res
 }

@@ -130,6 +130,10 @@ pub async fn router(
         app = app.merge(printworks_relay::router(relay.clone()));
         longer = printworks_relay::routes().longer_routes(&ctx.settings);
     }
+    // Cura's API answers refusals in Cura's shape, those of the route layers too.
+    let app = app.layer(axum::middleware::from_fn(
+        printworks_common::cura::in_curas_shape,
+    ));
     Ok(apply_common_layers(app, ctx, &longer))
 }
 
