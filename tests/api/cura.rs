@@ -78,6 +78,24 @@ async fn cura_token(app: &TestApp, fields: &[(&str, &str)]) -> (StatusCode, Valu
     (res.status(), res.json().await.unwrap_or(Value::Null))
 }
 
+/// Cura's code exchange (`AuthorizationHelpers.getAccessTokenUsingAuthorizationCode`):
+/// its fields in its order, its secret empty, its S512 verifier, UltiMaker's scopes.
+async fn exchange(app: &TestApp, code: &str) -> (StatusCode, Value) {
+    cura_token(
+        app,
+        &[
+            ("client_id", CURA),
+            ("client_secret", ""),
+            ("redirect_uri", CALLBACK),
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("code_verifier", VERIFIER),
+            ("scope", SCOPES),
+        ],
+    )
+    .await
+}
+
 /// Cura's token response rules (`AuthorizationHelpers.parseTokenResponse`): a JSON
 /// object, and on success all five fields, `expires_in` well above Cura's 60 s margin.
 fn as_cura_reads_it(body: &Value) {
@@ -107,19 +125,7 @@ async fn cura_signs_in_with_its_own_pkce_and_refreshes(pool: PgPool) {
     );
 
     // The exchange, fields in Cura's order, its secret empty.
-    let (status, tokens) = cura_token(
-        &app,
-        &[
-            ("client_id", CURA),
-            ("client_secret", ""),
-            ("redirect_uri", CALLBACK),
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", VERIFIER),
-            ("scope", SCOPES),
-        ],
-    )
-    .await;
+    let (status, tokens) = exchange(&app, &code).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     as_cura_reads_it(&tokens);
     let scope = tokens["scope"].as_str().unwrap();
@@ -214,19 +220,7 @@ async fn cura_signs_in_with_its_own_pkce_and_refreshes(pool: PgPool) {
     assert_ne!(refreshed["refresh_token"], tokens["refresh_token"]);
 
     // A code is good once; its replay is refused with a JSON body Cura can read.
-    let (status, again) = cura_token(
-        &app,
-        &[
-            ("client_id", CURA),
-            ("client_secret", ""),
-            ("redirect_uri", CALLBACK),
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", VERIFIER),
-            ("scope", SCOPES),
-        ],
-    )
-    .await;
+    let (status, again) = exchange(&app, &code).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(again["error_description"].is_string(), "{again}");
 
@@ -278,19 +272,7 @@ async fn curas_pkce_is_curas_alone_and_a_refusal_is_user_denied(pool: PgPool) {
     )
     .await;
     let code = code_from_redirect(&back, CALLBACK);
-    let (status, e) = cura_token(
-        &app,
-        &[
-            ("client_id", CURA),
-            ("client_secret", ""),
-            ("redirect_uri", CALLBACK),
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", VERIFIER),
-            ("scope", SCOPES),
-        ],
-    )
-    .await;
+    let (status, e) = exchange(&app, &code).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
     assert_eq!(e["error"], "invalid_grant");
 
@@ -348,19 +330,7 @@ async fn cura_sign_in(app: &TestApp, user: &TestUser) -> Value {
     )
     .await;
     let code = code_from_redirect(&back, CALLBACK);
-    let (status, tokens) = cura_token(
-        app,
-        &[
-            ("client_id", CURA),
-            ("client_secret", ""),
-            ("redirect_uri", CALLBACK),
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", VERIFIER),
-            ("scope", SCOPES),
-        ],
-    )
-    .await;
+    let (status, tokens) = exchange(app, &code).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     tokens
 }

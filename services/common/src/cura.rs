@@ -5,7 +5,7 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::ApiError;
@@ -55,42 +55,30 @@ pub async fn in_curas_shape(req: axum::extract::Request, next: axum::middleware:
 
 /// A problem+json answer in Cura's envelope.
 async fn envelope(res: Response) -> Response {
-    let mut status = res.status();
-    let retry = res.headers().get(header::RETRY_AFTER).cloned();
-    let challenge = res.headers().get(header::WWW_AUTHENTICATE).cloned();
-    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let problem: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut code = problem["type"]
-        .as_str()
-        .and_then(|t| t.strip_prefix("urn:printworks:problem:"))
-        .unwrap_or("error");
-    if code == "job-queue-full" {
-        status = StatusCode::CONFLICT;
-        code = "queueFull";
-    }
-    let title = problem["title"]
-        .as_str()
-        .unwrap_or("The request was refused");
-    let mut error = json!({
-        "id": problem["request_id"].as_str().unwrap_or_default(),
-        "code": code,
-        "title": title,
-        "http_status": status.as_u16().to_string(),
-    });
-    if let Some(detail) = problem["detail"].as_str() {
-        error["detail"] = json!(detail);
-    }
-    let mut res = (status, axum::Json(json!({ "errors": [error] }))).into_response();
-    if let Some(retry) = retry {
-        res.headers_mut().insert(header::RETRY_AFTER, retry);
-    }
-    if let Some(challenge) = challenge {
-        res.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
-    }
-    res
+    crate::error::reshape(res, |mut status, problem| {
+        let mut code = problem["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("urn:printworks:problem:"))
+            .unwrap_or("error");
+        if code == "job-queue-full" {
+            status = StatusCode::CONFLICT;
+            code = "queueFull";
+        }
+        let title = problem["title"]
+            .as_str()
+            .unwrap_or("The request was refused");
+        let mut error = json!({
+            "id": problem["request_id"].as_str().unwrap_or_default(),
+            "code": code,
+            "title": title,
+            "http_status": status.as_u16().to_string(),
+        });
+        if let Some(detail) = problem["detail"].as_str() {
+            error["detail"] = json!(detail);
+        }
+        (status, json!({ "errors": [error] }))
+    })
+    .await
 }
 
 #[cfg(test)]

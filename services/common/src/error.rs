@@ -265,6 +265,30 @@ pub fn role_forbids(detail: &str) -> ApiError {
     .into()
 }
 
+/// A problem+json answer re-shaped for a client that reads another error format (Cura's
+/// envelope, OctoPrint's `{"error"}`): `shape` gets its status and the problem's fields
+/// and gives the status and body to send. `Retry-After` and `WWW-Authenticate` are kept.
+pub async fn reshape(
+    res: Response,
+    shape: impl FnOnce(StatusCode, &Value) -> (StatusCode, Value),
+) -> Response {
+    let kept: Vec<_> = [header::RETRY_AFTER, header::WWW_AUTHENTICATE]
+        .into_iter()
+        .filter_map(|name| res.headers().get(&name).cloned().map(|v| (name, v)))
+        .collect();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let problem: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (status, body) = shape(status, &problem);
+    let mut res = (status, axum::Json(body)).into_response();
+    for (name, value) in kept {
+        res.headers_mut().insert(name, value);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,6 +225,41 @@ pub async fn require_verified(ctx: &AppContext, m: &Membership) -> Result<(), Ap
     }
 }
 
+/// The caller's memberships of every organization of theirs (a client: its own; at most
+/// 100, oldest membership first) that accepts them now: one that refuses them (its
+/// security policy, a role gone meanwhile) is left out, as its routes would refuse them;
+/// any other failure is an error.
+pub async fn memberships_everywhere(
+    ctx: &AppContext,
+    caller: &Caller,
+) -> Result<Vec<Membership>, ApiError> {
+    let orgs: Vec<Uuid> = match caller.subject {
+        Subject::User(user) => {
+            sqlx::query_scalar(
+                "SELECT organization_id FROM organization_members WHERE user_id = $1
+                 ORDER BY created_at LIMIT 100",
+            )
+            .bind(user)
+            .fetch_all(&ctx.db)
+            .await?
+        }
+        Subject::Client { organization_id } => vec![organization_id],
+    };
+    let mut out = Vec::with_capacity(orgs.len());
+    for org in orgs {
+        match membership(ctx, org, caller).await {
+            Ok(m) => out.push(m),
+            Err(ApiError::Problem(p))
+                if matches!(
+                    p.status(),
+                    axum::http::StatusCode::FORBIDDEN | axum::http::StatusCode::NOT_FOUND
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// The caller's membership of `org`. Someone who does not belong to it gets 404, as if
 /// it did not exist: other tenants learn nothing.
 pub async fn membership(

@@ -18,7 +18,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use printworks_common::ApiError;
-use printworks_common::auth::{Auth, Subject};
+use printworks_common::auth::Auth;
 use printworks_common::cura::{errors, time as cura_time};
 use printworks_common::http::{Path, Query};
 use serde::Deserialize;
@@ -89,22 +89,6 @@ macro_rules! seen_projects {
     };
 }
 
-/// The caller's organizations (a client: its own), oldest membership first.
-async fn organizations(state: &OrgState, auth: &Auth) -> Result<Vec<Uuid>, ApiError> {
-    Ok(match auth.subject {
-        Subject::User(user) => {
-            sqlx::query_scalar(
-                "SELECT organization_id FROM organization_members WHERE user_id = $1
-                 ORDER BY created_at LIMIT 100",
-            )
-            .bind(user)
-            .fetch_all(&state.ctx.db)
-            .await?
-        }
-        Subject::Client { organization_id } => vec![organization_id],
-    })
-}
-
 #[derive(Deserialize)]
 pub struct ListQuery {
     limit: Option<i64>,
@@ -157,19 +141,8 @@ async fn projects(state: &OrgState, auth: &Auth, q: &ListQuery) -> Result<Value,
     };
     let (after_time, after_id) = after.unzip();
     let mut rows: Vec<Row> = Vec::new();
-    for org in organizations(state, auth).await? {
-        let m = match membership(&state.ctx, org, auth).await {
-            Ok(m) => m,
-            Err(ApiError::Problem(p))
-                if matches!(
-                    p.status(),
-                    axum::http::StatusCode::FORBIDDEN | axum::http::StatusCode::NOT_FOUND
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+    for m in crate::access::memberships_everywhere(&state.ctx, auth).await? {
+        let org = m.org;
         let found: Vec<Row> = sqlx::query_as(seen_projects!(
             "AND p.name ILIKE $4
              AND (NOT $5 OR p.owner_id = $2)

@@ -90,34 +90,9 @@ pub async fn usable_everywhere(
     caller: &printworks_common::auth::Caller,
     max: usize,
 ) -> Result<Vec<UsablePrinter>, ApiError> {
-    let orgs: Vec<Uuid> = match caller.subject {
-        printworks_common::auth::Subject::User(user) => {
-            sqlx::query_scalar(
-                "SELECT organization_id FROM organization_members WHERE user_id = $1
-             ORDER BY created_at LIMIT 100",
-            )
-            .bind(user)
-            .fetch_all(&ctx.db)
-            .await?
-        }
-        printworks_common::auth::Subject::Client { organization_id } => vec![organization_id],
-    };
     let mut out = Vec::new();
-    for org in orgs {
-        // An organization that refuses the caller now (its policy, a role gone) is left
-        // out; anything else is an error.
-        let m = match membership(ctx, org, caller).await {
-            Ok(m) => m,
-            Err(ApiError::Problem(p))
-                if matches!(
-                    p.status(),
-                    axum::http::StatusCode::FORBIDDEN | axum::http::StatusCode::NOT_FOUND
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
+    for m in crate::access::memberships_everywhere(ctx, caller).await? {
+        let org = m.org;
         let rows: Vec<PrinterView> =
             sqlx::query_as(visible_printers!("ORDER BY p.created_at, p.id LIMIT $4"))
                 .bind(org)

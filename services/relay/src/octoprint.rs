@@ -44,22 +44,14 @@ const MAX_FIELD_BYTES: usize = 4096;
 
 /// An answer in OctoPrint's error shape, from any refusal: its status, and its words.
 async fn refusal(e: ApiError) -> Response {
-    let res = e.into_response();
-    let status = res.status();
-    let retry = res.headers().get(header::RETRY_AFTER).cloned();
-    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let problem: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let text = problem["detail"]
-        .as_str()
-        .or_else(|| problem["title"].as_str())
-        .unwrap_or("The request was refused.");
-    let mut res = (status, axum::Json(json!({ "error": text }))).into_response();
-    if let Some(retry) = retry {
-        res.headers_mut().insert(header::RETRY_AFTER, retry);
-    }
-    res
+    printworks_common::error::reshape(e.into_response(), |status, problem| {
+        let text = problem["detail"]
+            .as_str()
+            .or_else(|| problem["title"].as_str())
+            .unwrap_or("The request was refused.");
+        (status, json!({ "error": text }))
+    })
+    .await
 }
 
 fn forbidden() -> Response {
